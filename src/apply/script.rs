@@ -1,0 +1,385 @@
+//! Turns a host's changes into one shell script: steps in plan order, package installs of
+//! consecutive changes coalesced into a single apt transaction, every file written
+//! atomically with its previous version kept, a lock naming its holder, and progress
+//! markers on stdout (`@@kiln:begin N`, `@@kiln:ok N`, `@@kiln:fail N RC`, `@@kiln:log N …`).
+//! Pure: the script is data until a transport runs it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use base64::Engine;
+
+use crate::facts::script::sh_quote;
+use crate::plan::{Change, Content, Step};
+
+/// Where kiln keeps its state on a host.
+pub const STATE_DIR: &str = "/var/lib/kiln";
+
+/// Exit status of the script when another run holds the host's lock.
+pub const EXIT_LOCKED: i32 = 75;
+
+const PRELUDE: &str = r#"set -u
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+K=/var/lib/kiln
+mkdir -p "$K/pending" "$K/backup" || exit 70
+exec 9>>"$K/lock"
+if ! flock -n 9; then
+  printf '@@kiln:locked %s\n' "$(cat "$K/lock.holder" 2>/dev/null || echo unknown)"
+  exit 75
+fi
+L=$(mktemp "$K/log.XXXXXX") || exit 70
+trap 'rm -f "$L"' EXIT
+# Atomic write: temp file in the target's directory, owner/mode set before it becomes
+# visible, fsync, previous version kept under $K/backup, then rename.
+kiln_write() {
+  d=$(dirname "$1")
+  mkdir -p "$d" || return 1
+  t=$(mktemp "$d/.kiln.XXXXXX") || return 1
+  if ! base64 -d > "$t"; then rm -f "$t"; return 1; fi
+  if ! { chown "$2:$3" "$t" && chmod "$4" "$t"; }; then rm -f "$t"; return 1; fi
+  sync "$t" 2>/dev/null || true
+  if [ -e "$1" ] || [ -L "$1" ]; then
+    mkdir -p "$K/backup$d" && cp -a "$1" "$K/backup$1" || { rm -f "$t"; return 1; }
+  fi
+  mv -f "$t" "$1"
+}
+kiln_remove() {
+  if [ -e "$1" ] || [ -L "$1" ]; then
+    mkdir -p "$K/backup$(dirname "$1")" && cp -a "$1" "$K/backup$1" && rm -f "$1"
+  fi
+}
+kiln_apt() {
+  apt-get -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
+}
+kiln_step_end() {
+  rc=$1; shift
+  if [ "$rc" -eq 0 ]; then
+    for i in "$@"; do printf '@@kiln:ok %s\n' "$i"; done
+  else
+    printf '@@kiln:fail %s %s\n' "$1" "$rc"
+    tail -n 30 "$L" | sed "s/^/@@kiln:log $1 /"
+    exit 1
+  fi
+}
+"#;
+
+/// Builds the apply script for `changes` (indices are the change positions reported in
+/// the markers). `holder` names this run in the lock. `sensitive` maps resource ids to
+/// content re-rendered from the spec for `Content::Sensitive` steps.
+pub fn apply_script(
+    changes: &[(usize, &Change)],
+    holder: &str,
+    sensitive: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut s = String::from(PRELUDE);
+    let _ = writeln!(
+        s,
+        "printf '%s\\n' {} > \"$K/lock.holder\"",
+        sh_quote(holder)
+    );
+    let mut i = 0;
+    while i < changes.len() {
+        // Coalesce a run of package-only changes into one apt transaction.
+        if is_packages(changes[i].1) {
+            let mut j = i;
+            let (mut update, mut install, mut remove) = (false, vec![], vec![]);
+            while j < changes.len() && is_packages(changes[j].1) {
+                for st in &changes[j].1.steps {
+                    match st {
+                        Step::AptUpdate => update = true,
+                        Step::AptInstall { packages } => install.extend(packages.iter().cloned()),
+                        Step::AptRemove { packages } => remove.extend(packages.iter().cloned()),
+                        _ => {}
+                    }
+                }
+                j += 1;
+            }
+            let ids: Vec<String> = changes[i..j].iter().map(|(n, _)| n.to_string()).collect();
+            for id in &ids {
+                let _ = writeln!(s, "printf '@@kiln:begin %s\\n' {id}");
+            }
+            let _ = writeln!(s, "(");
+            if update {
+                let _ = writeln!(s, "  apt-get -q update || exit $?");
+            }
+            if !install.is_empty() {
+                let pkgs = install
+                    .iter()
+                    .map(|p| sh_quote(p))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                // A list that does not know a package yet is refreshed once, then retried.
+                let _ = writeln!(s, "  kiln_apt install --no-install-recommends {pkgs} || {{ apt-get -q update && kiln_apt install --no-install-recommends {pkgs}; }} || exit $?");
+            }
+            if !remove.is_empty() {
+                let pkgs = remove
+                    .iter()
+                    .map(|p| sh_quote(p))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let _ = writeln!(s, "  kiln_apt remove {pkgs} || exit $?");
+            }
+            let _ = writeln!(s, ") >\"$L\" 2>&1\nkiln_step_end $? {}", ids.join(" "));
+            i = j;
+            continue;
+        }
+        let (n, change) = changes[i];
+        let _ = writeln!(
+            s,
+            "# {}\nprintf '@@kiln:begin %s\\n' {n}\n(",
+            change.resource
+        );
+        for st in &change.steps {
+            step_shell(&mut s, st, sensitive)?;
+        }
+        let _ = writeln!(s, ") >\"$L\" 2>&1\nkiln_step_end $? {n}");
+        i += 1;
+    }
+    let _ = writeln!(s, "rm -f \"$K/lock.holder\"\nprintf '@@kiln:done\\n'");
+    Ok(s)
+}
+
+fn is_packages(c: &Change) -> bool {
+    !c.steps.is_empty()
+        && c.steps.iter().all(|s| {
+            matches!(
+                s,
+                Step::AptUpdate | Step::AptInstall { .. } | Step::AptRemove { .. }
+            )
+        })
+}
+
+fn step_shell(
+    s: &mut String,
+    step: &Step,
+    sensitive: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let q = |x: &str| sh_quote(x);
+    match step {
+        Step::AptUpdate => s.push_str("  apt-get -q update || exit $?\n"),
+        Step::AptInstall { packages } => {
+            let _ = writeln!(
+                s,
+                "  kiln_apt install --no-install-recommends {} || exit $?",
+                packages.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
+            );
+        }
+        Step::AptRemove { packages } => {
+            let _ = writeln!(
+                s,
+                "  kiln_apt remove {} || exit $?",
+                packages.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
+            );
+        }
+        Step::WriteFile {
+            path,
+            content,
+            owner,
+            group,
+            mode,
+        } => {
+            let text = match content {
+                Content::Text { text } => text.clone(),
+                Content::Sensitive { resource, .. } => sensitive
+                    .get(resource)
+                    .cloned()
+                    .ok_or_else(|| format!("no content for sensitive {resource}"))?,
+            };
+            let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+            let _ = writeln!(
+                s,
+                "  kiln_write {} {} {} {} <<'KILN_EOF' || exit $?",
+                q(path),
+                q(owner),
+                q(group),
+                q(mode)
+            );
+            for chunk in b64.as_bytes().chunks(76) {
+                s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                s.push('\n');
+            }
+            s.push_str("KILN_EOF\n");
+        }
+        Step::SetAttrs {
+            path,
+            owner,
+            group,
+            mode,
+        } => {
+            if let (Some(o), Some(g)) = (owner, group) {
+                let _ = writeln!(s, "  chown {}:{} {} || exit $?", q(o), q(g), q(path));
+            }
+            if let Some(m) = mode {
+                let _ = writeln!(s, "  chmod {} {} || exit $?", q(m), q(path));
+            }
+        }
+        Step::MakeDir {
+            path,
+            owner,
+            group,
+            mode,
+        } => {
+            let _ = writeln!(
+                s,
+                "  mkdir -p {p} && chown {o}:{g} {p} && chmod {m} {p} || exit $?",
+                p = q(path),
+                o = q(owner),
+                g = q(group),
+                m = q(mode)
+            );
+        }
+        Step::Symlink { path, target } => {
+            let _ = writeln!(
+                s,
+                "  mkdir -p \"$(dirname {p})\" && ln -sfn {t} {p} || exit $?",
+                p = q(path),
+                t = q(target)
+            );
+        }
+        Step::RemovePath { path } => {
+            let _ = writeln!(s, "  kiln_remove {} || exit $?", q(path));
+        }
+        Step::GroupAdd { name, gid, system } => {
+            let mut cmd = String::from("groupadd");
+            if let Some(g) = gid {
+                let _ = write!(cmd, " -g {g}");
+            }
+            if *system {
+                cmd.push_str(" -r");
+            }
+            let _ = writeln!(s, "  {cmd} {} || exit $?", q(name));
+        }
+        Step::GroupDel { name } => {
+            let _ = writeln!(s, "  groupdel {} || exit $?", q(name));
+        }
+        Step::UserAdd {
+            name,
+            uid,
+            home,
+            shell,
+            system,
+            groups,
+            create_home,
+        } => {
+            let mut cmd = String::from("useradd -U");
+            if let Some(u) = uid {
+                let _ = write!(cmd, " -u {u}");
+            }
+            if *system {
+                cmd.push_str(" -r");
+            }
+            cmd.push_str(if *create_home { " -m" } else { " -M" });
+            let _ = write!(cmd, " -d {} -s {}", q(home), q(shell));
+            if !groups.is_empty() {
+                let _ = write!(cmd, " -G {}", q(&groups.join(",")));
+            }
+            let _ = writeln!(s, "  {cmd} {} || exit $?", q(name));
+        }
+        Step::UserMod {
+            name,
+            home,
+            shell,
+            groups,
+        } => {
+            let mut cmd = String::from("usermod");
+            if let Some(h) = home {
+                let _ = write!(cmd, " -d {}", q(h));
+            }
+            if let Some(sh) = shell {
+                let _ = write!(cmd, " -s {}", q(sh));
+            }
+            if let Some(g) = groups {
+                let _ = write!(cmd, " -G {}", q(&g.join(",")));
+            }
+            let _ = writeln!(s, "  {cmd} {} || exit $?", q(name));
+        }
+        Step::UserDel { name } => {
+            let _ = writeln!(s, "  userdel {} || exit $?", q(name));
+        }
+        Step::DaemonReload => s.push_str("  systemctl daemon-reload || exit $?\n"),
+        Step::Systemctl { verb, unit } => {
+            let _ = writeln!(s, "  systemctl {} {} || exit $?", q(verb), q(unit));
+            if verb == "start" {
+                let _ = writeln!(
+                    s,
+                    "  rm -f \"$K/pending/reload@\"{u} \"$K/pending/restart@\"{u}",
+                    u = q(unit)
+                );
+            }
+        }
+        Step::Handler {
+            unit,
+            action,
+            check,
+        } => {
+            if let Some(c) = check {
+                // A configuration that fails its check is never loaded: the running service
+                // keeps its old configuration and the handler stays journalled.
+                let _ = writeln!(
+                    s,
+                    "  ( {c} ) || {{ echo 'configuration check failed: {}'; exit 3; }}",
+                    c.replace('\'', "")
+                );
+            }
+            let _ = writeln!(s, "  systemctl {} {} || exit $?", q(action), q(unit));
+            let _ = writeln!(s, "  rm -f \"$K/pending/{}@\"{u}", action, u = q(unit));
+            if action == "restart" || action == "start" {
+                let _ = writeln!(
+                    s,
+                    "  rm -f \"$K/pending/reload@\"{u} \"$K/pending/restart@\"{u}",
+                    u = q(unit)
+                );
+            }
+        }
+        Step::Shell { command, creates } => match creates {
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "  if [ ! -e {} ]; then ( cd / && {command}\n  ) </dev/null || exit $?; fi",
+                    q(c)
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  ( cd / && {command}\n  ) </dev/null || exit $?");
+            }
+        },
+        Step::JournalHandler { handler } => {
+            let _ = writeln!(s, "  : > \"$K/pending/\"{} || exit $?", q(handler));
+        }
+    }
+    Ok(())
+}
+
+/// Progress events parsed from the script's stdout markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    Begin(usize),
+    Ok(usize),
+    Fail(usize, i32),
+    Log(usize, String),
+    Locked(String),
+    Done,
+}
+
+pub fn parse_marker(line: &str) -> Option<Marker> {
+    let rest = line.strip_prefix("@@kiln:")?;
+    let (word, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+    match word {
+        "begin" => arg.trim().parse().ok().map(Marker::Begin),
+        "ok" => arg.trim().parse().ok().map(Marker::Ok),
+        "fail" => {
+            let mut it = arg.split_whitespace();
+            Some(Marker::Fail(
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+            ))
+        }
+        "log" => {
+            let (n, text) = arg.split_once(' ').unwrap_or((arg, ""));
+            Some(Marker::Log(n.parse().ok()?, text.to_string()))
+        }
+        "locked" => Some(Marker::Locked(arg.to_string())),
+        "done" => Some(Marker::Done),
+        _ => None,
+    }
+}

@@ -1,0 +1,123 @@
+//! Command-line types (clap) and the dispatch to `ops`. Nothing else lives here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::ops;
+
+/// kiln — declare Debian servers in TOML, see exactly what differs, apply it idempotently.
+///
+/// Exit codes: 0 success / no changes; 2 changes or drift (plan --detailed-exitcode, drift,
+/// verify); 1 error (bad spec, unreachable or failed host).
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read the live hosts and show what apply would change (file diffs included, secrets never).
+    Plan {
+        /// Environment name under environments/, or a path to a .toml file.
+        env: String,
+        /// Only these hosts or roles (comma-separated).
+        #[arg(long)]
+        limit: Option<String>,
+        /// Save the plan as JSON for `kiln apply PLAN.json`.
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: ops::plan::Format,
+        /// Exit 2 when there are changes (0 none, 1 error).
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Apply an environment (plans first and asks) or exactly a saved plan.
+    Apply {
+        /// Environment name/path, or a plan saved with `kiln plan -o`.
+        target: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[arg(long)]
+        limit: Option<String>,
+        /// Hosts applied at once.
+        #[arg(long)]
+        parallel: Option<usize>,
+    },
+    /// Plan several environments (all by default) for CI: exit 0 clean, 2 drift, 1 error.
+    Drift {
+        envs: Vec<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: ops::drift::DriftFormat,
+    },
+    /// Re-plan (must be empty), then run the modules' health checks.
+    Verify {
+        env: String,
+        #[arg(long)]
+        limit: Option<String>,
+    },
+    /// Local Debian 12 hosts (systemd-nspawn) for an environment's `lab` hosts.
+    Lab {
+        #[arg(value_enum)]
+        action: ops::lab::LabAction,
+        env: String,
+    },
+    /// SSH to a host with the environment's key and known_hosts.
+    Ssh {
+        env: String,
+        host: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Print an OpenSSH config block for the environment's hosts.
+    SshConfig { env: String },
+    /// Print the resource graph as Graphviz DOT.
+    Graph {
+        env: String,
+        #[arg(long)]
+        limit: Option<String>,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Plan {
+            env,
+            limit,
+            out,
+            format,
+            detailed_exitcode,
+        } => rt.block_on(ops::plan::run(ops::plan::PlanArgs {
+            env,
+            limit,
+            out,
+            format,
+            detailed_exitcode,
+        })),
+        Command::Apply {
+            target,
+            yes,
+            limit,
+            parallel,
+        } => rt.block_on(ops::apply::run(ops::apply::ApplyArgs {
+            target,
+            yes,
+            limit,
+            parallel,
+        })),
+        Command::Drift { envs, format } => rt.block_on(ops::drift::run(envs, format)),
+        Command::Verify { env, limit } => rt.block_on(ops::verify::run(&env, limit.as_deref())),
+        Command::Lab { action, env } => rt.block_on(ops::lab::run(action, &env)),
+        Command::Ssh { env, host, command } => ops::ssh::ssh(&env, &host, &command),
+        Command::SshConfig { env } => ops::ssh::ssh_config(&env),
+        Command::Graph { env, limit } => ops::graph::run(&env, limit.as_deref()),
+    }
+}

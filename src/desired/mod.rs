@@ -1,0 +1,544 @@
+//! Desired state: roles → modules → resources for each host, with every template rendered
+//! (strict undefined variables) and every reference (notify, after) resolved. Pure: reads
+//! only the spec's own files (templates), never a host.
+
+pub mod render;
+
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use crate::error::{SpecError, SpecErrors};
+use crate::resource::{self, Kind, Notify, Origin, Resource};
+use crate::spec::source::{join_key, SourceFile};
+use crate::spec::{Environment, Module, Provider};
+
+pub use render::Renderer;
+
+/// Every resource type a module may declare.
+pub const RESOURCE_TYPES: &[&str] = &[
+    "apt_repo",
+    "package",
+    "group",
+    "user",
+    "directory",
+    "file",
+    "symlink",
+    "unit",
+    "command",
+    "service",
+];
+
+/// Keys a resource table may have besides its type's own fields.
+const META_KEYS: &[&str] = &["type", "after", "notify", "for_each", "when"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub module: String,
+    pub name: String,
+    pub run: String,
+    pub timeout_secs: u64,
+    pub retries: u32,
+}
+
+/// How to reach a host, resolved from the spec.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub key: Option<PathBuf>,
+    pub provider: Provider,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DesiredHost {
+    pub name: String,
+    pub connection: Connection,
+    pub roles: Vec<String>,
+    pub resources: Vec<Resource>,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Desired {
+    pub environment: String,
+    pub hosts: Vec<DesiredHost>,
+}
+
+impl Desired {
+    pub fn host(&self, name: &str) -> Option<&DesiredHost> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+/// The connection settings of a host (spec defaults, then the host's own).
+pub fn connection(env: &Environment, name: &str, lab_key: Option<PathBuf>) -> Connection {
+    let h = &env.spec.hosts[name];
+    let ssh = &env.spec.ssh;
+    let key = h
+        .key
+        .as_ref()
+        .or(ssh.key.as_ref())
+        .map(|k| PathBuf::from(crate::spec::expand_home(k)));
+    let key = key.or(if h.provider == Provider::Lab {
+        lab_key
+    } else {
+        None
+    });
+    Connection {
+        address: h.address.clone().unwrap_or_default(),
+        port: h.port.or(ssh.port).unwrap_or(22),
+        user: h
+            .user
+            .clone()
+            .or(ssh.user.clone())
+            .unwrap_or_else(|| "root".into()),
+        key,
+        provider: h.provider,
+    }
+}
+
+/// Expands the selected hosts. All spec errors are collected and returned together.
+pub fn expand(
+    env: &Environment,
+    hosts: &[String],
+    lab_key: Option<PathBuf>,
+) -> Result<Desired, SpecErrors> {
+    let renderer = Renderer::new(env);
+    let mut errors = vec![];
+    let mut out = vec![];
+    for name in hosts {
+        match expand_host(env, &renderer, name, lab_key.clone()) {
+            Ok(h) => out.push(h),
+            Err(mut e) => errors.append(&mut e.0),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors));
+    }
+    Ok(Desired {
+        environment: env.name.clone(),
+        hosts: out,
+    })
+}
+
+fn expand_host(
+    env: &Environment,
+    renderer: &Renderer,
+    name: &str,
+    lab_key: Option<PathBuf>,
+) -> Result<DesiredHost, SpecErrors> {
+    let host = &env.spec.hosts[name];
+    let mut errors: Vec<SpecError> = vec![];
+    let mut resources: Vec<Resource> = vec![];
+    let mut checks = vec![];
+    let mut seen_modules: Vec<&str> = vec![];
+    for role in &host.roles {
+        let Some(r) = env.spec.roles.get(role) else {
+            continue;
+        };
+        for m in &r.modules {
+            if seen_modules.contains(&m.as_str()) {
+                continue;
+            }
+            seen_modules.push(m);
+            let Some(module) = env.modules.get(m) else {
+                continue;
+            };
+            let params = match module_params(env, module, name) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let ctx = renderer.context(name, &module.name, params);
+            for (i, table) in module.spec.resource.iter().enumerate() {
+                match expand_resource(renderer, module, i, table, &ctx) {
+                    Ok(mut rs) => resources.append(&mut rs),
+                    Err(e) => errors.push(e),
+                }
+            }
+            for (i, c) in module.spec.check.iter().enumerate() {
+                let key = format!("check[{i}].run");
+                match renderer.render_str(&module.source, &key, &c.run, &ctx) {
+                    Ok(run) => checks.push(Check {
+                        module: module.name.clone(),
+                        name: c.name.clone(),
+                        run,
+                        timeout_secs: c.timeout.unwrap_or(30),
+                        retries: c.retries.unwrap_or(0),
+                    }),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+    }
+    // Unique ids per host.
+    let mut ids: IndexMap<String, Origin> = IndexMap::new();
+    for r in &resources {
+        if let Some(prev) = ids.get(&r.id) {
+            let src = &env.modules[&r.module].source;
+            errors.push(
+                SpecError::at_key(
+                    src,
+                    &r.origin.key,
+                    format!("`{}` is declared twice on host `{name}`", r.id),
+                )
+                .note(format!(
+                    "first declared in {} at `{}`",
+                    prev.file.display(),
+                    prev.key
+                )),
+            );
+        } else {
+            ids.insert(r.id.clone(), r.origin.clone());
+        }
+    }
+    // Resolve notify targets to the service resources that say how they take a change.
+    let services: IndexMap<String, String> = resources
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Kind::Service(s) => Some((s.unit(), s.on_change.clone())),
+            _ => None,
+        })
+        .collect();
+    for r in &mut resources {
+        let src = &env.modules[&r.module].source;
+        for n in &mut r.notify {
+            match services.get(&n.unit) {
+                Some(action) => n.action = action.clone(),
+                None => errors.push(SpecError::at_key(
+                    src,
+                    &format!("{}.notify", r.origin.key),
+                    format!(
+                        "notifies `{}`, but host `{name}` has no service resource for it",
+                        n.unit
+                    ),
+                )),
+            }
+        }
+        // A unit file change restarts its own service when the host manages that service.
+        if let Kind::Unit(u) = &r.kind {
+            let unit = crate::facts::unit_name(&u.name);
+            if services.contains_key(&unit) && !r.notify.iter().any(|n| n.unit == unit) {
+                r.notify.push(Notify {
+                    unit,
+                    action: "restart".into(),
+                });
+            }
+        }
+    }
+    // `after` references: same host (`type:name`) or another host (`host:type:name`).
+    for r in &resources {
+        let src = &env.modules[&r.module].source;
+        for (i, a) in r.after.iter().enumerate() {
+            let (h, id) = split_ref(a);
+            let ok = match h {
+                None => ids.contains_key(id),
+                Some(h) => env.spec.hosts.contains_key(h),
+            };
+            if !ok {
+                errors.push(SpecError::at_key(src, &format!("{}.after[{i}]", r.origin.key), format!("`after` names `{a}`, which is not a resource of host `{name}` (or `HOST:type:name` of another host)")));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(SpecErrors(errors));
+    }
+    Ok(DesiredHost {
+        name: name.to_string(),
+        connection: connection(env, name, lab_key),
+        roles: host.roles.clone(),
+        resources,
+        checks,
+    })
+}
+
+/// Splits an `after` reference into (host, resource id).
+pub fn split_ref(r: &str) -> (Option<&str>, &str) {
+    match r.split_once(':') {
+        Some((first, rest)) if !RESOURCE_TYPES.contains(&first) => (Some(first), rest),
+        _ => (None, r),
+    }
+}
+
+/// Module defaults, then the environment's `[modules.M]`, then the host's.
+fn module_params(env: &Environment, module: &Module, host: &str) -> Result<toml::Table, SpecError> {
+    let mut params = toml::Table::new();
+    for (k, p) in &module.spec.params {
+        if let Some(d) = &p.default {
+            params.insert(k.clone(), d.clone());
+        }
+    }
+    if let Some(t) = env.spec.modules.get(&module.name) {
+        params.extend(t.clone());
+    }
+    if let Some(t) = env.spec.hosts[host].modules.get(&module.name) {
+        params.extend(t.clone());
+    }
+    for k in module.spec.params.keys() {
+        if !params.contains_key(k) {
+            return Err(env.error(
+                &format!("modules.{}", join_key("", &module.name)),
+                format!(
+                    "module `{}` needs parameter `{k}` (no default), used by host `{host}`",
+                    module.name
+                ),
+            ));
+        }
+    }
+    Ok(params)
+}
+
+fn expand_resource(
+    renderer: &Renderer,
+    module: &Module,
+    i: usize,
+    table: &toml::Table,
+    ctx: &minijinja::Value,
+) -> Result<Vec<Resource>, SpecError> {
+    let src = &module.source;
+    let key = format!("resource[{i}]");
+    let items: Vec<Option<minijinja::Value>> = match table.get("for_each") {
+        Some(toml::Value::String(expr)) => {
+            let v = renderer.eval(src, &format!("{key}.for_each"), expr, ctx)?;
+            let iter = v.try_iter().map_err(|_| {
+                SpecError::at_key(
+                    src,
+                    &format!("{key}.for_each"),
+                    format!("`for_each` must give a list, `{expr}` gave {}", v.kind()),
+                )
+            })?;
+            iter.map(Some).collect()
+        }
+        Some(_) => {
+            return Err(SpecError::at_key(
+                src,
+                &format!("{key}.for_each"),
+                "`for_each` must be an expression string",
+            ))
+        }
+        None => vec![None],
+    };
+    let mut out = vec![];
+    for item in items {
+        let ctx = match &item {
+            Some(item) => render::with_item(ctx, item.clone()),
+            None => ctx.clone(),
+        };
+        if let Some(w) = table.get("when") {
+            let toml::Value::String(expr) = w else {
+                return Err(SpecError::at_key(
+                    src,
+                    &format!("{key}.when"),
+                    "`when` must be an expression string",
+                ));
+            };
+            if !renderer
+                .eval(src, &format!("{key}.when"), expr, &ctx)?
+                .is_true()
+            {
+                continue;
+            }
+        }
+        let mut rendered = toml::Table::new();
+        for (k, v) in table {
+            if k == "for_each" || k == "when" {
+                continue;
+            }
+            rendered.insert(
+                k.clone(),
+                renderer.render_value(src, &join_key(&key, k), v, &ctx)?,
+            );
+        }
+        out.push(build_resource(renderer, module, &key, rendered, &ctx)?);
+    }
+    Ok(out)
+}
+
+fn string_list(
+    src: &SourceFile,
+    key: &str,
+    v: Option<toml::Value>,
+) -> Result<Vec<String>, SpecError> {
+    match v {
+        None => Ok(vec![]),
+        Some(toml::Value::String(s)) => Ok(vec![s]),
+        Some(toml::Value::Array(a)) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                toml::Value::String(s) => Ok(s),
+                other => Err(SpecError::at_key(
+                    src,
+                    &format!("{key}[{i}]"),
+                    format!("expected a string, found {}", other.type_str()),
+                )),
+            })
+            .collect(),
+        Some(other) => Err(SpecError::at_key(
+            src,
+            key,
+            format!("expected a list of strings, found {}", other.type_str()),
+        )),
+    }
+}
+
+fn build_resource(
+    renderer: &Renderer,
+    module: &Module,
+    key: &str,
+    mut t: toml::Table,
+    ctx: &minijinja::Value,
+) -> Result<Resource, SpecError> {
+    let src = &module.source;
+    let ty = t
+        .remove("type")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let after = string_list(src, &format!("{key}.after"), t.remove("after"))?;
+    let notify = string_list(src, &format!("{key}.notify"), t.remove("notify"))?
+        .into_iter()
+        .map(|n| Notify {
+            unit: crate::facts::unit_name(n.strip_prefix("service:").unwrap_or(&n)),
+            action: "restart".into(),
+        })
+        .collect();
+    debug_assert!(META_KEYS.contains(&"type"));
+    let value = toml::Value::Table(t);
+    fn typed<T: serde::de::DeserializeOwned>(
+        src: &SourceFile,
+        key: &str,
+        v: toml::Value,
+    ) -> Result<T, SpecError> {
+        v.try_into::<T>().map_err(|e| {
+            let msg = e.message().trim().to_string();
+            let field = msg
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+                .map(|f| join_key(key, f));
+            let at = field
+                .filter(|f| src.has(f))
+                .unwrap_or_else(|| key.to_string());
+            SpecError::at_key(src, &at, msg)
+        })
+    }
+    let mut kind = match ty.as_str() {
+        "apt_repo" => Kind::AptRepo(typed(src, key, value)?),
+        "package" => Kind::Package(typed(src, key, value)?),
+        "group" => Kind::Group(typed(src, key, value)?),
+        "user" => Kind::User(typed(src, key, value)?),
+        "directory" => Kind::Directory(typed(src, key, value)?),
+        "file" => Kind::File(typed(src, key, value)?),
+        "symlink" => Kind::Symlink(typed(src, key, value)?),
+        "unit" => Kind::Unit(typed(src, key, value)?),
+        "command" => Kind::Command(typed(src, key, value)?),
+        "service" => Kind::Service(typed(src, key, value)?),
+        other => {
+            return Err(SpecError::at_key(
+                src,
+                &format!("{key}.type"),
+                format!("unknown resource type `{other}`"),
+            ))
+        }
+    };
+    // Content: inline or from a template under templates/<module>/; secrets make it sensitive.
+    let content_of = |content: &mut Option<String>,
+                      template: &mut Option<String>,
+                      sensitive: &mut bool,
+                      need: bool|
+     -> Result<(), SpecError> {
+        match (content.is_some(), template.take()) {
+            (true, Some(_)) => {
+                return Err(SpecError::at_key(
+                    src,
+                    &format!("{key}.template"),
+                    "set either `content` or `template`, not both",
+                ))
+            }
+            (false, Some(name)) => {
+                *content = Some(renderer.render_template(
+                    src,
+                    &format!("{key}.template"),
+                    &module.name,
+                    &name,
+                    ctx,
+                )?)
+            }
+            (false, None) if need => {
+                return Err(SpecError::at_key(src, key, "needs `content` or `template`"))
+            }
+            _ => {}
+        }
+        if let Some(c) = content {
+            if renderer.redactor.contains_secret(c) {
+                *sensitive = true;
+            }
+        }
+        Ok(())
+    };
+    match &mut kind {
+        Kind::File(f) => {
+            let need = f.state == resource::file::FileState::Present;
+            content_of(&mut f.content, &mut f.template, &mut f.sensitive, need)?;
+            f.mode = mode(src, key, &f.mode)?;
+            if !f.path.starts_with('/') {
+                return Err(SpecError::at_key(
+                    src,
+                    &format!("{key}.path"),
+                    format!("path `{}` must be absolute", f.path),
+                ));
+            }
+        }
+        Kind::Unit(u) => content_of(&mut u.content, &mut u.template, &mut u.sensitive, true)?,
+        Kind::Directory(d) => {
+            d.mode = mode(src, key, &d.mode)?;
+            if !d.path.starts_with('/') {
+                return Err(SpecError::at_key(
+                    src,
+                    &format!("{key}.path"),
+                    format!("path `{}` must be absolute", d.path),
+                ));
+            }
+        }
+        Kind::Command(c) if c.creates.is_none() && c.unless.is_none() => {
+            return Err(SpecError::at_key(
+                src,
+                key,
+                "a command needs `creates` or `unless`, so that a converged host runs nothing",
+            ));
+        }
+        Kind::Service(s) if !matches!(s.on_change.as_str(), "reload" | "restart") => {
+            return Err(SpecError::at_key(
+                src,
+                &format!("{key}.on_change"),
+                "`on_change` must be `reload` or `restart`",
+            ));
+        }
+        _ => {}
+    }
+    Ok(Resource {
+        id: kind.id(),
+        module: module.name.clone(),
+        origin: Origin {
+            file: src.path.clone(),
+            key: key.to_string(),
+        },
+        after,
+        notify,
+        kind,
+    })
+}
+
+fn mode(src: &SourceFile, key: &str, m: &str) -> Result<String, SpecError> {
+    resource::normalize_mode(m).ok_or_else(|| {
+        SpecError::at_key(
+            src,
+            &format!("{key}.mode"),
+            format!("mode `{m}` is not an octal permission like \"0644\""),
+        )
+    })
+}

@@ -1,0 +1,9 @@
+//! `kiln graph`: the resource graph as Graphviz DOT (no host is contacted).
+
+use anyhow::Result;
+
+pub fn run(env: &str, limit: Option<&str>) -> Result<i32> {
+    let loaded = super::load(env, limit)?;
+    print!("{}", loaded.graph.to_dot(&loaded.desired));
+    Ok(0)
+}

@@ -1,0 +1,231 @@
+//! Operations: what each command does. Commands in `cli` parse arguments and call one
+//! function here; tests call these functions directly too.
+
+pub mod apply;
+pub mod drift;
+pub mod graph;
+pub mod lab;
+pub mod plan;
+pub mod ssh;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::Semaphore;
+
+use crate::desired::{self, Desired};
+use crate::error::SpecErrors;
+use crate::facts::{self, HostFacts};
+use crate::plan::graph::ResourceGraph;
+use crate::plan::{build, HostPlan, Plan, PLAN_FORMAT};
+use crate::spec::{self, Environment, Provider};
+use crate::transport::ssh::{SshOptions, SshTransport};
+use crate::transport::Transport;
+
+/// How long fact gathering may take on one host.
+pub const FACTS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The lab's state directory (images, containers, its SSH key).
+pub fn lab_state_dir() -> PathBuf {
+    std::env::var_os("KILN_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kiln/lab"))
+}
+
+/// Everything known about an environment before any host is contacted.
+pub struct Loaded {
+    pub env: Environment,
+    pub desired: Desired,
+    pub graph: ResourceGraph,
+}
+
+/// Loads and validates the spec and expands the selected hosts. Every spec error surfaces
+/// here, before any connection is made.
+pub fn load(env_arg: &str, limit: Option<&str>) -> Result<Loaded> {
+    let path = spec::resolve_env_path(env_arg);
+    if !path.exists() {
+        anyhow::bail!(
+            "no environment `{env_arg}` ({} does not exist)",
+            path.display()
+        );
+    }
+    let env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    let hosts = env
+        .select_hosts(limit)
+        .map_err(|e| anyhow::Error::new(SpecErrors::from(e)))?;
+    let lab_key = crate::provider::lab::key_path(&lab_state_dir());
+    let desired = desired::expand(&env, &hosts, Some(lab_key)).map_err(anyhow::Error::new)?;
+    let graph = ResourceGraph::build(&env, &desired)
+        .map_err(|e| anyhow::Error::new(SpecErrors::from(e)))?;
+    Ok(Loaded {
+        env,
+        desired,
+        graph,
+    })
+}
+
+/// Open connections, by host name.
+#[derive(Default, Clone)]
+pub struct Connections {
+    pub by_host: HashMap<String, Arc<dyn Transport>>,
+}
+
+pub fn ssh_options(env: &Environment, provider: Provider) -> SshOptions {
+    SshOptions {
+        known_hosts: env.known_hosts(),
+        // Lab hosts have their keys recorded when created; static hosts only when asked.
+        accept_new: provider != Provider::Lab && env.spec.ssh.accept_new.unwrap_or(false),
+        connect_timeout: Duration::from_secs(env.spec.ssh.connect_timeout.unwrap_or(10)),
+    }
+}
+
+/// Result of reading one host.
+pub struct Gathered {
+    pub facts: Result<HostFacts, String>,
+    pub ms: u64,
+}
+
+/// Connects to every host of `desired` (bounded parallelism) and runs each host's fact
+/// script: one remote execution per host.
+pub async fn gather(
+    loaded: &Loaded,
+    conns: &mut Connections,
+    queries_for: impl Fn(usize) -> Vec<facts::FactQuery>,
+) -> Vec<Gathered> {
+    let parallel = loaded.env.spec.ssh.parallel.unwrap_or(16).max(1);
+    let sem = Arc::new(Semaphore::new(parallel));
+    let redactor = loaded.env.redactor();
+    let mut tasks = vec![];
+    for (h, host) in loaded.desired.hosts.iter().enumerate() {
+        let sem = sem.clone();
+        let conn = host.connection.clone();
+        let opts = ssh_options(&loaded.env, conn.provider);
+        let existing = conns.by_host.get(&host.name).cloned();
+        let queries = queries_for(h);
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            let start = Instant::now();
+            let transport: Arc<dyn Transport> = match existing {
+                Some(t) => t,
+                None => match SshTransport::connect(&conn, &opts).await {
+                    Ok(t) => Arc::new(t),
+                    Err(e) => return (None, Err(format!("{e:#}")), start.elapsed()),
+                },
+            };
+            let script = facts::script::fact_script(&queries);
+            let res = match transport.run(&script, FACTS_TIMEOUT, None).await {
+                Ok(out) if out.status == Some(0) => {
+                    facts::parse::parse_facts(&queries, &out.stdout)
+                        .map_err(|e| format!("reading facts: {e}"))
+                }
+                Ok(out) => Err(format!(
+                    "fact script exited with {:?}: {}",
+                    out.status,
+                    out.stderr.trim()
+                )),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            (Some(transport), res, start.elapsed())
+        }));
+    }
+    let mut out = vec![];
+    for (task, host) in tasks.into_iter().zip(&loaded.desired.hosts) {
+        match task.await {
+            Ok((t, res, elapsed)) => {
+                if let Some(t) = t {
+                    conns.by_host.insert(host.name.clone(), t);
+                }
+                out.push(Gathered {
+                    facts: res.map_err(|e| redactor.redact(&e)),
+                    ms: elapsed.as_millis() as u64,
+                });
+            }
+            Err(e) => out.push(Gathered {
+                facts: Err(format!("internal error: {e}")),
+                ms: 0,
+            }),
+        }
+    }
+    out
+}
+
+/// Reads every host and builds the plan.
+pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan> {
+    let seal_key = crate::plan::seal::load_key()?;
+    let gathered = gather(loaded, conns, |h| {
+        build::host_queries(&loaded.desired.hosts[h])
+    })
+    .await;
+    let mut hosts = vec![];
+    for (h, g) in gathered.into_iter().enumerate() {
+        let host = &loaded.desired.hosts[h];
+        let mut hp = match g.facts {
+            Ok(f) => build::host_plan(&loaded.desired, &loaded.graph, h, &f, &seal_key),
+            Err(e) => HostPlan {
+                host: host.name.clone(),
+                address: host.connection.address.clone(),
+                changes: vec![],
+                after_hosts: vec![],
+                error: Some(e),
+                facts_ms: 0,
+            },
+        };
+        hp.facts_ms = g.ms;
+        hosts.push(hp);
+    }
+    Ok(Plan {
+        format: PLAN_FORMAT,
+        kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        environment: loaded.env.name.clone(),
+        env_file: std::fs::canonicalize(&loaded.env.file).unwrap_or(loaded.env.file.clone()),
+        created_at: now_rfc3339(),
+        hosts,
+    })
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A name for this run in host locks: user@machine pid time.
+pub fn holder() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "kiln by {user}@{host} pid {} since {}",
+        std::process::id(),
+        now_rfc3339()
+    )
+}
+
+pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        use std::io::Write;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}

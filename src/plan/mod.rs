@@ -1,0 +1,175 @@
+//! The plan is a value: what will change, on which host, why, and the exact steps apply
+//! will run. It serialises to JSON (documented in ARCHITECTURE.md) and can be saved and
+//! applied later; apply never re-decides.
+//!
+//! Architecture invariant: nothing in `plan/` touches a transport.
+
+pub mod build;
+pub mod graph;
+pub mod render;
+pub mod seal;
+pub mod step;
+
+use serde::{Deserialize, Serialize};
+
+pub use step::{Content, Step};
+
+/// Version of the saved-plan format; a plan with another version is refused.
+pub const PLAN_FORMAT: u32 = 1;
+
+/// Closed set of actions, with the symbols the human output shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Create,
+    Update,
+    Remove,
+    Run,
+}
+
+impl Action {
+    pub fn symbol(self) -> char {
+        match self {
+            Action::Create => '+',
+            Action::Update => '~',
+            Action::Remove => '-',
+            Action::Run => '!',
+        }
+    }
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Remove => "remove",
+            Action::Run => "run",
+        }
+    }
+}
+
+/// A value shown in the plan. Values that cannot be known before apply, and sensitive
+/// values, are typed so that no renderer can print them by accident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Shown {
+    Value(String),
+    Absent,
+    KnownAfterApply,
+    Sensitive,
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shown::Value(v) => write!(f, "{v:?}"),
+            Shown::Absent => write!(f, "(none)"),
+            Shown::KnownAfterApply => write!(f, "(known after apply)"),
+            Shown::Sensitive => write!(f, "(sensitive value)"),
+        }
+    }
+}
+
+/// One attribute that differs: `mode "0600" → "0644"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrChange {
+    pub name: String,
+    pub old: Shown,
+    pub new: Shown,
+}
+
+impl AttrChange {
+    pub fn new(name: &str, old: Shown, new: Shown) -> AttrChange {
+        AttrChange {
+            name: name.to_string(),
+            old,
+            new,
+        }
+    }
+    pub fn values(name: &str, old: Option<&str>, new: &str) -> AttrChange {
+        AttrChange {
+            name: name.to_string(),
+            old: old
+                .map(|o| Shown::Value(o.to_string()))
+                .unwrap_or(Shown::Absent),
+            new: Shown::Value(new.to_string()),
+        }
+    }
+}
+
+/// One change to one resource on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Resource id, `type:name` (e.g. `file:/etc/motd`).
+    pub resource: String,
+    pub action: Action,
+    /// One line for humans, e.g. `install nginx` or `content and mode`.
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<AttrChange>,
+    /// Unified diff of a file's content (never for sensitive files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// Content is sensitive: shown only as `(sensitive value changed)`.
+    #[serde(default)]
+    pub sensitive: bool,
+    /// Why the change exists beyond a difference in state (a notification, a pending
+    /// handler from an interrupted run, a postcondition of an earlier change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// sha256 of the facts this change was computed from; apply refuses the change when
+    /// re-read facts give another fingerprint.
+    pub fingerprint: String,
+    /// Fact keys behind the fingerprint.
+    pub facts: Vec<crate::facts::FactQuery>,
+    /// What apply runs, in order.
+    pub steps: Vec<Step>,
+}
+
+/// The changes for one host, in the order apply will run them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
+    /// Hosts whose apply must finish first (cross-host `after`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_hosts: Vec<String>,
+    /// Facts could not be read (unreachable host ...): the host has no plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Wall time of the fact gathering, for reports.
+    #[serde(default)]
+    pub facts_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: u32,
+    pub kiln_version: String,
+    pub environment: String,
+    /// The environment file the plan was made from (apply re-renders sensitive content from it).
+    pub env_file: std::path::PathBuf,
+    pub created_at: String,
+    pub hosts: Vec<HostPlan>,
+}
+
+impl Plan {
+    pub fn change_count(&self) -> usize {
+        self.hosts.iter().map(|h| h.changes.len()).sum()
+    }
+    pub fn has_errors(&self) -> bool {
+        self.hosts.iter().any(|h| h.error.is_some())
+    }
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let mut c = (0, 0, 0, 0);
+        for ch in self.hosts.iter().flat_map(|h| &h.changes) {
+            match ch.action {
+                Action::Create => c.0 += 1,
+                Action::Update => c.1 += 1,
+                Action::Remove => c.2 += 1,
+                Action::Run => c.3 += 1,
+            }
+        }
+        c
+    }
+}

@@ -1,0 +1,103 @@
+//! Human rendering of a plan, Terraform-style: one block per host, one line per change
+//! with its symbol, attribute changes, and unified diffs for files. Sensitive values are
+//! typed (`Shown::Sensitive`) and render only as `(sensitive value changed)`.
+
+use std::fmt::Write;
+
+use super::{Action, Change, Plan, Shown};
+use crate::ui::Paint;
+
+pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
+    let mut out = String::new();
+    for host in &plan.hosts {
+        let _ = write!(
+            out,
+            "{} {}",
+            paint.bold(&host.host),
+            paint.dim(&format!("({})", host.address))
+        );
+        if let Some(e) = &host.error {
+            let _ = writeln!(out, "  {}", paint.red(&format!("error: {e}")));
+            continue;
+        }
+        if host.changes.is_empty() {
+            let _ = writeln!(out, "  {}", paint.dim("no changes"));
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  {} change{}",
+            host.changes.len(),
+            if host.changes.len() == 1 { "" } else { "s" }
+        );
+        for c in &host.changes {
+            render_change(&mut out, c, paint);
+        }
+    }
+    let (c, u, r, x) = plan.counts();
+    let errors = plan.hosts.iter().filter(|h| h.error.is_some()).count();
+    let _ = write!(
+        out,
+        "\n{} {c} to create, {u} to update, {r} to remove, {x} to run",
+        paint.bold("Plan:")
+    );
+    if errors > 0 {
+        let _ = write!(
+            out,
+            "; {}",
+            paint.red(&format!(
+                "{errors} host{} failed",
+                if errors == 1 { "" } else { "s" }
+            ))
+        );
+    }
+    out.push_str(".\n");
+    out
+}
+
+fn symbol(a: Action, paint: &Paint) -> String {
+    let s = a.symbol().to_string();
+    match a {
+        Action::Create => paint.green(&s),
+        Action::Update => paint.yellow(&s),
+        Action::Remove => paint.red(&s),
+        Action::Run => paint.cyan(&s),
+    }
+}
+
+fn render_change(out: &mut String, c: &Change, paint: &Paint) {
+    let _ = writeln!(
+        out,
+        "  {} {}  {}",
+        symbol(c.action, paint),
+        paint.bold(&c.resource),
+        c.summary
+    );
+    if let Some(r) = &c.reason {
+        let _ = writeln!(out, "      {}", paint.dim(&format!("({r})")));
+    }
+    for a in &c.attributes {
+        let line = if a.old == Shown::Sensitive || a.new == Shown::Sensitive {
+            format!("{}: (sensitive value changed)", a.name)
+        } else {
+            format!("{}: {} → {}", a.name, a.old, a.new)
+        };
+        let _ = writeln!(out, "      {line}");
+    }
+    if let Some(d) = &c.diff {
+        for line in d.lines() {
+            let styled = if line.starts_with("+++") || line.starts_with("---") {
+                paint.bold(line)
+            } else if line.starts_with('+') {
+                paint.green(line)
+            } else if line.starts_with('-') {
+                paint.red(line)
+            } else if line.starts_with("@@") {
+                paint.cyan(line)
+            } else {
+                line.to_string()
+            };
+            let _ = writeln!(out, "      {styled}");
+        }
+    }
+}

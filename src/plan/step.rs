@@ -1,0 +1,104 @@
+//! Steps: the closed set of operations apply can perform. A change carries its steps as
+//! data; `apply::script` turns them into shell. Keeping them typed lets the plan be saved,
+//! reviewed and tested without a host.
+
+use serde::{Deserialize, Serialize};
+
+/// Content of a file to write. Sensitive content never lives in a plan: it is re-rendered
+/// from the spec at apply time and checked against a keyed digest (see `plan::seal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Content {
+    Text { text: String },
+    Sensitive { resource: String, seal: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Step {
+    /// `apt-get update` (only emitted when lists are missing or stale, or a repository changed).
+    AptUpdate,
+    /// One apt transaction for every package of the host; `name` or `name=version`.
+    AptInstall {
+        packages: Vec<String>,
+    },
+    AptRemove {
+        packages: Vec<String>,
+    },
+    /// Atomic write: temp file in the same directory, fsync, rename; the previous version is
+    /// kept under /var/lib/kiln/backup.
+    WriteFile {
+        path: String,
+        content: Content,
+        owner: String,
+        group: String,
+        mode: String,
+    },
+    SetAttrs {
+        path: String,
+        owner: Option<String>,
+        group: Option<String>,
+        mode: Option<String>,
+    },
+    MakeDir {
+        path: String,
+        owner: String,
+        group: String,
+        mode: String,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    RemovePath {
+        path: String,
+    },
+    GroupAdd {
+        name: String,
+        gid: Option<u32>,
+        system: bool,
+    },
+    GroupDel {
+        name: String,
+    },
+    UserAdd {
+        name: String,
+        uid: Option<u32>,
+        home: String,
+        shell: String,
+        system: bool,
+        groups: Vec<String>,
+        create_home: bool,
+    },
+    UserMod {
+        name: String,
+        home: Option<String>,
+        shell: Option<String>,
+        groups: Option<Vec<String>>,
+    },
+    UserDel {
+        name: String,
+    },
+    DaemonReload,
+    /// `systemctl VERB UNIT` for enable/disable/start/stop/restart.
+    Systemctl {
+        verb: String,
+        unit: String,
+    },
+    /// A handler: validate (when `check` is set), then reload or restart. Journalled on the
+    /// host before the change that owes it, cleared after it ran.
+    Handler {
+        unit: String,
+        action: String,
+        check: Option<String>,
+    },
+    /// A guarded command; `creates` is re-checked on the host just before running.
+    Shell {
+        command: String,
+        creates: Option<String>,
+    },
+    /// Record that `handler` (`reload@unit`) is owed, before the change that causes it.
+    JournalHandler {
+        handler: String,
+    },
+}

@@ -1,0 +1,4 @@
+//! Sources of hosts. `static` hosts need nothing; `lab` hosts are local containers made by
+//! [`lab`].
+
+pub mod lab;

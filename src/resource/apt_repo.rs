@@ -1,0 +1,98 @@
+//! `apt_repo`: an apt repository in deb822 form with its signing key, both under apt's
+//! own directories. A changed repository makes the next install refresh the lists.
+
+use serde::{Deserialize, Serialize};
+
+use crate::facts::{FactQuery, HostFacts};
+use crate::plan::{Action, Step};
+
+use super::{file::File, Planned};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptRepo {
+    pub name: String,
+    /// e.g. `http://deb.debian.org/debian`
+    pub uri: String,
+    pub suites: Vec<String>,
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// ASCII-armoured signing key; when absent the repository uses the system keyring.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
+}
+
+impl AptRepo {
+    pub fn key_path(&self) -> String {
+        format!("/etc/apt/keyrings/kiln-{}.asc", self.name)
+    }
+    pub fn sources_path(&self) -> String {
+        format!("/etc/apt/sources.list.d/kiln-{}.sources", self.name)
+    }
+
+    pub fn sources_content(&self) -> String {
+        let mut s = format!(
+            "# Managed by kiln (apt_repo {}).\nTypes: deb\nURIs: {}\nSuites: {}\nComponents: {}\n",
+            self.name,
+            self.uri,
+            self.suites.join(" "),
+            self.components.join(" ")
+        );
+        if self.key.is_some() {
+            s.push_str(&format!("Signed-By: {}\n", self.key_path()));
+        }
+        s
+    }
+
+    fn files(&self) -> Vec<File> {
+        let mut files = vec![];
+        if let Some(key) = &self.key {
+            files.push(File::text(&self.key_path(), key, "0644"));
+        }
+        files.push(File::text(
+            &self.sources_path(),
+            &self.sources_content(),
+            "0644",
+        ));
+        files
+    }
+
+    pub fn facts(&self) -> Vec<FactQuery> {
+        self.files().iter().flat_map(|f| f.facts()).collect()
+    }
+
+    pub fn plan(&self, facts: &HostFacts) -> Option<Planned> {
+        let mut steps = vec![];
+        let mut diffs = vec![];
+        let mut created = true;
+        for f in self.files() {
+            // A file resource of our own making cannot conflict unless the path is a
+            // directory, which `File::plan` reports; treat that as a needed rewrite here.
+            if let Ok(Some(p)) = f.plan(facts) {
+                created &= p.action == Action::Create;
+                steps.extend(p.steps);
+                diffs.extend(p.diff);
+            }
+        }
+        if steps.is_empty() {
+            return None;
+        }
+        steps.push(Step::AptUpdate);
+        let action = if created {
+            Action::Create
+        } else {
+            Action::Update
+        };
+        let mut p = Planned::new(
+            action,
+            format!("apt repository {} ({})", self.name, self.uri),
+            steps,
+        );
+        p.diff = (!diffs.is_empty()).then(|| diffs.join(""));
+        Some(p)
+    }
+}

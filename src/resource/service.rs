@@ -1,0 +1,132 @@
+//! `service`: a systemd service's enablement and run state, and how it takes a changed
+//! configuration (`reload` or `restart`, validated by `check` first).
+
+use serde::{Deserialize, Serialize};
+
+use crate::facts::{unit_name, FactQuery, HostFacts};
+use crate::plan::{Action, AttrChange, Step};
+
+use super::{Conflict, Planned, Predicted};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `true` running, `false` stopped, absent: left as it is.
+    #[serde(default)]
+    pub running: Option<bool>,
+    /// Command that validates the configuration before any reload or restart
+    /// (`nginx -t`, `php-fpm8.2 -t`). A failing check leaves the running service alone.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// How the service takes a change notified by a file or unit: `reload` or `restart`.
+    #[serde(default = "default_on_change")]
+    pub on_change: String,
+}
+
+fn default_on_change() -> String {
+    "restart".into()
+}
+
+impl Service {
+    pub fn unit(&self) -> String {
+        unit_name(&self.name)
+    }
+
+    pub fn facts(&self) -> Vec<FactQuery> {
+        vec![FactQuery::Service { name: self.unit() }]
+    }
+
+    pub fn plan(
+        &self,
+        facts: &HostFacts,
+        predicted: &Predicted,
+    ) -> Result<Option<Planned>, Conflict> {
+        let unit = self.unit();
+        let fact = facts.services.get(&unit).cloned().unwrap_or_default();
+        let mut steps = vec![];
+        let mut attrs = vec![];
+        let mut reason = None;
+        let (is_enabled, is_running) = if fact.exists() {
+            (fact.enabled(), fact.running())
+        } else if !predicted.packages_installed.is_empty()
+            || predicted.units_changed.contains(&unit)
+        {
+            // Postcondition: a package or unit file installed earlier in this plan provides
+            // the unit. Packages usually enable and start their services on install, but we
+            // cannot know which, so the plan says what kiln will ensure.
+            reason = Some(
+                "unit provided by changes earlier in this plan; its state is known after apply"
+                    .to_string(),
+            );
+            (false, false)
+        } else {
+            return Err(Conflict {
+                resource: format!("service:{unit}"),
+                message: format!(
+                    "{unit} does not exist on the host and nothing in this plan installs it"
+                ),
+            });
+        };
+        if let Some(want) = self.enabled {
+            if want != is_enabled {
+                steps.push(Step::Systemctl {
+                    verb: if want { "enable" } else { "disable" }.into(),
+                    unit: unit.clone(),
+                });
+                attrs.push(AttrChange::values(
+                    "enabled",
+                    Some(&is_enabled.to_string()),
+                    &want.to_string(),
+                ));
+            }
+        }
+        if let Some(want) = self.running {
+            if want != is_running {
+                if want {
+                    if let Some(check) = &self.check {
+                        steps.push(Step::Handler {
+                            unit: unit.clone(),
+                            action: "start".into(),
+                            check: Some(check.clone()),
+                        });
+                    } else {
+                        steps.push(Step::Systemctl {
+                            verb: "start".into(),
+                            unit: unit.clone(),
+                        });
+                    }
+                } else {
+                    steps.push(Step::Systemctl {
+                        verb: "stop".into(),
+                        unit: unit.clone(),
+                    });
+                }
+                attrs.push(AttrChange::values(
+                    "running",
+                    Some(&is_running.to_string()),
+                    &want.to_string(),
+                ));
+            }
+        }
+        if steps.is_empty() {
+            return Ok(None);
+        }
+        let summary = attrs
+            .iter()
+            .map(|a| format!("{}={}", a.name, a.new))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let action = if fact.exists() {
+            Action::Update
+        } else {
+            Action::Create
+        };
+        let mut p = Planned::new(action, summary.replace('"', ""), steps);
+        p.attributes = attrs;
+        p.reason = reason;
+        Ok(Some(p))
+    }
+}

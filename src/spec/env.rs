@@ -1,0 +1,105 @@
+//! The environment file format (`environments/*.toml`). Every table denies unknown keys so
+//! a typo is an error with its position, not a silently ignored setting.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Name of another environment in the same directory to inherit from.
+    #[serde(default)]
+    pub extends: Option<String>,
+    #[serde(default)]
+    pub ssh: SshSpec,
+    #[serde(default)]
+    pub hosts: IndexMap<String, HostSpec>,
+    #[serde(default)]
+    pub roles: IndexMap<String, RoleSpec>,
+    /// Variables visible to every template as `vars.NAME`.
+    #[serde(default)]
+    pub vars: toml::Table,
+    /// Module parameters for the whole environment: `[modules.nginx] worker_connections = 512`.
+    #[serde(default)]
+    pub modules: IndexMap<String, toml::Table>,
+    /// Secret references: `[secrets.db_password] env = "KILN_DB_PASSWORD"` or `file = "/etc/kiln/db"`.
+    #[serde(default)]
+    pub secrets: IndexMap<String, SecretRef>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSpec {
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Private key file (`~` expanded); the user's agent and ~/.ssh/config work too.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// known_hosts file, relative to the environment file; default `<env>.known_hosts`
+    /// beside it.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+    /// Accept and record unknown host keys (never changed ones). Off by default; lab hosts
+    /// have their keys recorded when they are created.
+    #[serde(default)]
+    pub accept_new: Option<bool>,
+    #[serde(default)]
+    pub connect_timeout: Option<u64>,
+    /// How many hosts are worked on at once (default 16).
+    #[serde(default)]
+    pub parallel: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// Addresses you already have.
+    #[default]
+    Static,
+    /// Local Debian 12 containers made by `kiln lab up`.
+    Lab,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub provider: Provider,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Host variables, overriding the environment's `vars`.
+    #[serde(default)]
+    pub vars: toml::Table,
+    /// Module parameters for this host only, overriding the environment's.
+    #[serde(default)]
+    pub modules: IndexMap<String, toml::Table>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<String>,
+}

@@ -1,0 +1,598 @@
+//! Spec: load an environment (following `extends`), its modules, and its secret
+//! references; validate everything before any host is contacted.
+//!
+//! # Merge rules for `extends`
+//! The child is laid over its parent key by key: tables merge recursively (a child's
+//! `[hosts.web]` changes only the keys it sets), while scalars and arrays are replaced
+//! whole (a child's `roles = [...]` is the new list, not an addition). Provenance — which
+//! file and line set each value — is kept for errors and `kiln explain`.
+
+pub mod env;
+pub mod module;
+pub mod secret;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+use crate::error::{SpecError, SpecErrors};
+pub use env::{EnvSpec, HostSpec, Provider, RoleSpec, SecretRef, SshSpec};
+pub use module::{Module, ModuleSpec, ParamSpec, ParamType};
+pub use secret::{Redactor, SecretValue};
+pub use source::{Location, SourceFile};
+
+/// A loaded, merged and validated environment.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    /// The environment file named on the command line.
+    pub file: PathBuf,
+    /// Repository root: holds environments/, modules/ and templates/.
+    pub root: PathBuf,
+    pub spec: EnvSpec,
+    /// The `extends` chain, base first, the named file last.
+    pub sources: Vec<SourceFile>,
+    /// Key path → index in `sources` of the file that set it.
+    pub provenance: IndexMap<String, usize>,
+    /// Modules used by any role, by name.
+    pub modules: IndexMap<String, Module>,
+    pub secrets: BTreeMap<String, SecretValue>,
+}
+
+/// Finds the environment file for a command-line argument: a path to a `.toml` file, or a
+/// name under `environments/` of the current directory (or of `KILN_ROOT`).
+pub fn resolve_env_path(arg: &str) -> PathBuf {
+    let p = Path::new(arg);
+    if arg.ends_with(".toml") || p.components().count() > 1 {
+        return p.to_path_buf();
+    }
+    let root = std::env::var_os("KILN_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    root.join("environments").join(format!("{arg}.toml"))
+}
+
+/// The repository root of an environment file: the parent of its `environments/` folder,
+/// or the file's own folder when it is not in one.
+pub fn root_of(env_file: &Path) -> PathBuf {
+    let dir = env_file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    if dir
+        .file_name()
+        .map(|n| n == "environments")
+        .unwrap_or(false)
+    {
+        dir.parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// Parses one file as `T`, turning serde's errors (unknown key, wrong type) into errors
+/// with the position and the key they are about.
+pub fn parse_typed<T: serde::de::DeserializeOwned>(file: &SourceFile) -> Result<T, SpecError> {
+    toml::from_str::<T>(&file.text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let mut key = file.path_at(span.start).unwrap_or_default();
+        let message = e.message().trim().to_string();
+        // serde names the unknown field but the span covers its whole table; point at the key.
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+        {
+            let candidate = source::join_key(&key, field);
+            if let Some(s) = file.key_span(&candidate) {
+                return SpecError::at(file, s, candidate, message);
+            }
+            // The span is the table itself; find the child key under it.
+            if let Some(found) = find_child_key(file, &key, field) {
+                key = found;
+                return SpecError::at(file, file.nearest_span(&key), key, message);
+            }
+        }
+        SpecError::at(file, span, key, message)
+    })
+}
+
+fn find_child_key(file: &SourceFile, parent: &str, field: &str) -> Option<String> {
+    // Search for `<anything>.field` where the anything lies inside the error's table.
+    let suffix = format!(".{field}");
+    let mut candidates: Vec<String> = vec![];
+    for line_key in index_keys(file) {
+        if (line_key.ends_with(&suffix) && line_key.starts_with(parent))
+            || (parent.is_empty() && line_key == field)
+        {
+            candidates.push(line_key);
+        }
+    }
+    candidates.into_iter().next()
+}
+
+fn index_keys(file: &SourceFile) -> Vec<String> {
+    // SourceFile keeps its index private; reconstruct the keys through the public lookups
+    // by re-parsing (cheap: spec files are small).
+    let mut out = vec![];
+    if let Ok(doc) = file.text.parse::<toml::Table>() {
+        collect_keys(&toml::Value::Table(doc), "", &mut out);
+    }
+    out
+}
+
+fn collect_keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let p = source::join_key(prefix, k);
+                out.push(p.clone());
+                collect_keys(v, &p, out);
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                collect_keys(v, &format!("{prefix}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Environment {
+    /// Loads the environment file at `path` with its `extends` chain and modules.
+    pub fn load(path: &Path) -> Result<Environment, SpecErrors> {
+        let root = root_of(path);
+        let mut sources: Vec<SourceFile> = vec![];
+        let mut current = path.to_path_buf();
+        loop {
+            if sources.iter().any(|s| s.path == current) {
+                let last = sources.last().expect("chain has the file that extends");
+                return Err(
+                    SpecError::at_key(last, "extends", "`extends` forms a cycle")
+                        .note(format!(
+                            "chain: {}",
+                            sources
+                                .iter()
+                                .map(|s| s.path.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(" → ")
+                        ))
+                        .into(),
+                );
+            }
+            let file = SourceFile::read(&current)?;
+            let typed: EnvSpec = parse_typed(&file)?;
+            sources.push(file);
+            match typed.extends {
+                Some(parent) => {
+                    let dir = current.parent().unwrap_or(Path::new("."));
+                    let next = dir.join(format!("{parent}.toml"));
+                    if !next.exists() {
+                        let f = sources.last().expect("just pushed");
+                        return Err(SpecError::at(
+                            f,
+                            f.value_span("extends").unwrap_or(0..0),
+                            "extends",
+                            format!(
+                                "no environment `{parent}` ({} does not exist)",
+                                next.display()
+                            ),
+                        )
+                        .into());
+                    }
+                    current = next;
+                }
+                None => break,
+            }
+        }
+        sources.reverse();
+
+        // Merge base → child, keeping which file set each key.
+        let mut merged = toml::Value::Table(toml::Table::new());
+        let mut provenance: IndexMap<String, usize> = IndexMap::new();
+        for (i, file) in sources.iter().enumerate() {
+            let value: toml::Value =
+                toml::Value::Table(file.text.parse::<toml::Table>().map_err(|e| {
+                    SpecError::at(file, e.span().unwrap_or(0..0), "", e.message().to_string())
+                })?);
+            merge(&mut merged, value, "", i, &mut provenance);
+        }
+        if let toml::Value::Table(t) = &mut merged {
+            t.remove("extends");
+        }
+        let spec: EnvSpec = merged.try_into().map_err(|e: toml::de::Error| {
+            let last = sources.last().expect("at least one file");
+            SpecErrors::from(SpecError::at(last, 0..0, "", e.message().to_string()))
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let mut env = Environment {
+            name,
+            file: path.to_path_buf(),
+            root,
+            spec,
+            sources,
+            provenance,
+            modules: IndexMap::new(),
+            secrets: BTreeMap::new(),
+        };
+        env.validate()?;
+        Ok(env)
+    }
+
+    /// The source file and key path that set `path` (or its nearest set ancestor).
+    pub fn source_of(&self, path: &str) -> (&SourceFile, String) {
+        let mut p = path.to_string();
+        loop {
+            if let Some(&i) = self.provenance.get(&p) {
+                if self.sources[i].has(&p) {
+                    return (&self.sources[i], p);
+                }
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p.truncate(i),
+                None => {
+                    return (
+                        self.sources.last().expect("at least one file"),
+                        path.to_string(),
+                    )
+                }
+            }
+        }
+    }
+
+    /// An error about the value at `path`, located in the file that set it.
+    pub fn error(&self, path: &str, message: impl Into<String>) -> SpecError {
+        let (file, found) = self.source_of(path);
+        let mut e = SpecError::at_key(file, &found, message);
+        e.key = path.to_string();
+        e
+    }
+
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root.join("modules")
+    }
+    pub fn templates_dir(&self) -> PathBuf {
+        self.root.join("templates")
+    }
+
+    /// The known_hosts file for this environment (beside the environment file by default).
+    pub fn known_hosts(&self) -> PathBuf {
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        match &self.spec.ssh.known_hosts {
+            Some(p) => dir.join(expand_home(p)),
+            None => dir.join(format!("{}.known_hosts", self.name)),
+        }
+    }
+
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.secrets.values().cloned())
+    }
+
+    /// Hosts selected by `--limit` (a host name or a role name); all when `None`.
+    pub fn select_hosts(&self, limit: Option<&str>) -> Result<Vec<String>, SpecError> {
+        let all: Vec<String> = self.spec.hosts.keys().cloned().collect();
+        let Some(limit) = limit else { return Ok(all) };
+        let mut out = vec![];
+        for part in limit.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if self.spec.hosts.contains_key(part) {
+                out.push(part.to_string());
+            } else if self.spec.roles.contains_key(part) {
+                out.extend(
+                    self.spec
+                        .hosts
+                        .iter()
+                        .filter(|(_, h)| h.roles.iter().any(|r| r == part))
+                        .map(|(n, _)| n.clone()),
+                );
+            } else {
+                return Err(SpecError::new(
+                    Location {
+                        file: PathBuf::from("--limit"),
+                        line: 1,
+                        column: 1,
+                    },
+                    part,
+                    format!(
+                        "no host or role named `{part}` in {} (hosts: {}; roles: {})",
+                        self.file.display(),
+                        all.join(", "),
+                        self.spec
+                            .roles
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        out.dedup();
+        Ok(out)
+    }
+
+    fn validate(&mut self) -> Result<(), SpecErrors> {
+        let mut errors = vec![];
+        // Hosts: addresses and roles.
+        for (name, host) in &self.spec.hosts {
+            let base = format!("hosts.{}", source::join_key("", name));
+            if host.address.as_deref().map(str::is_empty).unwrap_or(true) {
+                errors.push(self.error(&base, "host has no `address`"));
+            }
+            if host.provider == Provider::Lab {
+                if let Some(addr) = &host.address {
+                    let ok = addr
+                        .parse::<std::net::Ipv4Addr>()
+                        .map(|a| a.octets()[..3] == [10, 233, 0] && a.octets()[3] > 1)
+                        .unwrap_or(false);
+                    if !ok {
+                        errors.push(self.error(&format!("{base}.address"), format!("lab host address `{addr}` must be in 10.233.0.2–10.233.0.254 (the lab bridge's /24)")));
+                    }
+                }
+            }
+            for (i, role) in host.roles.iter().enumerate() {
+                if !self.spec.roles.contains_key(role) {
+                    errors.push(
+                        self.error(
+                            &format!("{base}.roles[{i}]"),
+                            format!(
+                                "unknown role `{role}` (roles: {})",
+                                self.spec
+                                    .roles
+                                    .keys()
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ),
+                    );
+                }
+            }
+        }
+        // Roles → modules: load each module once.
+        let mut modules = IndexMap::new();
+        for (rname, role) in &self.spec.roles {
+            for (i, m) in role.modules.iter().enumerate() {
+                if modules.contains_key(m) {
+                    continue;
+                }
+                let path = self.modules_dir().join(format!("{m}.toml"));
+                if !path.exists() {
+                    errors.push(self.error(
+                        &format!("roles.{}.modules[{i}]", source::join_key("", rname)),
+                        format!("unknown module `{m}` (no {})", path.display()),
+                    ));
+                    continue;
+                }
+                match SourceFile::read(&path)
+                    .and_then(|src| parse_typed::<ModuleSpec>(&src).map(|spec| (src, spec)))
+                {
+                    Ok((source, spec)) => {
+                        errors.extend(validate_module(&source, &spec));
+                        modules.insert(
+                            m.clone(),
+                            Module {
+                                name: m.clone(),
+                                source,
+                                spec,
+                            },
+                        );
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        // Module parameters, environment-wide and per host.
+        let mut param_tables: Vec<(String, &String, &toml::Table)> = vec![];
+        for (m, t) in &self.spec.modules {
+            param_tables.push((format!("modules.{}", source::join_key("", m)), m, t));
+        }
+        for (h, host) in &self.spec.hosts {
+            for (m, t) in &host.modules {
+                param_tables.push((
+                    format!(
+                        "hosts.{}.modules.{}",
+                        source::join_key("", h),
+                        source::join_key("", m)
+                    ),
+                    m,
+                    t,
+                ));
+            }
+        }
+        for (base, m, table) in param_tables {
+            let Some(module) = modules.get(m) else {
+                let path = self.modules_dir().join(format!("{m}.toml"));
+                if path.exists() {
+                    errors.push(self.error(
+                        &base,
+                        format!(
+                            "module `{m}` is not used by any role, so these parameters do nothing"
+                        ),
+                    ));
+                } else {
+                    errors.push(self.error(
+                        &base,
+                        format!("unknown module `{m}` (no {})", path.display()),
+                    ));
+                }
+                continue;
+            };
+            for (k, v) in table {
+                let key = source::join_key(&base, k);
+                match module.spec.params.get(k) {
+                    None => errors.push(
+                        self.error(
+                            &key,
+                            format!(
+                                "module `{m}` has no parameter `{k}` (parameters: {})",
+                                module
+                                    .spec
+                                    .params
+                                    .keys()
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ),
+                    ),
+                    Some(p) if !p.ty.accepts(v) => errors.push(self.error(
+                        &key,
+                        format!(
+                            "parameter `{k}` of module `{m}` must be {}, found {}",
+                            p.ty.name(),
+                            v.type_str()
+                        ),
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        // Secrets: exactly one source, outside the repository, and readable.
+        for (name, r) in &self.spec.secrets {
+            let base = format!("secrets.{}", source::join_key("", name));
+            match (&r.env, &r.file) {
+                (Some(var), None) => match std::env::var(var) {
+                    Ok(v) => {
+                        self.secrets.insert(name.clone(), SecretValue::new(&v));
+                    }
+                    Err(_) => errors.push(self.error(
+                        &format!("{base}.env"),
+                        format!("environment variable `{var}` is not set"),
+                    )),
+                },
+                (None, Some(file)) => {
+                    let p = PathBuf::from(expand_home(file));
+                    let abs_root = std::fs::canonicalize(&self.root).unwrap_or(self.root.clone());
+                    let abs = std::fs::canonicalize(&p).unwrap_or(p.clone());
+                    if !p.is_absolute() || abs.starts_with(&abs_root) {
+                        errors.push(self.error(&format!("{base}.file"), "secret files must be absolute paths outside the repository (secrets are never stored in the repo)"));
+                        continue;
+                    }
+                    match std::fs::read_to_string(&p) {
+                        Ok(v) => {
+                            self.secrets
+                                .insert(name.clone(), SecretValue::new(v.trim_end_matches('\n')));
+                        }
+                        Err(e) => errors.push(self.error(
+                            &format!("{base}.file"),
+                            format!("cannot read {}: {e}", p.display()),
+                        )),
+                    }
+                }
+                _ => {
+                    errors.push(self.error(&base, "a secret needs exactly one of `env` or `file`"))
+                }
+            }
+        }
+        self.modules = modules;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecErrors(errors))
+        }
+    }
+}
+
+fn validate_module(source: &SourceFile, spec: &ModuleSpec) -> Vec<SpecError> {
+    let mut errors = vec![];
+    for (k, p) in &spec.params {
+        if let Some(d) = &p.default {
+            if !p.ty.accepts(d) {
+                errors.push(SpecError::at_key(
+                    source,
+                    &format!("params.{k}.default"),
+                    format!("default must be {}, found {}", p.ty.name(), d.type_str()),
+                ));
+            }
+        }
+    }
+    for (i, r) in spec.resource.iter().enumerate() {
+        match r.get("type").and_then(|t| t.as_str()) {
+            None => errors.push(SpecError::at_key(
+                source,
+                &format!("resource[{i}]"),
+                "resource has no `type`",
+            )),
+            Some(t) if !crate::desired::RESOURCE_TYPES.contains(&t) => {
+                errors.push(SpecError::at_key(
+                    source,
+                    &format!("resource[{i}].type"),
+                    format!(
+                        "unknown resource type `{t}` (types: {})",
+                        crate::desired::RESOURCE_TYPES.join(", ")
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    errors
+}
+
+fn merge(
+    into: &mut toml::Value,
+    from: toml::Value,
+    path: &str,
+    file: usize,
+    prov: &mut IndexMap<String, usize>,
+) {
+    match (into, from) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            for (k, v) in b {
+                let p = source::join_key(path, &k);
+                prov.insert(p.clone(), file);
+                match a.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => {
+                        merge(existing, v, &p, file, prov)
+                    }
+                    _ => {
+                        // Replaced whole: forget the provenance of the old value's children.
+                        prov.retain(|key, _| {
+                            !(key.starts_with(&format!("{p}."))
+                                || key.starts_with(&format!("{p}[")))
+                        });
+                        record(&v, &p, file, prov);
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn record(v: &toml::Value, path: &str, file: usize, prov: &mut IndexMap<String, usize>) {
+    prov.insert(path.to_string(), file);
+    match v {
+        toml::Value::Table(t) => t
+            .iter()
+            .for_each(|(k, v)| record(v, &source::join_key(path, k), file, prov)),
+        toml::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| record(v, &format!("{path}[{i}]"), file, prov)),
+        _ => {}
+    }
+}
+
+pub fn expand_home(p: &str) -> String {
+    match (p.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
+        _ => p.to_string(),
+    }
+}

@@ -1,0 +1,93 @@
+//! Modules as data (`modules/<name>.toml`): typed parameters with defaults, resources
+//! (templated tables, expanded per host by the desired stage) and health checks. Their
+//! templates live under `templates/<name>/`.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use super::source::SourceFile;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub params: IndexMap<String, ParamSpec>,
+    /// Resource tables. Every string is a minijinja template; a string that is exactly one
+    /// `{{ expression }}` keeps the expression's type (a list stays a list). The keys
+    /// `for_each` (an expression giving a list; each element is `item`) and `when` (an
+    /// expression) are handled before the table is read as its `type`.
+    #[serde(default)]
+    pub resource: Vec<toml::Table>,
+    #[serde(default)]
+    pub check: Vec<CheckSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    String,
+    Int,
+    Bool,
+    List,
+    Map,
+    Any,
+}
+
+impl ParamType {
+    pub fn accepts(self, v: &toml::Value) -> bool {
+        matches!(
+            (self, v),
+            (ParamType::Any, _)
+                | (ParamType::String, toml::Value::String(_))
+                | (ParamType::Int, toml::Value::Integer(_))
+                | (ParamType::Bool, toml::Value::Boolean(_))
+                | (ParamType::List, toml::Value::Array(_))
+                | (ParamType::Map, toml::Value::Table(_))
+        )
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamType::String => "a string",
+            ParamType::Int => "an integer",
+            ParamType::Bool => "a boolean",
+            ParamType::List => "a list",
+            ParamType::Map => "a table",
+            ParamType::Any => "any value",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    #[serde(default)]
+    pub default: Option<toml::Value>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A health check `kiln verify` runs on each host of the module (templated like resources).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub name: String,
+    /// Shell run on the host; exit 0 is healthy.
+    pub run: String,
+    /// Seconds before the check counts as failed (default 30).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    /// Retries one second apart before failing (services that are still starting).
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Module {
+    pub name: String,
+    pub source: SourceFile,
+    pub spec: ModuleSpec,
+}

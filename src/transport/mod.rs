@@ -1,0 +1,62 @@
+//! Transports run a shell script on a host with the script on stdin. Everything kiln does
+//! on a host is one such call (facts, apply, checks), so a transport needs little: `run`.
+//! `ssh` (OpenSSH with a multiplexed master per host) is the real one; `local` runs on this
+//! machine (pull mode, tests). The trait keeps a future russh backend possible.
+
+pub mod local;
+pub mod ssh;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::Result;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Called with each stdout line as it arrives (progress markers).
+pub type LineSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Exit status of the remote shell; `None` when it was killed by a signal.
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub trait Transport: Send + Sync {
+    /// Runs `script` with `sh -s` (through `sudo -n` for non-root users). The remote side is
+    /// wrapped in `timeout`, so the remote process ends even if this side is gone.
+    fn run<'a>(
+        &'a self,
+        script: &'a str,
+        timeout: Duration,
+        on_line: Option<LineSink<'a>>,
+    ) -> BoxFuture<'a, Result<RunOutput>>;
+
+    /// A human name for errors: `root@10.0.0.5:22`.
+    fn describe(&self) -> String;
+}
+
+/// The remote command line: no secrets and no script content ever appear in it.
+pub fn remote_command(user: &str, timeout: Duration) -> String {
+    let t = timeout.as_secs().max(1);
+    let sudo = if user == "root" { "" } else { "sudo -n " };
+    format!("{sudo}timeout -k 5 {t} sh -s")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn remote_command_has_timeout_and_sudo_for_non_root() {
+        assert_eq!(
+            super::remote_command("root", std::time::Duration::from_secs(30)),
+            "timeout -k 5 30 sh -s"
+        );
+        assert_eq!(
+            super::remote_command("admin", std::time::Duration::from_secs(30)),
+            "sudo -n timeout -k 5 30 sh -s"
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! SSH through OpenSSH (the `openssh` crate, native multiplexing): one master connection
+//! per host, so the user's ~/.ssh/config, agent and ProxyJump keep working and host keys
+//! are checked by ssh itself against the environment's known_hosts file.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Semaphore;
+
+use super::{remote_command, BoxFuture, LineSink, RunOutput, Transport};
+use crate::desired::Connection;
+
+/// sshd's default MaxSessions is 10; stay under it.
+pub const MAX_CHANNELS: usize = 8;
+
+/// A master that no kiln process uses any more (a crashed run) exits after this idle time.
+pub const MASTER_IDLE_SECS: usize = 30;
+
+pub struct SshOptions {
+    pub known_hosts: PathBuf,
+    /// Record unknown host keys (never accept changed ones).
+    pub accept_new: bool,
+    pub connect_timeout: Duration,
+}
+
+pub struct SshTransport {
+    session: Session,
+    user: String,
+    target: String,
+    channels: Arc<Semaphore>,
+}
+
+/// A short control directory: socket paths over ~104 bytes fail, and $TMPDIR can be long.
+pub fn control_dir() -> Result<PathBuf> {
+    let uid = unsafe_uid();
+    let dir = PathBuf::from(format!("/tmp/kiln-{uid}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).ok();
+    Ok(dir)
+}
+
+fn unsafe_uid() -> u32 {
+    // Read from /proc to avoid a libc dependency for one number.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|u| u.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl SshTransport {
+    pub async fn connect(conn: &Connection, opts: &SshOptions) -> Result<SshTransport> {
+        let mut b = SessionBuilder::default();
+        b.user(conn.user.clone())
+            .port(conn.port)
+            .known_hosts_check(if opts.accept_new {
+                KnownHosts::Add
+            } else {
+                KnownHosts::Strict
+            })
+            .user_known_hosts_file(&opts.known_hosts)
+            .control_directory(control_dir()?)
+            .control_persist(ControlPersist::IdleFor(
+                NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero"),
+            ))
+            .connect_timeout(opts.connect_timeout)
+            .server_alive_interval(Duration::from_secs(5));
+        if let Some(k) = &conn.key {
+            b.keyfile(k);
+        }
+        if let Some(parent) = opts.known_hosts.parent() {
+            std::fs::create_dir_all(parent).ok();
+        }
+        let target = format!("{}@{}:{}", conn.user, conn.address, conn.port);
+        let session = b.connect_mux(&conn.address).await.map_err(|e| {
+            anyhow::anyhow!(
+                "ssh to {target} failed: {}",
+                describe_error(&e, &opts.known_hosts)
+            )
+        })?;
+        Ok(SshTransport {
+            session,
+            user: conn.user.clone(),
+            target,
+            channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
+        })
+    }
+
+    pub async fn close(self) -> Result<()> {
+        self.session.close().await.context("closing ssh master")
+    }
+}
+
+fn describe_error(e: &openssh::Error, known_hosts: &Path) -> String {
+    let s = format!("{e}");
+    let mut chain = s.clone();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        chain.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    if chain.contains("Host key verification failed")
+        || chain.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    {
+        chain.push_str(&format!(
+            " (the host key is unknown or changed; known_hosts is {}; record a new host deliberately with `accept_new`, never for a changed key)",
+            known_hosts.display()
+        ));
+    }
+    chain
+}
+
+impl Transport for SshTransport {
+    fn run<'a>(
+        &'a self,
+        script: &'a str,
+        timeout: Duration,
+        on_line: Option<LineSink<'a>>,
+    ) -> BoxFuture<'a, Result<RunOutput>> {
+        Box::pin(async move {
+            let _permit = self.channels.acquire().await.context("channel limit")?;
+            let fut = async {
+                let mut child = self
+                    .session
+                    .raw_command(remote_command(&self.user, timeout))
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .await
+                    .with_context(|| format!("starting a remote shell on {}", self.target))?;
+                let mut stdin = child.stdin().take().context("stdin")?;
+                let stdout = child.stdout().take().context("stdout")?;
+                let mut stderr = child.stderr().take().context("stderr")?;
+                let writer = async move {
+                    let r = stdin.write_all(script.as_bytes()).await;
+                    let _ = stdin.shutdown().await;
+                    drop(stdin);
+                    r
+                };
+                let reader = async {
+                    let mut out = String::new();
+                    let mut lines = BufReader::new(stdout).lines();
+                    while let Some(line) = lines.next_line().await? {
+                        if let Some(f) = on_line {
+                            f(&line);
+                        }
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                    Ok::<_, std::io::Error>(out)
+                };
+                let err_reader = async {
+                    let mut s = String::new();
+                    stderr.read_to_string(&mut s).await.map(|_| s)
+                };
+                let (w, out, err) = tokio::join!(writer, reader, err_reader);
+                if let Err(e) = w {
+                    if e.kind() != std::io::ErrorKind::BrokenPipe {
+                        return Err(anyhow::Error::from(e).context("sending the script"));
+                    }
+                }
+                let status = child
+                    .wait()
+                    .await
+                    .with_context(|| format!("waiting for the remote shell on {}", self.target))?;
+                Ok(RunOutput {
+                    status: status.code(),
+                    stdout: out?,
+                    stderr: err?,
+                })
+            };
+            // The remote `timeout` ends the remote process; this one ends our side a little later.
+            tokio::time::timeout(timeout + Duration::from_secs(10), fut)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("{}: timed out after {}s", self.target, timeout.as_secs())
+                })?
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+}
