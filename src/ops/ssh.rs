@@ -64,7 +64,7 @@ pub fn ssh(env_arg: &str, host: &str, cmd: &[String]) -> Result<i32> {
     }
     command.arg(format!("{}@{}", c.user, c.address));
     if !cmd.is_empty() {
-        command.arg("--").args(cmd);
+        command.args(cmd);
     }
     let status = command.status().context("running ssh")?;
     Ok(status.code().unwrap_or(1))
