@@ -11,7 +11,9 @@ struct Repo {
 
 impl Repo {
     fn new() -> Repo {
-        let r = Repo { dir: tempfile::tempdir().expect("tempdir") };
+        let r = Repo {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
         r.write(
             "modules/m.toml",
             r#"description = "test module"
@@ -25,7 +27,10 @@ path = "/etc/kiln-test"
 template = "t.j2"
 "#,
         );
-        r.write("templates/m/t.j2", "{{ params.greeting }} from {{ host.name }}\n");
+        r.write(
+            "templates/m/t.j2",
+            "{{ params.greeting }} from {{ host.name }}\n",
+        );
         r
     }
     fn path(&self, rel: &str) -> PathBuf {
@@ -39,13 +44,26 @@ template = "t.j2"
     }
     #[track_caller]
     fn fails(&self, args: &[&str], expect: &[&str]) -> String {
-        let out = Command::cargo_bin("kiln").expect("binary").current_dir(self.dir.path()).env("NO_COLOR", "1").args(args).output().expect("run");
+        let out = Command::cargo_bin("kiln")
+            .expect("binary")
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .expect("run");
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(out.status.code(), Some(1), "exit code for {args:?}; stderr:\n{stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "exit code for {args:?}; stderr:\n{stderr}"
+        );
         for e in expect {
             assert!(stderr.contains(e), "stderr should contain {e:?}:\n{stderr}");
         }
-        assert!(!stderr.contains("ssh to"), "a host was contacted:\n{stderr}");
+        assert!(
+            !stderr.contains("ssh to"),
+            "a host was contacted:\n{stderr}"
+        );
         stderr
     }
 }
@@ -66,40 +84,89 @@ fn toml_syntax_error() {
 #[test]
 fn unknown_key_is_named_with_its_line() {
     let r = Repo::new();
-    r.write("environments/e.toml", "[hosts.h1]\naddress = \"127.0.0.1\"\nadress = \"x\"\nroles = []\n");
-    r.fails(&["plan", "e"], &["environments/e.toml:3:1", "hosts.h1.adress", "unknown field `adress`"]);
+    r.write(
+        "environments/e.toml",
+        "[hosts.h1]\naddress = \"127.0.0.1\"\nadress = \"x\"\nroles = []\n",
+    );
+    r.fails(
+        &["plan", "e"],
+        &[
+            "environments/e.toml:3:1",
+            "hosts.h1.adress",
+            "unknown field `adress`",
+        ],
+    );
 }
 
 #[test]
 fn wrong_type() {
     let r = Repo::new();
-    r.write("environments/e.toml", "[hosts.h1]\naddress = \"127.0.0.1\"\nport = \"twenty-two\"\n");
-    r.fails(&["plan", "e"], &["environments/e.toml:3:", "hosts.h1.port", "invalid type"]);
+    r.write(
+        "environments/e.toml",
+        "[hosts.h1]\naddress = \"127.0.0.1\"\nport = \"twenty-two\"\n",
+    );
+    r.fails(
+        &["plan", "e"],
+        &["environments/e.toml:3:", "hosts.h1.port", "invalid type"],
+    );
 }
 
 #[test]
 fn unknown_role_and_module() {
     let r = Repo::new();
     r.write("environments/e.toml", "[hosts.h1]\naddress = \"127.0.0.1\"\nroles = [\"r\", \"nope\"]\n\n[roles.r]\nmodules = [\"m\", \"missing\"]\n");
-    let err = r.fails(&["plan", "e"], &["environments/e.toml:3:15", "hosts.h1.roles[1]", "unknown role `nope`"]);
-    assert!(err.contains("environments/e.toml:6:17") && err.contains("unknown module `missing`"), "{err}");
+    let err = r.fails(
+        &["plan", "e"],
+        &[
+            "environments/e.toml:3:15",
+            "hosts.h1.roles[1]",
+            "unknown role `nope`",
+        ],
+    );
+    assert!(
+        err.contains("environments/e.toml:6:17") && err.contains("unknown module `missing`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_module_parameter_and_wrong_type() {
     let r = Repo::new();
-    r.write("environments/e.toml", &env("\n[modules.m]\ngreting = \"hi\"\n"));
-    r.fails(&["plan", "e"], &["environments/e.toml:10:1", "modules.m.greting", "has no parameter `greting`"]);
+    r.write(
+        "environments/e.toml",
+        &env("\n[modules.m]\ngreting = \"hi\"\n"),
+    );
+    r.fails(
+        &["plan", "e"],
+        &[
+            "environments/e.toml:10:1",
+            "modules.m.greting",
+            "has no parameter `greting`",
+        ],
+    );
     r.write("environments/e.toml", &env("\n[modules.m]\ngreeting = 3\n"));
-    r.fails(&["plan", "e"], &["environments/e.toml:10:", "must be a string"]);
+    r.fails(
+        &["plan", "e"],
+        &["environments/e.toml:10:", "must be a string"],
+    );
 }
 
 #[test]
 fn undefined_template_variable_names_template_line() {
     let r = Repo::new();
-    r.write("templates/m/t.j2", "line one\n{{ vars.nonexistent }} here\n");
+    r.write(
+        "templates/m/t.j2",
+        "line one\n{{ vars.nonexistent }} here\n",
+    );
     r.write("environments/e.toml", &env(""));
-    r.fails(&["plan", "e"], &["templates/m/t.j2:2:", "vars.nonexistent", "undefined variable"]);
+    r.fails(
+        &["plan", "e"],
+        &[
+            "templates/m/t.j2:2:",
+            "vars.nonexistent",
+            "undefined variable",
+        ],
+    );
 }
 
 #[test]
@@ -119,25 +186,55 @@ after = ["directory:/srv/a"]
 "#,
     );
     r.write("environments/e.toml", &env(""));
-    r.fails(&["plan", "e"], &["modules/m.toml:", "dependency cycle", "directory:/srv/a →", "→ h1:directory:/srv/"]);
+    r.fails(
+        &["plan", "e"],
+        &[
+            "modules/m.toml:",
+            "dependency cycle",
+            "directory:/srv/a →",
+            "→ h1:directory:/srv/",
+        ],
+    );
 }
 
 #[test]
 fn unknown_host_in_limit() {
     let r = Repo::new();
     r.write("environments/e.toml", &env(""));
-    r.fails(&["plan", "e", "--limit", "nosuch"], &["--limit", "no host or role named `nosuch`", "hosts: h1"]);
+    r.fails(
+        &["plan", "e", "--limit", "nosuch"],
+        &["--limit", "no host or role named `nosuch`", "hosts: h1"],
+    );
 }
 
 #[test]
 fn secret_in_repo_is_refused_and_missing_env_is_named() {
     let r = Repo::new();
-    r.write("environments/e.toml", &env("\n[secrets.pw]\nenv = \"KILN_TEST_UNSET_VAR_91\"\n"));
-    r.fails(&["plan", "e"], &["environments/e.toml:10:", "secrets.pw.env", "`KILN_TEST_UNSET_VAR_91` is not set"]);
+    r.write(
+        "environments/e.toml",
+        &env("\n[secrets.pw]\nenv = \"KILN_TEST_UNSET_VAR_91\"\n"),
+    );
+    r.fails(
+        &["plan", "e"],
+        &[
+            "environments/e.toml:10:",
+            "secrets.pw.env",
+            "`KILN_TEST_UNSET_VAR_91` is not set",
+        ],
+    );
     let inside = r.path("secret.txt");
     std::fs::write(&inside, "x").expect("write");
-    r.write("environments/e.toml", &env(&format!("\n[secrets.pw]\nfile = {:?}\n", inside.display().to_string())));
-    r.fails(&["plan", "e"], &["secrets.pw.file", "outside the repository"]);
+    r.write(
+        "environments/e.toml",
+        &env(&format!(
+            "\n[secrets.pw]\nfile = {:?}\n",
+            inside.display().to_string()
+        )),
+    );
+    r.fails(
+        &["plan", "e"],
+        &["secrets.pw.file", "outside the repository"],
+    );
 }
 
 #[test]
@@ -145,37 +242,79 @@ fn extends_merges_and_errors_point_into_the_right_file() {
     let r = Repo::new();
     r.write("environments/base.toml", &env(""));
     // The child's typo is reported in the child file, not the base.
-    r.write("environments/child.toml", "extends = \"base\"\n[hosts.h1]\nrols = []\n");
-    r.fails(&["plan", "child"], &["environments/child.toml:3:1", "hosts.h1.rols"]);
+    r.write(
+        "environments/child.toml",
+        "extends = \"base\"\n[hosts.h1]\nrols = []\n",
+    );
+    r.fails(
+        &["plan", "child"],
+        &["environments/child.toml:3:1", "hosts.h1.rols"],
+    );
     // A bad role set in the base is reported in the base even when loading the child.
-    r.write("environments/base.toml", "[hosts.h1]\naddress = \"127.0.0.1\"\nroles = [\"zz\"]\n");
+    r.write(
+        "environments/base.toml",
+        "[hosts.h1]\naddress = \"127.0.0.1\"\nroles = [\"zz\"]\n",
+    );
     r.write("environments/child.toml", "extends = \"base\"\n");
-    r.fails(&["plan", "child"], &["environments/base.toml:3:10", "unknown role `zz`"]);
+    r.fails(
+        &["plan", "child"],
+        &["environments/base.toml:3:10", "unknown role `zz`"],
+    );
     r.write("environments/child.toml", "extends = \"nowhere\"\n");
-    r.fails(&["plan", "child"], &["environments/child.toml:1:11", "no environment `nowhere`"]);
+    r.fails(
+        &["plan", "child"],
+        &["environments/child.toml:1:11", "no environment `nowhere`"],
+    );
 }
 
 #[test]
 fn graph_and_ssh_config_need_no_hosts() {
     let r = Repo::new();
     r.write("environments/e.toml", &env(""));
-    let out = Command::cargo_bin("kiln").expect("bin").current_dir(r.dir.path()).args(["graph", "e"]).output().expect("run");
+    let out = Command::cargo_bin("kiln")
+        .expect("bin")
+        .current_dir(r.dir.path())
+        .args(["graph", "e"])
+        .output()
+        .expect("run");
     assert!(out.status.success());
     let dot = String::from_utf8_lossy(&out.stdout);
-    assert!(dot.starts_with("digraph kiln") && dot.contains("file:/etc/kiln-test"), "{dot}");
-    let out = Command::cargo_bin("kiln").expect("bin").current_dir(r.dir.path()).args(["ssh-config", "e"]).output().expect("run");
+    assert!(
+        dot.starts_with("digraph kiln") && dot.contains("file:/etc/kiln-test"),
+        "{dot}"
+    );
+    let out = Command::cargo_bin("kiln")
+        .expect("bin")
+        .current_dir(r.dir.path())
+        .args(["ssh-config", "e"])
+        .output()
+        .expect("run");
     let cfg = String::from_utf8_lossy(&out.stdout);
-    assert!(cfg.contains("Host e-h1") && cfg.contains("Port 1") && cfg.contains("StrictHostKeyChecking yes"), "{cfg}");
+    assert!(
+        cfg.contains("Host e-h1")
+            && cfg.contains("Port 1")
+            && cfg.contains("StrictHostKeyChecking yes"),
+        "{cfg}"
+    );
 }
 
 #[test]
 fn unreachable_host_is_an_error_with_exit_1() {
     let r = Repo::new();
     r.write("environments/e.toml", &env("[ssh]\nconnect_timeout = 2\n"));
-    let out = Command::cargo_bin("kiln").expect("bin").current_dir(r.dir.path()).env("NO_COLOR", "1").args(["plan", "e", "--detailed-exitcode"]).output().expect("run");
+    let out = Command::cargo_bin("kiln")
+        .expect("bin")
+        .current_dir(r.dir.path())
+        .env("NO_COLOR", "1")
+        .args(["plan", "e", "--detailed-exitcode"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("h1") && stdout.contains("error"), "{stdout}");
+    assert!(
+        stdout.contains("h1") && stdout.contains("error"),
+        "{stdout}"
+    );
 }
 
 #[allow(dead_code)]

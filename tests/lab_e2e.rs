@@ -31,14 +31,28 @@ impl Run {
 impl Lab {
     fn new() -> Lab {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let root = tempfile::Builder::new().prefix("kiln-e2e-").tempdir().expect("tempdir");
-        std::os::unix::fs::symlink(repo.join("modules"), root.path().join("modules")).expect("link modules");
-        std::os::unix::fs::symlink(repo.join("templates"), root.path().join("templates")).expect("link templates");
+        let root = tempfile::Builder::new()
+            .prefix("kiln-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        std::os::unix::fs::symlink(repo.join("modules"), root.path().join("modules"))
+            .expect("link modules");
+        std::os::unix::fs::symlink(repo.join("templates"), root.path().join("templates"))
+            .expect("link templates");
         std::fs::create_dir_all(root.path().join("environments")).expect("mkdir");
         let lab = std::fs::read_to_string(repo.join("environments/lab.toml")).expect("lab.toml");
-        let test_env = lab.replace("10.233.0.11", "10.233.0.21").replace("10.233.0.12", "10.233.0.22");
-        std::fs::write(root.path().join(format!("environments/{ENV}.toml")), test_env).expect("write env");
-        Lab { root, bin: PathBuf::from(env!("CARGO_BIN_EXE_kiln")) }
+        let test_env = lab
+            .replace("10.233.0.11", "10.233.0.21")
+            .replace("10.233.0.12", "10.233.0.22");
+        std::fs::write(
+            root.path().join(format!("environments/{ENV}.toml")),
+            test_env,
+        )
+        .expect("write env");
+        Lab {
+            root,
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_kiln")),
+        }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -47,12 +61,19 @@ impl Lab {
 
     fn kiln_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
         let mut c = Command::new(&self.bin);
-        c.current_dir(self.root.path()).env("NO_COLOR", "1").env("KILN_ROOT", self.root.path()).args(args);
+        c.current_dir(self.root.path())
+            .env("NO_COLOR", "1")
+            .env("KILN_ROOT", self.root.path())
+            .args(args);
         for (k, v) in envs {
             c.env(k, v);
         }
         let out: Output = c.output().expect("run kiln");
-        Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
     }
 
     fn kiln(&self, args: &[&str]) -> Run {
@@ -61,7 +82,15 @@ impl Lab {
 
     /// Runs a shell command on a lab host through `kiln ssh`.
     fn sh(&self, host: &str, cmd: &str) -> Run {
-        self.kiln(&["ssh", ENV, host, "--", "sh", "-c", &format!("'{}'", cmd.replace('\'', "'\\''"))])
+        self.kiln(&[
+            "ssh",
+            ENV,
+            host,
+            "--",
+            "sh",
+            "-c",
+            &format!("'{}'", cmd.replace('\'', "'\\''")),
+        ])
     }
 }
 
@@ -74,20 +103,40 @@ fn expect(cond: bool, what: &str, run: &Run) -> Result<(), String> {
 }
 
 fn up(lab: &Lab) -> Result<(), String> {
+    // Fresh hosts: remove leftovers of an earlier run of this suite first.
+    let r = lab.kiln(&["lab", "down", ENV]);
+    expect(r.code == 0, "kiln lab down (cleanup before start)", &r)?;
     let r = lab.kiln(&["lab", "up", ENV]);
     expect(r.code == 0, "kiln lab up failed", &r)?;
     let r = lab.kiln(&["lab", "status", ENV]);
-    expect(r.code == 0 && r.stdout.matches("running").count() == 2, "both hosts running", &r)
+    expect(
+        r.code == 0 && r.stdout.matches("running").count() == 2,
+        "both hosts running",
+        &r,
+    )
 }
 
 fn first_apply_converges(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln(&["apply", ENV, "--yes"]);
     expect(r.code == 0, "first apply", &r)?;
-    expect(r.stdout.contains("install nginx") && r.stdout.contains("no failures"), "plan and summary printed", &r)?;
+    expect(
+        r.stdout.contains("install nginx") && r.stdout.contains("no failures"),
+        "plan and summary printed",
+        &r,
+    )?;
     let page = lab.sh("web", "curl -fsS http://127.0.0.1/");
-    expect(page.code == 0 && page.stdout.contains("kiln lab"), "nginx serves the page", &page)?;
+    expect(
+        page.code == 0 && page.stdout.contains("kiln lab"),
+        "nginx serves the page",
+        &page,
+    )?;
     let motd = lab.sh("db1", "cat /etc/motd");
-    expect(motd.stdout.contains("db1 (10.233.0.22), environment labtest"), "motd names env and host", &motd)?;
+    expect(
+        motd.stdout
+            .contains("db1 (10.233.0.22), environment labtest"),
+        "motd names env and host",
+        &motd,
+    )?;
     let default = lab.sh("web", "test ! -e /etc/nginx/sites-enabled/default");
     expect(default.code == 0, "Debian's default site removed", &default)
 }
@@ -95,27 +144,64 @@ fn first_apply_converges(lab: &Lab) -> Result<(), String> {
 fn second_apply_changes_nothing(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
     expect(r.code == 0, "plan after apply exits 0", &r)?;
-    expect(r.stdout.contains("0 to create, 0 to update, 0 to remove, 0 to run"), "empty plan", &r)?;
-    let before = lab.sh("web", "ls /var/lib/kiln/backup -R | wc -l; stat -c %Y /etc/motd");
+    expect(
+        r.stdout
+            .contains("0 to create, 0 to update, 0 to remove, 0 to run"),
+        "empty plan",
+        &r,
+    )?;
+    let before = lab.sh(
+        "web",
+        "ls /var/lib/kiln/backup -R | wc -l; stat -c %Y /etc/motd",
+    );
     let r = lab.kiln(&["apply", ENV, "--yes"]);
-    expect(r.code == 0 && r.stdout.contains("No changes to apply"), "second apply reports no changes", &r)?;
-    let after = lab.sh("web", "ls /var/lib/kiln/backup -R | wc -l; stat -c %Y /etc/motd");
-    expect(before.stdout == after.stdout, "second apply touched nothing on the host", &after)
+    expect(
+        r.code == 0 && r.stdout.contains("No changes to apply"),
+        "second apply reports no changes",
+        &r,
+    )?;
+    let after = lab.sh(
+        "web",
+        "ls /var/lib/kiln/backup -R | wc -l; stat -c %Y /etc/motd",
+    );
+    expect(
+        before.stdout == after.stdout,
+        "second apply touched nothing on the host",
+        &after,
+    )
 }
 
 fn hand_edit_is_drift_and_is_undone(lab: &Lab) -> Result<(), String> {
     lab.sh("web", "echo 'edited by hand' >> /etc/motd");
     let r = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
     expect(r.code == 2, "plan exits 2 on drift", &r)?;
-    expect(r.stdout.contains("~ file:/etc/motd") && r.stdout.contains("-edited by hand"), "plan shows the diff", &r)?;
+    expect(
+        r.stdout.contains("~ file:/etc/motd") && r.stdout.contains("-edited by hand"),
+        "plan shows the diff",
+        &r,
+    )?;
     let r = lab.kiln(&["drift", ENV, "--format", "json"]);
-    expect(r.code == 2 && r.stdout.contains("\"schema\": \"kiln.drift/1\"") && r.stdout.contains("file:/etc/motd"), "drift json", &r)?;
+    expect(
+        r.code == 2
+            && r.stdout.contains("\"schema\": \"kiln.drift/1\"")
+            && r.stdout.contains("file:/etc/motd"),
+        "drift json",
+        &r,
+    )?;
     let r = lab.kiln(&["drift", ENV, "--format", "markdown"]);
-    expect(r.code == 2 && r.stdout.contains("```diff") && r.stdout.contains("-edited by hand"), "drift markdown", &r)?;
+    expect(
+        r.code == 2 && r.stdout.contains("```diff") && r.stdout.contains("-edited by hand"),
+        "drift markdown",
+        &r,
+    )?;
     let r = lab.kiln(&["apply", ENV, "--yes"]);
     expect(r.code == 0, "apply restores", &r)?;
     let motd = lab.sh("web", "cat /etc/motd; ls /var/lib/kiln/backup/etc/motd");
-    expect(!motd.stdout.contains("edited by hand") && motd.code == 0, "motd restored, previous version kept", &motd)?;
+    expect(
+        !motd.stdout.contains("edited by hand") && motd.code == 0,
+        "motd restored, previous version kept",
+        &motd,
+    )?;
     let r = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
     expect(r.code == 0, "plan clean again", &r)
 }
@@ -127,9 +213,19 @@ fn stale_saved_plan_is_refused(lab: &Lab) -> Result<(), String> {
     expect(r.code == 0 && plan.exists(), "plan saved", &r)?;
     lab.sh("web", "echo 'second edit' >> /etc/motd");
     let r = lab.kiln(&["apply", plan.to_str().unwrap_or_default(), "--yes"]);
-    expect(r.code == 1 && r.stderr.contains("refused stale change") && r.stderr.contains("file:/etc/motd"), "stale change refused", &r)?;
+    expect(
+        r.code == 1
+            && r.stderr.contains("refused stale change")
+            && r.stderr.contains("file:/etc/motd"),
+        "stale change refused",
+        &r,
+    )?;
     let motd = lab.sh("web", "cat /etc/motd");
-    expect(motd.stdout.contains("second edit"), "refused change was not applied", &motd)?;
+    expect(
+        motd.stdout.contains("second edit"),
+        "refused change was not applied",
+        &motd,
+    )?;
     // A fresh saved plan applies exactly.
     let r = lab.kiln(&["plan", ENV, "-o", plan.to_str().unwrap_or_default()]);
     expect(r.code == 0, "new plan", &r)?;
@@ -140,59 +236,106 @@ fn stale_saved_plan_is_refused(lab: &Lab) -> Result<(), String> {
 }
 
 fn secrets_never_printed(lab: &Lab) -> Result<(), String> {
+    let env_file = lab.path(&format!("environments/{ENV}.toml"));
+    let original = std::fs::read_to_string(&env_file).map_err(|e| e.to_string())?;
+    let result = secrets_scenario(lab, &env_file, &original);
+    // Back to the repository's modules and environment, whatever happened.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(&env_file, original).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(lab.path("modules"))
+        .or_else(|_| std::fs::remove_file(lab.path("modules")));
+    std::os::unix::fs::symlink(repo.join("modules"), lab.path("modules"))
+        .map_err(|e| e.to_string())?;
+    result
+}
+
+fn secrets_scenario(lab: &Lab, env_file: &Path, original: &str) -> Result<(), String> {
     // A module that renders a secret into a file, in the scratch repo only.
     let secret = "s3cr3t-Value-9f2e";
     std::fs::remove_file(lab.path("modules")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(lab.path("modules")).map_err(|e| e.to_string())?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     for m in ["base.toml", "web-hello.toml"] {
-        std::fs::copy(repo.join("modules").join(m), lab.path("modules").join(m)).map_err(|e| e.to_string())?;
+        std::fs::copy(repo.join("modules").join(m), lab.path("modules").join(m))
+            .map_err(|e| e.to_string())?;
     }
     std::fs::write(
         lab.path("modules/secret-demo.toml"),
         "[[resource]]\ntype = \"file\"\npath = \"/etc/kiln-secret-demo.conf\"\ncontent = \"password = {{ secrets.demo }}\\n\"\nmode = \"0600\"\n",
     )
     .map_err(|e| e.to_string())?;
-    let env_file = lab.path(&format!("environments/{ENV}.toml"));
-    let mut text = std::fs::read_to_string(&env_file).map_err(|e| e.to_string())?;
-    text = text.replace("modules = [\"base\"]", "modules = [\"base\", \"secret-demo\"]");
+    let mut text = original.to_string();
+    text = text.replace(
+        "modules = [\"base\"]",
+        "modules = [\"base\", \"secret-demo\"]",
+    );
     text.push_str("\n[secrets.demo]\nenv = \"KILN_E2E_SECRET\"\n");
-    std::fs::write(&env_file, text).map_err(|e| e.to_string())?;
+    std::fs::write(env_file, text).map_err(|e| e.to_string())?;
     let envs = [("KILN_E2E_SECRET", secret)];
     let plan = lab.path("secret-plan.json");
     let mut outputs = vec![];
-    let r = lab.kiln_env(&["plan", ENV, "-o", plan.to_str().unwrap_or_default()], &envs);
-    expect(r.code == 0 && r.stdout.contains("file:/etc/kiln-secret-demo.conf"), "plan with secret", &r)?;
+    let r = lab.kiln_env(
+        &["plan", ENV, "-o", plan.to_str().unwrap_or_default()],
+        &envs,
+    );
+    expect(
+        r.code == 0 && r.stdout.contains("file:/etc/kiln-secret-demo.conf"),
+        "plan with secret",
+        &r,
+    )?;
     outputs.push(r.all());
     outputs.push(std::fs::read_to_string(&plan).map_err(|e| e.to_string())?);
     let r = lab.kiln_env(&["plan", ENV, "--format", "json"], &envs);
     outputs.push(r.all());
-    let r = lab.kiln_env(&["apply", plan.to_str().unwrap_or_default(), "--yes"], &envs);
+    let r = lab.kiln_env(
+        &["apply", plan.to_str().unwrap_or_default(), "--yes"],
+        &envs,
+    );
     expect(r.code == 0, "apply with secret", &r)?;
     outputs.push(r.all());
-    let on_host = lab.sh("db1", "cat /etc/kiln-secret-demo.conf; stat -c %a /etc/kiln-secret-demo.conf");
-    expect(on_host.stdout.contains(secret) && on_host.stdout.contains("600"), "secret written with mode 0600", &on_host)?;
+    let on_host = lab.sh(
+        "db1",
+        "cat /etc/kiln-secret-demo.conf; stat -c %a /etc/kiln-secret-demo.conf",
+    );
+    expect(
+        on_host.stdout.contains(secret) && on_host.stdout.contains("600"),
+        "secret written with mode 0600",
+        &on_host,
+    )?;
     // Change the secret: the plan says so without showing either value.
-    let r = lab.kiln_env(&["plan", ENV, "--detailed-exitcode"], &[("KILN_E2E_SECRET", "another-Secret-77")]);
-    expect(r.code == 2 && r.stdout.contains("(sensitive value changed)"), "changed secret shown as sensitive", &r)?;
+    let r = lab.kiln_env(
+        &["plan", ENV, "--detailed-exitcode"],
+        &[("KILN_E2E_SECRET", "another-Secret-77")],
+    );
+    expect(
+        r.code == 2 && r.stdout.contains("(sensitive value changed)"),
+        "changed secret shown as sensitive",
+        &r,
+    )?;
     outputs.push(r.all());
-    let r = lab.kiln_env(&["drift", ENV, "--format", "markdown"], &[("KILN_E2E_SECRET", "another-Secret-77")]);
+    let r = lab.kiln_env(
+        &["drift", ENV, "--format", "markdown"],
+        &[("KILN_E2E_SECRET", "another-Secret-77")],
+    );
     outputs.push(r.all());
     for o in &outputs {
         if o.contains(secret) || o.contains("another-Secret-77") {
             return Err(format!("a secret value appeared in output:\n{o}"));
         }
     }
-    // Back to the repository's modules.
-    std::fs::remove_dir_all(lab.path("modules")).map_err(|e| e.to_string())?;
-    std::os::unix::fs::symlink(repo.join("modules"), lab.path("modules")).map_err(|e| e.to_string())?;
     Ok(())
 }
 
 fn pending_handler_from_interrupted_run_is_replayed(lab: &Lab) -> Result<(), String> {
     lab.sh("web", "touch /var/lib/kiln/pending/reload@nginx.service");
     let r = lab.kiln(&["plan", ENV, "--detailed-exitcode", "--limit", "web"]);
-    expect(r.code == 2 && r.stdout.contains("handler:reload@nginx.service") && r.stdout.contains("earlier run"), "owed reload planned", &r)?;
+    expect(
+        r.code == 2
+            && r.stdout.contains("handler:reload@nginx.service")
+            && r.stdout.contains("earlier run"),
+        "owed reload planned",
+        &r,
+    )?;
     let r = lab.kiln(&["apply", ENV, "--yes", "--limit", "web"]);
     expect(r.code == 0, "apply runs the owed reload", &r)?;
     let p = lab.sh("web", "ls /var/lib/kiln/pending | wc -l");
@@ -206,9 +349,19 @@ fn locked_host_fails_alone(lab: &Lab) -> Result<(), String> {
     let holder = lab.sh("web", "echo 'kiln by someone@elsewhere pid 1' > /var/lib/kiln/lock.holder; (flock /var/lib/kiln/lock sleep 30 </dev/null >/dev/null 2>&1 &) ; sleep 0.5");
     expect(holder.code == 0, "lock taken", &holder)?;
     let r = lab.kiln(&["apply", ENV, "--yes"]);
-    expect(r.code == 1 && r.stdout.contains("another run holds this host's lock") && r.stdout.contains("someone@elsewhere"), "web refused with holder named", &r)?;
+    expect(
+        r.code == 1
+            && r.stdout.contains("another run holds this host's lock")
+            && r.stdout.contains("someone@elsewhere"),
+        "web refused with holder named",
+        &r,
+    )?;
     let db = lab.sh("db1", "grep -c '^x$' /etc/motd");
-    expect(db.stdout.trim() == "0", "db1 applied despite web failing", &db)?;
+    expect(
+        db.stdout.trim() == "0",
+        "db1 applied despite web failing",
+        &db,
+    )?;
     lab.sh("web", "pkill -f 'sleep 30' ; true");
     let r = lab.kiln(&["apply", ENV, "--yes"]);
     expect(r.code == 0, "apply once the lock is free", &r)
@@ -216,10 +369,20 @@ fn locked_host_fails_alone(lab: &Lab) -> Result<(), String> {
 
 fn verify_passes(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln(&["verify", ENV]);
-    expect(r.code == 0 && r.stdout.contains("nginx serves the kiln page") && r.stdout.contains("motd names the environment"), "verify runs the checks", &r)?;
+    expect(
+        r.code == 0
+            && r.stdout.contains("nginx serves the kiln page")
+            && r.stdout.contains("motd names the environment"),
+        "verify runs the checks",
+        &r,
+    )?;
     lab.sh("web", "systemctl stop nginx");
     let r = lab.kiln(&["verify", ENV]);
-    expect(r.code != 0 && r.stdout.contains("running"), "verify notices a stopped service", &r)?;
+    expect(
+        r.code != 0 && r.stdout.contains("running"),
+        "verify notices a stopped service",
+        &r,
+    )?;
     let r = lab.kiln(&["apply", ENV, "--yes"]);
     expect(r.code == 0, "apply starts nginx again", &r)?;
     let r = lab.kiln(&["verify", ENV]);
@@ -229,14 +392,26 @@ fn verify_passes(lab: &Lab) -> Result<(), String> {
 fn down(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln(&["lab", "down", ENV]);
     expect(r.code == 0, "lab down", &r)?;
-    let ns = Command::new("ip").args(["netns", "list"]).output().map_err(|e| e.to_string())?;
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map_err(|e| e.to_string())?;
     let left = String::from_utf8_lossy(&ns.stdout).to_string();
     let status = lab.kiln(&["lab", "status", ENV]);
-    expect(!status.stdout.contains("running"), &format!("no host left running (netns: {left})"), &status)
+    expect(
+        !status.stdout.contains("running"),
+        &format!("no host left running (netns: {left})"),
+        &status,
+    )
 }
 
 fn main() {
-    let is_root = std::fs::read_to_string("/proc/self/status").map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))).unwrap_or(false);
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
     if !is_root {
         eprintln!("lab_e2e needs root (systemd-nspawn, network namespaces): 0 passed, 1 failed");
         std::process::exit(1);
@@ -246,18 +421,30 @@ fn main() {
         ("lab_up", up),
         ("first_apply_converges", first_apply_converges),
         ("second_apply_changes_nothing", second_apply_changes_nothing),
-        ("hand_edit_is_drift_and_is_undone", hand_edit_is_drift_and_is_undone),
+        (
+            "hand_edit_is_drift_and_is_undone",
+            hand_edit_is_drift_and_is_undone,
+        ),
         ("stale_saved_plan_is_refused", stale_saved_plan_is_refused),
         ("secrets_never_printed", secrets_never_printed),
-        ("pending_handler_from_interrupted_run_is_replayed", pending_handler_from_interrupted_run_is_replayed),
+        (
+            "pending_handler_from_interrupted_run_is_replayed",
+            pending_handler_from_interrupted_run_is_replayed,
+        ),
         ("locked_host_fails_alone", locked_host_fails_alone),
         ("verify_passes", verify_passes),
     ];
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let (mut passed, mut failed) = (0, 0);
     let mut lab_ok = true;
     for (name, f) in scenarios {
-        if !filter.is_empty() && !filter.iter().any(|x| name.contains(x.as_str())) && *name != "lab_up" {
+        if !filter.is_empty()
+            && !filter.iter().any(|x| name.contains(x.as_str()))
+            && *name != "lab_up"
+        {
             continue;
         }
         if !lab_ok {
@@ -272,7 +459,10 @@ fn main() {
                 passed += 1;
             }
             Err(e) => {
-                println!("test {name} ... FAILED ({:.1} s)\n{e}\n", t.elapsed().as_secs_f64());
+                println!(
+                    "test {name} ... FAILED ({:.1} s)\n{e}\n",
+                    t.elapsed().as_secs_f64()
+                );
                 failed += 1;
                 if *name == "lab_up" {
                     lab_ok = false;

@@ -303,7 +303,8 @@ fn describe(e: &minijinja::Error) -> String {
 }
 
 fn single_expression(s: &str) -> Option<&str> {
-    let t = s.trim();
+    // Exactly one expression and nothing around it (not even a newline, which is content).
+    let t = s;
     let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
     if inner.contains("{{") || inner.contains("}}") || t.contains("{%") {
         return None;

@@ -53,7 +53,8 @@ pub fn load(env_arg: &str, limit: Option<&str>) -> Result<Loaded> {
             path.display()
         );
     }
-    let env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    let mut env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    env.resolve_secrets().map_err(anyhow::Error::new)?;
     let hosts = env
         .select_hosts(limit)
         .map_err(|e| anyhow::Error::new(SpecErrors::from(e)))?;

@@ -79,7 +79,16 @@ pub fn host_plan(
                 action: verb, unit, ..
             } = &s
             {
-                if verb == "start" {
+                // Starting a stopped service loads its new configuration, so a reload is
+                // not needed. When the unit does not exist yet (a package installs it in
+                // this run) it may already be running by the time we get there, so the
+                // notified handler still runs.
+                let existed = facts
+                    .services
+                    .get(unit)
+                    .map(|f| f.exists())
+                    .unwrap_or(false);
+                if verb == "start" && existed {
                     starting.insert(unit.clone());
                 }
             }

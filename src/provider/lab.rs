@@ -625,13 +625,13 @@ fn create_rootfs(
 /// block of /etc/hosts is touched: configuration management may own the rest.
 fn refresh_host_files(host: &Host, all: &[Host], pubkey: &str) -> Result<()> {
     let hosts_path = host.rootfs.join("etc/hosts");
-    let current = fs::read_to_string(&hosts_path).unwrap_or_default();
+    let current = read_optional(&hosts_path)?;
     let updated = replace_hosts_block(&current, &hosts_block(all));
     if updated != current {
         write_file(&hosts_path, updated.as_bytes(), 0o644)?;
     }
     let auth = host.rootfs.join("root/.ssh/authorized_keys");
-    let current = fs::read_to_string(&auth).unwrap_or_default();
+    let current = read_optional(&auth)?;
     if !current.lines().any(|l| l.trim() == pubkey) {
         fs::create_dir_all(host.rootfs.join("root/.ssh"))
             .with_context(|| format!("cannot create {}/root/.ssh", host.rootfs.display()))?;
@@ -1177,9 +1177,9 @@ fn ensure_apt_cacher(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> 
         }
     }
     log("starting apt-cacher-ng");
-    let user_exists = fs::read_to_string("/etc/passwd")
-        .map(|p| p.lines().any(|l| l.starts_with("apt-cacher-ng:")))
-        .unwrap_or(false);
+    let user_exists = read_optional(Path::new("/etc/passwd"))?
+        .lines()
+        .any(|l| l.starts_with("apt-cacher-ng:"));
     // Its runtime directory is on /run and gone after a reboot; the init script
     // that would make it is not run on a machine without an init system.
     let mut install = Command::new("install");
@@ -1251,7 +1251,7 @@ fn ensure_apt_cacher(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> 
 /// an unreachable earlier backend costs a timeout on every miss). Returns whether
 /// the file changed.
 fn ensure_acng_backend() -> Result<bool> {
-    let current = fs::read_to_string(ACNG_BACKENDS_FILE).unwrap_or_default();
+    let current = read_optional(Path::new(ACNG_BACKENDS_FILE))?;
     if current.lines().any(|l| l.trim() == ACNG_BACKEND) {
         return Ok(false);
     }
@@ -1614,6 +1614,16 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {:o} {}", mode, path.display()))
+}
+
+/// A file's text, or "" if it does not exist; any other error is an error, so that a
+/// file we could not read is never silently replaced.
+fn read_optional(path: &Path) -> Result<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 fn remove_file_if_exists(path: &Path) -> Result<()> {

@@ -72,7 +72,7 @@ impl AptRepo {
         for f in self.files() {
             // A file resource of our own making cannot conflict unless the path is a
             // directory, which `File::plan` reports; treat that as a needed rewrite here.
-            if let Ok(Some(p)) = f.plan(facts) {
+            if let Ok(Some(p)) = f.plan(facts, &super::Predicted::default()) {
                 created &= p.action == Action::Create;
                 steps.extend(p.steps);
                 diffs.extend(p.diff);

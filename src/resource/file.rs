@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use crate::facts::{FactQuery, HostFacts, PathKind};
 use crate::plan::{Action, AttrChange, Content, Shown, Step};
 
-use super::{attr_changes, default_root, Conflict, Planned};
+use super::{attr_changes, default_root, Conflict, Planned, Predicted};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,10 +91,21 @@ impl File {
         }
     }
 
-    pub fn plan(&self, facts: &HostFacts) -> Result<Option<Planned>, Conflict> {
+    pub fn plan(
+        &self,
+        facts: &HostFacts,
+        predicted: &Predicted,
+    ) -> Result<Option<Planned>, Conflict> {
         let fact = facts.path(&self.path);
         let id = format!("file:{}", self.path);
         match (self.state, fact.kind) {
+            (FileState::Absent, PathKind::Missing) if !predicted.packages_installed.is_empty() => {
+                // Postcondition: a package installed earlier in this plan may ship this file
+                // (nginx ships sites-enabled/default). Removal is idempotent, so say so.
+                let mut p = Planned::new(Action::Remove, "remove if installed packages create it", vec![Step::RemovePath { path: self.path.clone() }]);
+                p.reason = Some("may be created by packages installed in this plan; known after apply".into());
+                Ok(Some(p))
+            }
             (FileState::Absent, PathKind::Missing) => Ok(None),
             (FileState::Absent, PathKind::Directory) => {
                 Err(Conflict { resource: id, message: "declared absent as a file, but it is a directory".into() })

@@ -219,7 +219,7 @@ impl Kind {
             Kind::Group(r) => Ok(r.plan(facts)),
             Kind::User(r) => Ok(r.plan(facts)),
             Kind::Directory(r) => r.plan(facts),
-            Kind::File(r) => r.plan(facts),
+            Kind::File(r) => r.plan(facts, predicted),
             Kind::Symlink(r) => r.plan(facts),
             Kind::Unit(r) => r.plan(facts),
             Kind::Command(r) => Ok(r.plan(facts)),

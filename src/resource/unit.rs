@@ -40,10 +40,13 @@ impl Unit {
     }
 
     pub fn plan(&self, facts: &HostFacts) -> Result<Option<Planned>, Conflict> {
-        let planned = self.file().plan(facts).map_err(|c| Conflict {
-            resource: format!("unit:{}", self.name),
-            ..c
-        })?;
+        let planned = self
+            .file()
+            .plan(facts, &super::Predicted::default())
+            .map_err(|c| Conflict {
+                resource: format!("unit:{}", self.name),
+                ..c
+            })?;
         Ok(planned.map(|mut p| {
             p.steps.push(Step::DaemonReload);
             p

@@ -325,6 +325,45 @@ impl Environment {
         Ok(out)
     }
 
+    /// Reads every secret's value (environment variable or file). Called by the commands
+    /// that render templates; `lab`, `ssh` and `ssh-config` never need secrets.
+    pub fn resolve_secrets(&mut self) -> Result<(), SpecErrors> {
+        let mut errors = vec![];
+        for (name, r) in &self.spec.secrets {
+            let base = format!("secrets.{}", source::join_key("", name));
+            match (&r.env, &r.file) {
+                (Some(var), None) => match std::env::var(var) {
+                    Ok(v) => {
+                        self.secrets.insert(name.clone(), SecretValue::new(&v));
+                    }
+                    Err(_) => errors.push(self.error(
+                        &format!("{base}.env"),
+                        format!("environment variable `{var}` is not set"),
+                    )),
+                },
+                (None, Some(file)) => {
+                    let p = PathBuf::from(expand_home(file));
+                    match std::fs::read_to_string(&p) {
+                        Ok(v) => {
+                            self.secrets
+                                .insert(name.clone(), SecretValue::new(v.trim_end_matches('\n')));
+                        }
+                        Err(e) => errors.push(self.error(
+                            &format!("{base}.file"),
+                            format!("cannot read {}: {e}", p.display()),
+                        )),
+                    }
+                }
+                _ => {}
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecErrors(errors))
+        }
+    }
+
     fn validate(&mut self) -> Result<(), SpecErrors> {
         let mut errors = vec![];
         // Hosts: addresses and roles.
@@ -346,10 +385,9 @@ impl Environment {
             }
             for (i, role) in host.roles.iter().enumerate() {
                 if !self.spec.roles.contains_key(role) {
-                    errors.push(
-                        self.error(
-                            &format!("{base}.roles[{i}]"),
-                            format!(
+                    errors.push(self.error(
+                        &format!("{base}.roles[{i}]"),
+                        format!(
                                 "unknown role `{role}` (roles: {})",
                                 self.spec
                                     .roles
@@ -358,8 +396,7 @@ impl Environment {
                                     .collect::<Vec<_>>()
                                     .join(", ")
                             ),
-                        ),
-                    );
+                    ));
                 }
             }
         }
@@ -435,10 +472,9 @@ impl Environment {
             for (k, v) in table {
                 let key = source::join_key(&base, k);
                 match module.spec.params.get(k) {
-                    None => errors.push(
-                        self.error(
-                            &key,
-                            format!(
+                    None => errors.push(self.error(
+                        &key,
+                        format!(
                                 "module `{m}` has no parameter `{k}` (parameters: {})",
                                 module
                                     .spec
@@ -448,8 +484,7 @@ impl Environment {
                                     .collect::<Vec<_>>()
                                     .join(", ")
                             ),
-                        ),
-                    ),
+                    )),
                     Some(p) if !p.ty.accepts(v) => errors.push(self.error(
                         &key,
                         format!(
@@ -462,36 +497,18 @@ impl Environment {
                 }
             }
         }
-        // Secrets: exactly one source, outside the repository, and readable.
+        // Secrets: exactly one source, and files outside the repository. Their values are
+        // read only by `resolve_secrets`, for the commands that render templates.
         for (name, r) in &self.spec.secrets {
             let base = format!("secrets.{}", source::join_key("", name));
             match (&r.env, &r.file) {
-                (Some(var), None) => match std::env::var(var) {
-                    Ok(v) => {
-                        self.secrets.insert(name.clone(), SecretValue::new(&v));
-                    }
-                    Err(_) => errors.push(self.error(
-                        &format!("{base}.env"),
-                        format!("environment variable `{var}` is not set"),
-                    )),
-                },
+                (Some(_), None) => {}
                 (None, Some(file)) => {
                     let p = PathBuf::from(expand_home(file));
                     let abs_root = std::fs::canonicalize(&self.root).unwrap_or(self.root.clone());
                     let abs = std::fs::canonicalize(&p).unwrap_or(p.clone());
                     if !p.is_absolute() || abs.starts_with(&abs_root) {
                         errors.push(self.error(&format!("{base}.file"), "secret files must be absolute paths outside the repository (secrets are never stored in the repo)"));
-                        continue;
-                    }
-                    match std::fs::read_to_string(&p) {
-                        Ok(v) => {
-                            self.secrets
-                                .insert(name.clone(), SecretValue::new(v.trim_end_matches('\n')));
-                        }
-                        Err(e) => errors.push(self.error(
-                            &format!("{base}.file"),
-                            format!("cannot read {}: {e}", p.display()),
-                        )),
                     }
                 }
                 _ => {

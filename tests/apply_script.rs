@@ -1,0 +1,781 @@
+//! The apply script: coalescing, quoting, syntax (`sh -n`), sensitive content, markers, and
+//! one real run on this machine through `LocalTransport` for steps that stay inside a temp
+//! directory (plus kiln's own state dir, /var/lib/kiln, which the prelude always uses).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kiln::apply::script::{apply_script, parse_marker, Marker, EXIT_LOCKED, STATE_DIR};
+use kiln::plan::{Action, Change, Content, Step};
+use kiln::transport::local::LocalTransport;
+use kiln::transport::Transport;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+fn change(resource: &str, action: Action, steps: Vec<Step>) -> Change {
+    Change {
+        resource: resource.into(),
+        action,
+        summary: "fixture".into(),
+        attributes: vec![],
+        diff: None,
+        sensitive: false,
+        reason: None,
+        fingerprint: "0".repeat(64),
+        facts: vec![],
+        steps,
+    }
+}
+
+fn install(name: &str, update: bool) -> Change {
+    let mut steps = vec![];
+    if update {
+        steps.push(Step::AptUpdate);
+    }
+    steps.push(Step::AptInstall {
+        packages: vec![name.into()],
+    });
+    change(&format!("package:{name}"), Action::Create, steps)
+}
+
+fn remove(name: &str) -> Change {
+    change(
+        &format!("package:{name}"),
+        Action::Remove,
+        vec![Step::AptRemove {
+            packages: vec![name.into()],
+        }],
+    )
+}
+
+fn write(path: &str, text: &str, mode: &str) -> Step {
+    Step::WriteFile {
+        path: path.into(),
+        content: Content::Text { text: text.into() },
+        owner: "root".into(),
+        group: "root".into(),
+        mode: mode.into(),
+    }
+}
+
+fn indexed(changes: &[Change]) -> Vec<(usize, &Change)> {
+    changes.iter().enumerate().collect()
+}
+
+fn script(changes: &[Change]) -> String {
+    apply_script(&indexed(changes), "test-holder", &BTreeMap::new()).expect("script")
+}
+
+/// Lines that run the coalesced apt install (the retry after a refresh is on the same line).
+fn install_lines(s: &str) -> Vec<&str> {
+    s.lines()
+        .filter(|l| l.trim_start().starts_with("kiln_apt install"))
+        .collect()
+}
+
+fn update_lines(s: &str) -> usize {
+    s.lines()
+        .filter(|l| l.trim() == "apt-get -q update || exit $?")
+        .count()
+}
+
+fn sh_n(script: &str) -> (bool, String) {
+    let mut child = Command::new("sh")
+        .arg("-n")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Coalescing and apt-get update
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn consecutive_package_changes_are_one_apt_transaction() {
+    let changes = vec![
+        install("nginx", false),
+        install("curl", false),
+        install("jq=1.6-2.1", false),
+    ];
+    let s = script(&changes);
+    let lines = install_lines(&s);
+    assert_eq!(lines.len(), 1, "{s}");
+    assert!(
+        lines[0].starts_with(
+            "  kiln_apt install --no-install-recommends 'nginx' 'curl' 'jq=1.6-2.1' ||"
+        ),
+        "{}",
+        lines[0]
+    );
+    // One begin per change, one shared end reporting all three.
+    for n in 0..3 {
+        assert!(
+            s.contains(&format!("printf '@@kiln:begin %s\\n' {n}\n")),
+            "{s}"
+        );
+    }
+    assert!(s.contains("kiln_step_end $? 0 1 2\n"), "{s}");
+    assert_eq!(update_lines(&s), 0, "no AptUpdate step, no refresh: {s}");
+}
+
+#[test]
+fn installs_and_removals_of_one_run_share_the_transaction_and_others_break_it() {
+    let changes = vec![
+        install("a", false),
+        remove("b"),
+        install("c", false),
+        change(
+            "file:/etc/x",
+            Action::Create,
+            vec![write("/etc/x", "x\n", "0644")],
+        ),
+        install("d", false),
+    ];
+    let s = script(&changes);
+    let lines = install_lines(&s);
+    assert_eq!(lines.len(), 2, "{s}");
+    assert!(lines[0].contains("'a' 'c'"), "{}", lines[0]);
+    assert!(!lines[0].contains("'d'"));
+    assert!(lines[1].contains("'d'") && !lines[1].contains("'a'"));
+    assert_eq!(
+        s.lines()
+            .filter(|l| l.trim() == "kiln_apt remove 'b' || exit $?")
+            .count(),
+        1,
+        "{s}"
+    );
+    assert!(s.contains("kiln_step_end $? 0 1 2\n"));
+    assert!(s.contains("kiln_step_end $? 3\n"));
+    assert!(s.contains("kiln_step_end $? 4\n"));
+    // Order: first transaction, the file, the last package.
+    let p1 = s.find(lines[0]).unwrap();
+    let pf = s.find("kiln_write '/etc/x'").unwrap();
+    let p2 = s.find(lines[1]).unwrap();
+    assert!(p1 < pf && pf < p2);
+}
+
+#[test]
+fn apt_get_update_only_when_a_change_asked_for_it() {
+    let none = script(&[install("a", false), install("b", false)]);
+    assert_eq!(update_lines(&none), 0, "{none}");
+
+    let one = script(&[install("a", false), install("b", true)]);
+    assert_eq!(update_lines(&one), 1, "{one}");
+    let two = script(&[install("a", true), install("b", true)]);
+    assert_eq!(update_lines(&two), 1, "coalesced: a single refresh: {two}");
+    // The refresh comes before the install.
+    let u = one.find("apt-get -q update || exit $?").unwrap();
+    let i = one.find(install_lines(&one)[0]).unwrap();
+    assert!(u < i);
+
+    // A repository change (not a package-only change) carries its own refresh.
+    let repo = change(
+        "apt_repo:x",
+        Action::Create,
+        vec![
+            write(
+                "/etc/apt/sources.list.d/kiln-x.sources",
+                "Types: deb\n",
+                "0644",
+            ),
+            Step::AptUpdate,
+        ],
+    );
+    let s = script(&[repo, install("a", false)]);
+    assert_eq!(update_lines(&s), 1, "{s}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Syntax and quoting
+// ---------------------------------------------------------------------------------------
+
+fn every_step() -> Vec<Change> {
+    let nasty = "/tmp/kiln test/it's \"quoted\" $(touch /tmp/pwned) `x`";
+    vec![
+        install("nginx", true),
+        remove("telnet"),
+        change(
+            "file:nasty",
+            Action::Update,
+            vec![
+                Step::JournalHandler {
+                    handler: "reload@nginx.service".into(),
+                },
+                write(nasty, "line 1\nKILN_EOF\n$(echo no)\n'quote'\n", "0640"),
+                Step::SetAttrs {
+                    path: nasty.into(),
+                    owner: Some("www-data".into()),
+                    group: Some("www-data".into()),
+                    mode: Some("0600".into()),
+                },
+                Step::SetAttrs {
+                    path: nasty.into(),
+                    owner: None,
+                    group: None,
+                    mode: None,
+                },
+            ],
+        ),
+        change(
+            "directory:/srv/a b",
+            Action::Create,
+            vec![Step::MakeDir {
+                path: "/srv/a b".into(),
+                owner: "root".into(),
+                group: "root".into(),
+                mode: "0755".into(),
+            }],
+        ),
+        change(
+            "symlink:/srv/l",
+            Action::Create,
+            vec![Step::Symlink {
+                path: "/srv/l n".into(),
+                target: "../it's".into(),
+            }],
+        ),
+        change(
+            "file:/gone",
+            Action::Remove,
+            vec![Step::RemovePath {
+                path: "/gone it's".into(),
+            }],
+        ),
+        change(
+            "group:g",
+            Action::Create,
+            vec![
+                Step::GroupAdd {
+                    name: "g".into(),
+                    gid: Some(2000),
+                    system: true,
+                },
+                Step::GroupDel { name: "old".into() },
+            ],
+        ),
+        change(
+            "user:u",
+            Action::Create,
+            vec![
+                Step::UserAdd {
+                    name: "u".into(),
+                    uid: Some(2000),
+                    home: "/home/u".into(),
+                    shell: "/bin/bash".into(),
+                    system: false,
+                    groups: vec!["sudo".into(), "adm".into()],
+                    create_home: true,
+                },
+                Step::UserMod {
+                    name: "u".into(),
+                    home: Some("/srv/u".into()),
+                    shell: Some("/bin/sh".into()),
+                    groups: Some(vec!["adm".into()]),
+                },
+                Step::UserDel { name: "v".into() },
+            ],
+        ),
+        change(
+            "unit:app.service",
+            Action::Update,
+            vec![
+                write("/etc/systemd/system/app.service", "[Unit]\n", "0644"),
+                Step::DaemonReload,
+            ],
+        ),
+        change(
+            "service:app.service",
+            Action::Update,
+            vec![
+                Step::Systemctl {
+                    verb: "enable".into(),
+                    unit: "app.service".into(),
+                },
+                Step::Systemctl {
+                    verb: "start".into(),
+                    unit: "app.service".into(),
+                },
+                Step::Handler {
+                    unit: "app.service".into(),
+                    action: "start".into(),
+                    check: Some("app --check 'it''s' \"x\"".into()),
+                },
+            ],
+        ),
+        change(
+            "command:multi",
+            Action::Run,
+            vec![Step::Shell {
+                command: "if true; then\n  echo 'multi line'\nfi # trailing comment".into(),
+                creates: Some("/srv/it's done".into()),
+            }],
+        ),
+        change(
+            "command:plain",
+            Action::Run,
+            vec![Step::Shell {
+                command: "echo plain # comment".into(),
+                creates: None,
+            }],
+        ),
+        change(
+            "handler:reload@nginx.service",
+            Action::Run,
+            vec![Step::Handler {
+                unit: "nginx.service".into(),
+                action: "reload".into(),
+                check: Some("nginx -t -q".into()),
+            }],
+        ),
+        change(
+            "handler:restart@db.service",
+            Action::Run,
+            vec![Step::Handler {
+                unit: "db.service".into(),
+                action: "restart".into(),
+                check: None,
+            }],
+        ),
+    ]
+}
+
+#[test]
+fn script_with_every_step_passes_sh_n() {
+    let changes = every_step();
+    let s = apply_script(&indexed(&changes), "it's me; $(whoami)", &BTreeMap::new()).unwrap();
+    let (ok, err) = sh_n(&s);
+    assert!(ok, "sh -n failed: {err}\n{s}");
+    // Sanity: sh -n really checks.
+    let (ok, _) = sh_n(&format!("{s}\nif then fi\n"));
+    assert!(!ok);
+    // The holder is quoted, not executed.
+    assert!(
+        s.contains("printf '%s\\n' 'it'\\''s me; $(whoami)' > \"$K/lock.holder\""),
+        "{s}"
+    );
+    assert!(s.trim_end().ends_with("printf '@@kiln:done\\n'"));
+}
+
+#[test]
+fn every_step_type_runs_in_script_order_with_markers() {
+    let changes = every_step();
+    let s = script(&changes);
+    let mut last = 0;
+    for (n, c) in changes.iter().enumerate().skip(2) {
+        // Non-package changes are labelled and bracketed.
+        let begin = format!("# {}\nprintf '@@kiln:begin %s\\n' {n}\n(", c.resource);
+        let at = s
+            .find(&begin)
+            .unwrap_or_else(|| panic!("no begin for {n}: {s}"));
+        assert!(at > last, "change {n} out of order");
+        last = at;
+        assert!(s.contains(&format!("kiln_step_end $? {n}\n")));
+    }
+    // Packages (0, 1) coalesced ahead of everything.
+    assert!(s.find("kiln_step_end $? 0 1\n").unwrap() < last);
+    // Content travels as base64, never as shell text.
+    assert!(!s.contains("$(echo no)"));
+    assert!(s.contains("systemctl daemon-reload || exit $?"));
+    assert!(s.contains("  : > \"$K/pending/\"'reload@nginx.service' || exit $?"));
+    assert!(s.contains(
+        "( nginx -t -q ) || { echo 'configuration check failed: nginx -t -q'; exit 3; }"
+    ));
+    assert!(s.contains("rm -f \"$K/pending/reload@\"'nginx.service'"));
+    assert!(s.contains("useradd -U -u 2000 -m -d '/home/u' -s '/bin/bash' -G 'sudo,adm' 'u'"));
+    assert!(s.contains("groupadd -g 2000 -r 'g'"));
+}
+
+#[test]
+fn marker_indices_are_the_given_change_positions() {
+    let a = install("a", false);
+    let f = change("file:/x", Action::Create, vec![write("/x", "x", "0644")]);
+    let s = apply_script(&[(7, &a), (9, &f)], "h", &BTreeMap::new()).unwrap();
+    assert!(s.contains("printf '@@kiln:begin %s\\n' 7\n"));
+    assert!(s.contains("kiln_step_end $? 7\n"));
+    assert!(s.contains("printf '@@kiln:begin %s\\n' 9\n"));
+    assert!(s.contains("kiln_step_end $? 9\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Sensitive content
+// ---------------------------------------------------------------------------------------
+
+fn sensitive_change() -> Change {
+    let mut c = change(
+        "file:/etc/app/db.conf",
+        Action::Update,
+        vec![Step::WriteFile {
+            path: "/etc/app/db.conf".into(),
+            content: Content::Sensitive {
+                resource: "file:/etc/app/db.conf".into(),
+                seal: "ab".repeat(32),
+            },
+            owner: "root".into(),
+            group: "root".into(),
+            mode: "0600".into(),
+        }],
+    );
+    c.sensitive = true;
+    c
+}
+
+#[test]
+fn sensitive_step_without_content_is_an_error() {
+    let c = sensitive_change();
+    let err = apply_script(&[(0, &c)], "h", &BTreeMap::new()).unwrap_err();
+    assert!(err.contains("file:/etc/app/db.conf"), "{err}");
+
+    // Content for another resource does not help.
+    let mut other = BTreeMap::new();
+    other.insert("file:/etc/other".to_string(), "x".to_string());
+    assert!(apply_script(&[(0, &c)], "h", &other).is_err());
+}
+
+#[test]
+fn sensitive_step_with_content_writes_it_base64_only() {
+    use base64::Engine;
+    let c = sensitive_change();
+    let secret = "password = S3cr3t-apply-fixture\n";
+    let mut map = BTreeMap::new();
+    map.insert("file:/etc/app/db.conf".to_string(), secret.to_string());
+    let s = apply_script(&[(0, &c)], "h", &map).unwrap();
+    assert!(!s.contains("S3cr3t-apply-fixture"));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    assert!(s.contains(&b64), "{s}");
+    assert!(
+        s.contains("kiln_write '/etc/app/db.conf' 'root' 'root' '0600' <<'KILN_EOF' || exit $?")
+    );
+    assert!(sh_n(&s).0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Markers
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn parse_marker_reads_every_marker() {
+    assert_eq!(parse_marker("@@kiln:begin 3"), Some(Marker::Begin(3)));
+    assert_eq!(parse_marker("@@kiln:ok 12"), Some(Marker::Ok(12)));
+    assert_eq!(
+        parse_marker("@@kiln:fail 4 100"),
+        Some(Marker::Fail(4, 100))
+    );
+    assert_eq!(
+        parse_marker("@@kiln:log 4 E: Unable to locate package nosuch"),
+        Some(Marker::Log(4, "E: Unable to locate package nosuch".into()))
+    );
+    // tail | sed on an empty log line gives a trailing space and no text.
+    assert_eq!(
+        parse_marker("@@kiln:log 4 "),
+        Some(Marker::Log(4, String::new()))
+    );
+    assert_eq!(
+        parse_marker("@@kiln:locked alice@laptop 2024-01-01T00:00:00Z pid 42"),
+        Some(Marker::Locked(
+            "alice@laptop 2024-01-01T00:00:00Z pid 42".into()
+        ))
+    );
+    assert_eq!(parse_marker("@@kiln:done"), Some(Marker::Done));
+
+    for junk in [
+        "",
+        "hello",
+        "@@kiln:",
+        "@@kiln:begin",
+        "@@kiln:begin x",
+        "@@kiln:ok -1",
+        "@@kiln:fail 3",
+        "@@kiln:fail x 1",
+        "@@kiln:log x text",
+        "@@kiln:unknown 1",
+        " @@kiln:done",
+        "kiln:done",
+    ] {
+        assert_eq!(parse_marker(junk), None, "{junk:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A real run on this machine
+// ---------------------------------------------------------------------------------------
+
+/// Runs touching /var/lib/kiln/lock are serialised (the script would otherwise report
+/// "locked" to a concurrent test).
+static RUN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Run {
+    status: Option<i32>,
+    stdout: String,
+    markers: Vec<Marker>,
+}
+
+async fn run(script: &str) -> Run {
+    for _ in 0..50 {
+        let markers = Mutex::new(vec![]);
+        let on_line = |line: &str| {
+            if let Some(m) = parse_marker(line) {
+                markers.lock().unwrap().push(m);
+            }
+        };
+        let out = LocalTransport
+            .run(script, Duration::from_secs(60), Some(&on_line))
+            .await
+            .expect("run");
+        if out.status == Some(EXIT_LOCKED) {
+            // Someone else on this machine holds kiln's lock: wait for it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        return Run {
+            status: out.status,
+            stdout: out.stdout,
+            markers: markers.into_inner().unwrap(),
+        };
+    }
+    panic!("kiln's lock stayed held");
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kiln."))
+        .collect()
+}
+
+/// Removes what the runs left under /var/lib/kiln/backup for this temp dir.
+struct BackupCleanup(std::path::PathBuf);
+impl Drop for BackupCleanup {
+    fn drop(&mut self) {
+        let rel = self.0.strip_prefix("/").unwrap_or(&self.0);
+        let _ = std::fs::remove_dir_all(Path::new(STATE_DIR).join("backup").join(rel));
+    }
+}
+
+#[tokio::test]
+async fn local_run_writes_atomically_keeps_backup_and_reports_done() {
+    let _guard = RUN_LOCK.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let _cleanup = BackupCleanup(root.clone());
+    let dir = root.join("etc/app");
+    let file = dir.join("app.conf");
+    let link = root.join("current.conf");
+    let (d, f, l) = (
+        dir.to_str().unwrap(),
+        file.to_str().unwrap(),
+        link.to_str().unwrap(),
+    );
+    // Content that would be dangerous as shell text, with no trailing newline.
+    let v1 = "version = 1\nKILN_EOF\n$(touch /tmp/kiln-pwned) 'quoted' \"double\"\n\tend";
+    let changes = vec![
+        change(
+            &format!("directory:{d}"),
+            Action::Create,
+            vec![Step::MakeDir {
+                path: d.into(),
+                owner: "root".into(),
+                group: "root".into(),
+                mode: "0750".into(),
+            }],
+        ),
+        change(
+            &format!("file:{f}"),
+            Action::Create,
+            vec![write(f, v1, "0640")],
+        ),
+        change(
+            &format!("symlink:{l}"),
+            Action::Create,
+            vec![Step::Symlink {
+                path: l.into(),
+                target: f.into(),
+            }],
+        ),
+    ];
+    let s = script(&changes);
+    assert!(sh_n(&s).0);
+    let out = run(&s).await;
+    assert_eq!(out.status, Some(0), "{}", out.stdout);
+    assert!(out.stdout.contains("@@kiln:done"), "{}", out.stdout);
+    assert_eq!(
+        out.markers,
+        vec![
+            Marker::Begin(0),
+            Marker::Ok(0),
+            Marker::Begin(1),
+            Marker::Ok(1),
+            Marker::Begin(2),
+            Marker::Ok(2),
+            Marker::Done
+        ]
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), v1);
+    assert_eq!(mode_of(&file), 0o640);
+    assert_eq!(mode_of(&dir), 0o750);
+    let meta = std::fs::metadata(&file).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    }
+    assert_eq!(std::fs::read_link(&link).unwrap(), file);
+    assert!(!Path::new("/tmp/kiln-pwned").exists());
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+    assert!(!Path::new(STATE_DIR).join("lock.holder").exists());
+
+    // Second write with other content: the previous version is kept under backup/<path>.
+    let v2 = "version = 2\n";
+    let changes = vec![change(
+        &format!("file:{f}"),
+        Action::Update,
+        vec![write(f, v2, "0640")],
+    )];
+    let out = run(&script(&changes)).await;
+    assert_eq!(out.status, Some(0), "{}", out.stdout);
+    assert!(out.stdout.contains("@@kiln:done"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), v2);
+    assert_eq!(mode_of(&file), 0o640);
+    let backup = Path::new(STATE_DIR)
+        .join("backup")
+        .join(file.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), v1);
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+    // The symlink still points at the (replaced) file.
+    assert_eq!(std::fs::read_to_string(&link).unwrap(), v2);
+
+    // Idempotent re-run of the same step: content unchanged, backup now holds v2.
+    let out = run(&script(&changes)).await;
+    assert_eq!(out.status, Some(0));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), v2);
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), v2);
+}
+
+#[tokio::test]
+async fn local_run_failure_reports_fail_and_log_and_stops() {
+    let _guard = RUN_LOCK.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let _cleanup = BackupCleanup(root.clone());
+    let never = root.join("never");
+    let changes = vec![
+        change(
+            "command:fails",
+            Action::Run,
+            vec![Step::Shell {
+                command: "echo kiln-test-log-line; exit 7".into(),
+                creates: None,
+            }],
+        ),
+        change(
+            "directory:never",
+            Action::Create,
+            vec![Step::MakeDir {
+                path: never.to_str().unwrap().into(),
+                owner: "root".into(),
+                group: "root".into(),
+                mode: "0755".into(),
+            }],
+        ),
+    ];
+    let out = run(&script(&changes)).await;
+    assert_eq!(out.status, Some(1), "{}", out.stdout);
+    assert!(!out.stdout.contains("@@kiln:done"));
+    assert_eq!(out.markers[0], Marker::Begin(0));
+    assert_eq!(out.markers[1], Marker::Fail(0, 7));
+    assert!(
+        out.markers
+            .contains(&Marker::Log(0, "kiln-test-log-line".into())),
+        "{:?}",
+        out.markers
+    );
+    assert!(!out.markers.contains(&Marker::Begin(1)));
+    assert!(!never.exists(), "a failed step stops the run");
+    // A failed run leaves its holder name behind (the lock itself is released); tidy ours.
+    let holder_file = Path::new(STATE_DIR).join("lock.holder");
+    if std::fs::read_to_string(&holder_file).ok().as_deref() == Some("test-holder\n") {
+        let _ = std::fs::remove_file(&holder_file);
+    }
+
+    // `creates` is re-checked on the host: an existing path skips the command.
+    let marker = root.join("made");
+    std::fs::write(&marker, "").unwrap();
+    let changes = vec![change(
+        "command:guarded",
+        Action::Run,
+        vec![Step::Shell {
+            command: "exit 9".into(),
+            creates: Some(marker.to_str().unwrap().into()),
+        }],
+    )];
+    let out = run(&script(&changes)).await;
+    assert_eq!(out.status, Some(0), "{}", out.stdout);
+    assert_eq!(
+        out.markers,
+        vec![Marker::Begin(0), Marker::Ok(0), Marker::Done]
+    );
+}
+
+#[tokio::test]
+async fn local_run_refuses_when_the_lock_is_held() {
+    let _guard = RUN_LOCK.lock().await;
+    std::fs::create_dir_all(STATE_DIR).unwrap();
+    // Hold kiln's lock from a child process of our own.
+    let mut holder = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec 9>>/var/lib/kiln/lock; flock 9 && echo held && exec sleep 30")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("held"));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("f");
+    let changes = vec![change(
+        "file:f",
+        Action::Create,
+        vec![write(f.to_str().unwrap(), "x", "0644")],
+    )];
+    let s = script(&changes);
+    let out = LocalTransport
+        .run(&s, Duration::from_secs(30), None)
+        .await
+        .unwrap();
+    holder.kill().await.unwrap();
+    assert_eq!(out.status, Some(EXIT_LOCKED), "{}", out.stdout);
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert!(
+        matches!(parse_marker(first), Some(Marker::Locked(_))),
+        "{}",
+        out.stdout
+    );
+    assert!(!f.exists());
+}
