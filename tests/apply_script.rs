@@ -573,7 +573,14 @@ struct BackupCleanup(std::path::PathBuf);
 impl Drop for BackupCleanup {
     fn drop(&mut self) {
         let rel = self.0.strip_prefix("/").unwrap_or(&self.0);
-        let _ = std::fs::remove_dir_all(Path::new(STATE_DIR).join("backup").join(rel));
+        let backup = Path::new(STATE_DIR).join("backup");
+        let _ = std::fs::remove_dir_all(backup.join(rel));
+        // Empty parents (backup/tmp) go too; a non-empty one is left alone.
+        let mut parent = rel.parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::remove_dir(backup.join(p));
+            parent = p.parent();
+        }
     }
 }
 

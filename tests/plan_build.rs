@@ -214,11 +214,13 @@ fn running_service() -> ServiceFact {
 }
 
 fn converged(host: &DesiredHost) -> HostFacts {
-    let mut f = HostFacts::default();
-    f.apt_lists = Some(kiln::facts::AptListsFact {
-        present: true,
-        age_secs: Some(3600),
-    });
+    let mut f = HostFacts {
+        apt_lists: Some(kiln::facts::AptListsFact {
+            present: true,
+            age_secs: Some(3600),
+        }),
+        ..HostFacts::default()
+    };
     for r in &host.resources {
         match &r.kind {
             Kind::Package(p) => {
@@ -431,10 +433,19 @@ fn second_apply_changes_nothing_from_a_bare_host() {
             "file:/etc/svc/svc.conf",
             "file:/etc/tools.conf",
             "service:svc.service",
+            "handler:reload@svc.service",
         ]
     );
-    // The service is started in this plan: the notified reload is covered by the start.
-    assert!(!ids(&first).iter().any(|i| i.starts_with("handler:")));
+    // The unit does not exist yet (the package brings it, and may start it with the
+    // package's default configuration): the notified reload still runs, last.
+    assert_eq!(
+        first.changes.last().unwrap().steps,
+        vec![Step::Handler {
+            unit: "svc.service".into(),
+            action: "reload".into(),
+            check: Some("svc --check-config".into()),
+        }]
+    );
     simulate(&mut facts, &first, &[("svcpkg", "svc.service")]);
     assert!(facts.pending.is_empty(), "{:?}", facts.pending);
     let second = l.plan(&facts);
@@ -489,6 +500,34 @@ fn changed_file_notifies_reload_handler_with_check_at_the_end() {
     );
     let reason = handler.reason.as_deref().unwrap();
     assert!(reason.contains("file:/etc/svc/svc.conf"), "{reason}");
+}
+
+#[test]
+fn starting_an_existing_stopped_service_covers_the_notified_reload() {
+    let (_spec, l) = base();
+    let mut facts = differing(converged(l.host()), "/etc/svc/svc.conf", "old\n");
+    facts.services.get_mut("svc.service").unwrap().active_state = "inactive".into();
+    let plan = l.plan(&facts);
+    assert_eq!(
+        ids(&plan),
+        vec!["file:/etc/svc/svc.conf", "service:svc.service"]
+    );
+    // The start goes through the check, like a reload would.
+    assert_eq!(
+        change(&plan, "service:svc.service").steps,
+        vec![Step::Handler {
+            unit: "svc.service".into(),
+            action: "start".into(),
+            check: Some("svc --check-config".into()),
+        }]
+    );
+    // The journal entry is still written before the file, so an interrupted run owes it.
+    assert_eq!(
+        plan.changes[0].steps[0],
+        Step::JournalHandler {
+            handler: "reload@svc.service".into()
+        }
+    );
 }
 
 #[test]
@@ -1024,6 +1063,7 @@ fn cycle_spec(module: &str) -> Spec {
     ])
 }
 
+#[allow(clippy::result_large_err)]
 fn graph_error(spec: &Spec) -> Result<ResourceGraph, kiln::error::SpecError> {
     let env = Environment::load(&spec.env_path("x")).unwrap();
     let hosts = env.select_hosts(None).unwrap();
@@ -1144,7 +1184,7 @@ fn human_plan_of_a_bare_host() {
     let hp = l.plan(&HostFacts::default());
     let out = kiln::plan::render::render_plan(&make_plan(&l, hp), &kiln::ui::Paint::plain());
     insta::assert_snapshot!(out, @r###"
-    h1 (192.0.2.10)  6 changes
+    h1 (192.0.2.10)  7 changes
       + package:svcpkg  install svcpkg
           version: (none) → (known after apply)
       + package:jq  install jq
@@ -1175,7 +1215,9 @@ fn human_plan_of_a_bare_host() {
           (unit provided by changes earlier in this plan; its state is known after apply)
           enabled: "false" → "true"
           running: "false" → "true"
+      ! handler:reload@svc.service  reload svc.service
+          (notified by file:/etc/svc/svc.conf)
 
-    Plan: 6 to create, 0 to update, 0 to remove, 0 to run.
+    Plan: 6 to create, 0 to update, 0 to remove, 1 to run.
     "###);
 }

@@ -199,8 +199,10 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
         ),
     ];
     for (lists, want_update) in cases {
-        let mut facts = HostFacts::default();
-        facts.apt_lists = lists.clone();
+        let facts = HostFacts {
+            apt_lists: lists.clone(),
+            ..HostFacts::default()
+        };
         let p = planned(&k, &facts);
         assert_eq!(p.action, Action::Create);
         let expected = if want_update {
@@ -222,8 +224,10 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
 #[test]
 fn package_missing_updates_lists_when_a_repository_changed_in_this_plan() {
     let k = kind("type = 'package'\nname = 'grafana'");
-    let mut facts = HostFacts::default();
-    facts.apt_lists = fresh_lists();
+    let facts = HostFacts {
+        apt_lists: fresh_lists(),
+        ..HostFacts::default()
+    };
     let predicted = Predicted {
         apt_sources_changed: true,
         ..Predicted::default()
@@ -328,10 +332,7 @@ fn package_absent_and_not_installed_is_noop() {
     // Removing never needs the lists.
     if let Kind::Package(p) = &k {
         assert_eq!(p.state, PackageState::Absent);
-        assert!(!k
-            .facts()
-            .iter()
-            .any(|q| *q == kiln::facts::FactQuery::AptLists));
+        assert!(!k.facts().contains(&kiln::facts::FactQuery::AptLists));
     }
 }
 
