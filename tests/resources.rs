@@ -963,8 +963,11 @@ fn file_absent_and_missing_but_packages_installed_in_plan_is_removed_after_them(
     // A package installed earlier in this plan may ship the file (nginx's
     // sites-enabled/default): removal is planned, and said to be known after apply.
     let k = kind("type = 'file'\npath = '/etc/nginx/sites-enabled/default'\nstate = 'absent'");
+    // The file's own module installs packages in this plan (the builder sets `module`).
     let mut predicted = Predicted::default();
     predicted.packages_installed.insert("nginx".into());
+    predicted.modules_installing.insert("web".into());
+    predicted.module = "web".into();
     let p = k
         .plan(&HostFacts::default(), &predicted)
         .unwrap()
@@ -1513,4 +1516,15 @@ fn resources_are_built_from_struct_literals_too() {
         on_change: "restart".into(),
     });
     assert_eq!(k.id(), "service:ssh.socket");
+}
+
+#[test]
+fn file_absent_and_missing_is_left_alone_when_only_other_modules_install_packages() {
+    // Adding an unrelated package elsewhere must not plan removals (and reloads) here.
+    let k = kind("type = 'file'\npath = '/etc/nginx/sites-enabled/default'\nstate = 'absent'");
+    let mut predicted = Predicted::default();
+    predicted.packages_installed.insert("htop".into());
+    predicted.modules_installing.insert("base".into());
+    predicted.module = "web".into();
+    assert_eq!(k.plan(&HostFacts::default(), &predicted).unwrap(), None);
 }

@@ -321,7 +321,14 @@ fn step_shell(
                     c.replace('\'', "")
                 );
             }
-            let _ = writeln!(s, "  systemctl {} {} || exit $?", q(action), q(unit));
+            // A notification does not start a stopped service: reload or restart only a
+            // running one (`try-…`); `start` is an explicit state change.
+            let verb = match action.as_str() {
+                "reload" => "try-reload-or-restart",
+                "restart" => "try-restart",
+                other => other,
+            };
+            let _ = writeln!(s, "  systemctl {} {} || exit $?", q(verb), q(unit));
             let _ = writeln!(s, "  rm -f \"$K/pending/{}@\"{u}", action, u = q(unit));
             if action == "restart" || action == "start" {
                 let _ = writeln!(

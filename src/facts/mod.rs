@@ -195,7 +195,15 @@ impl HostFacts {
         use serde_json::to_value;
         let v = match query {
             FactQuery::Package { name } => to_value(self.packages.get(name)),
-            FactQuery::AptLists => to_value(&self.apt_lists),
+            // Lists age every second; what a plan depends on is only whether they are
+            // present and fresh enough not to need a refresh.
+            FactQuery::AptLists => Ok(match &self.apt_lists {
+                Some(l) => serde_json::json!({
+                    "present": l.present,
+                    "fresh": l.age_secs.map(|a| a <= crate::resource::package::APT_LISTS_MAX_AGE_SECS).unwrap_or(false),
+                }),
+                None => serde_json::Value::Null,
+            }),
             FactQuery::Path { path, .. } => to_value(self.paths.get(path)),
             FactQuery::User { name } => to_value(self.users.get(name)),
             FactQuery::Group { name } => to_value(self.groups.get(name)),

@@ -121,11 +121,24 @@ async fn refuse_stale(
         .hosts
         .iter()
         .map(|h| {
+            // Sensitive paths were stored without their expected hash; take the full query
+            // from the re-rendered desired state (its seal is checked before apply).
+            let full = crate::plan::build::host_queries(h);
             let mut q: Vec<FactQuery> = plan
                 .hosts
                 .iter()
                 .filter(|p| p.host == h.name)
                 .flat_map(|p| p.changes.iter().flat_map(|c| c.facts.clone()))
+                .map(|q| match &q {
+                    FactQuery::Path {
+                        sensitive: true, ..
+                    } => full
+                        .iter()
+                        .find(|f| f.key() == q.key())
+                        .cloned()
+                        .unwrap_or(q),
+                    _ => q,
+                })
                 .collect();
             q.sort();
             q.dedup();

@@ -56,6 +56,7 @@ pub fn host_plan(
     let mut starting: BTreeSet<String> = BTreeSet::new();
     for r in graph.host_order(desired, h) {
         let res = &host.resources[r];
+        predicted.module = res.module.clone();
         let planned = match res.kind.plan(facts, &predicted) {
             Ok(Some(p)) => p,
             Ok(None) => continue,
@@ -103,7 +104,7 @@ pub fn host_plan(
             sensitive: planned.sensitive,
             reason: planned.reason,
             fingerprint: fingerprint(facts, &queries),
-            facts: queries,
+            facts: queries.into_iter().map(scrub).collect(),
             steps,
         });
     }
@@ -142,7 +143,8 @@ pub fn host_plan(
             if !from_journal.contains(handler) {
                 continue;
             }
-            reason = "owed by an earlier run; covered by another change in this plan".to_string();
+            reason =
+                "owed by an earlier run (another change in this plan also covers it)".to_string();
         } else if from_journal.contains(handler) {
             reason = "owed by an earlier run that did not finish".to_string();
         } else {
@@ -173,6 +175,24 @@ pub fn host_plan(
         });
     }
     plan
+}
+
+/// The query as stored in a plan: a sensitive file's expected hash is dropped (a plain
+/// sha256 of a short secret is brute-forced in seconds). Apply re-derives it from the
+/// re-rendered content when it checks for staleness.
+pub fn scrub(q: FactQuery) -> FactQuery {
+    match q {
+        FactQuery::Path {
+            path,
+            sensitive: true,
+            ..
+        } => FactQuery::Path {
+            path,
+            expect_sha256: None,
+            sensitive: true,
+        },
+        other => other,
+    }
 }
 
 /// Replaces sensitive text with a seal (see `seal`).

@@ -72,7 +72,7 @@ impl ResourceGraph {
 
     fn check_cycles(&self, env: &Environment, desired: &Desired) -> Result<(), SpecError> {
         for scc in petgraph::algo::tarjan_scc(&self.graph) {
-            if scc.len() < 2 {
+            if scc.len() < 2 && !self.graph.contains_edge(scc[0], scc[0]) {
                 continue;
             }
             // Walk the cycle from its first member for a readable order.

@@ -65,21 +65,25 @@ impl AptRepo {
         self.files().iter().flat_map(|f| f.facts()).collect()
     }
 
-    pub fn plan(&self, facts: &HostFacts) -> Option<Planned> {
+    pub fn plan(&self, facts: &HostFacts) -> Result<Option<Planned>, super::Conflict> {
         let mut steps = vec![];
         let mut diffs = vec![];
         let mut created = true;
         for f in self.files() {
-            // A file resource of our own making cannot conflict unless the path is a
-            // directory, which `File::plan` reports; treat that as a needed rewrite here.
-            if let Ok(Some(p)) = f.plan(facts, &super::Predicted::default()) {
+            let planned =
+                f.plan(facts, &super::Predicted::default())
+                    .map_err(|c| super::Conflict {
+                        resource: format!("apt_repo:{}", self.name),
+                        ..c
+                    })?;
+            if let Some(p) = planned {
                 created &= p.action == Action::Create;
                 steps.extend(p.steps);
                 diffs.extend(p.diff);
             }
         }
         if steps.is_empty() {
-            return None;
+            return Ok(None);
         }
         steps.push(Step::AptUpdate);
         let action = if created {
@@ -93,6 +97,6 @@ impl AptRepo {
             steps,
         );
         p.diff = (!diffs.is_empty()).then(|| diffs.join(""));
-        Some(p)
+        Ok(Some(p))
     }
 }

@@ -99,9 +99,10 @@ impl File {
         let fact = facts.path(&self.path);
         let id = format!("file:{}", self.path);
         match (self.state, fact.kind) {
-            (FileState::Absent, PathKind::Missing) if !predicted.packages_installed.is_empty() => {
-                // Postcondition: a package installed earlier in this plan may ship this file
-                // (nginx ships sites-enabled/default). Removal is idempotent, so say so.
+            (FileState::Absent, PathKind::Missing) if predicted.modules_installing.contains(&predicted.module) => {
+                // Postcondition: a package of the same module installed earlier in this plan
+                // may ship this file (nginx ships sites-enabled/default). Removal is
+                // idempotent, so plan it and say why.
                 let mut p = Planned::new(Action::Remove, "remove if installed packages create it", vec![Step::RemovePath { path: self.path.clone() }]);
                 p.reason = Some("may be created by packages installed in this plan; known after apply".into());
                 Ok(Some(p))

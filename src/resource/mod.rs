@@ -104,6 +104,10 @@ pub struct Predicted {
     /// Units whose unit file is created or changed in this run.
     pub units_changed: BTreeSet<String>,
     pub apt_sources_changed: bool,
+    /// Modules whose packages are installed in this run (set as changes are planned).
+    pub modules_installing: BTreeSet<String>,
+    /// The module of the resource being planned now (set by the plan builder).
+    pub module: String,
 }
 
 /// What a resource's plan function returns when state differs.
@@ -214,7 +218,7 @@ impl Kind {
         predicted: &Predicted,
     ) -> Result<Option<Planned>, Conflict> {
         match self {
-            Kind::AptRepo(r) => Ok(r.plan(facts)),
+            Kind::AptRepo(r) => r.plan(facts),
             Kind::Package(r) => Ok(r.plan(facts, predicted)),
             Kind::Group(r) => Ok(r.plan(facts)),
             Kind::User(r) => Ok(r.plan(facts)),
@@ -233,6 +237,9 @@ impl Kind {
             Kind::AptRepo(_) => predicted.apt_sources_changed = true,
             Kind::Package(r) if r.state != package::PackageState::Absent => {
                 predicted.packages_installed.insert(r.name.clone());
+                predicted
+                    .modules_installing
+                    .insert(predicted.module.clone());
             }
             Kind::User(r) => {
                 predicted.users_created.insert(r.name.clone());

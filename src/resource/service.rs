@@ -70,7 +70,9 @@ impl Service {
                 ),
             });
         };
-        if let Some(want) = self.enabled {
+        // A static unit has no [Install] section: it cannot be enabled or disabled.
+        let is_static = fact.unit_file_state == "static";
+        if let Some(want) = self.enabled.filter(|_| !is_static) {
             if want != is_enabled {
                 steps.push(Step::Systemctl {
                     verb: if want { "enable" } else { "disable" }.into(),

@@ -44,7 +44,7 @@ impl Unit {
             .file()
             .plan(facts, &super::Predicted::default())
             .map_err(|c| Conflict {
-                resource: format!("unit:{}", self.name),
+                resource: format!("unit:{}", crate::facts::unit_name(&self.name)),
                 ..c
             })?;
         Ok(planned.map(|mut p| {
