@@ -109,45 +109,14 @@ pub fn parse_typed<T: serde::de::DeserializeOwned>(file: &SourceFile) -> Result<
 }
 
 fn find_child_key(file: &SourceFile, parent: &str, field: &str) -> Option<String> {
-    // Search for `<anything>.field` where the anything lies inside the error's table.
+    // serde reported an unknown `field` somewhere inside the table at `parent`.
     let suffix = format!(".{field}");
-    let mut candidates: Vec<String> = vec![];
-    for line_key in index_keys(file) {
-        if (line_key.ends_with(&suffix) && line_key.starts_with(parent))
-            || (parent.is_empty() && line_key == field)
-        {
-            candidates.push(line_key);
-        }
-    }
-    candidates.into_iter().next()
-}
-
-fn index_keys(file: &SourceFile) -> Vec<String> {
-    // SourceFile keeps its index private; reconstruct the keys through the public lookups
-    // by re-parsing (cheap: spec files are small).
-    let mut out = vec![];
-    if let Ok(doc) = file.text.parse::<toml::Table>() {
-        collect_keys(&toml::Value::Table(doc), "", &mut out);
-    }
-    out
-}
-
-fn collect_keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let p = source::join_key(prefix, k);
-                out.push(p.clone());
-                collect_keys(v, &p, out);
-            }
-        }
-        toml::Value::Array(a) => {
-            for (i, v) in a.iter().enumerate() {
-                collect_keys(v, &format!("{prefix}[{i}]"), out);
-            }
-        }
-        _ => {}
-    }
+    file.keys()
+        .find(|k| {
+            (k.ends_with(&suffix) && k.starts_with(parent))
+                || (parent.is_empty() && k.as_str() == field)
+        })
+        .cloned()
 }
 
 impl Environment {

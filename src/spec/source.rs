@@ -114,6 +114,11 @@ impl SourceFile {
         }
     }
 
+    /// Every key path written in the file, in file order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+
     pub fn has(&self, path: &str) -> bool {
         self.index.contains_key(path)
     }

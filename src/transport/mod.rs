@@ -60,3 +60,50 @@ mod tests {
         );
     }
 }
+
+/// Feeds `script` to a remote or local shell's stdin while reading its stdout line by line
+/// (each line also goes to `on_line`) and its stderr whole. A script that exits before
+/// reading all of its input closes stdin early: that is not an error.
+pub(crate) async fn pump<W, R, E>(
+    mut stdin: W,
+    stdout: R,
+    mut stderr: E,
+    script: &str,
+    on_line: Option<LineSink<'_>>,
+) -> Result<(String, String)>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+    E: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let writer = async move {
+        let r = stdin.write_all(script.as_bytes()).await;
+        let _ = stdin.shutdown().await;
+        drop(stdin);
+        r
+    };
+    let reader = async {
+        let mut out = String::new();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Some(line) = lines.next_line().await? {
+            if let Some(f) = on_line {
+                f(&line);
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        Ok::<_, std::io::Error>(out)
+    };
+    let err_reader = async {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).await.map(|_| s)
+    };
+    let (w, out, err) = tokio::join!(writer, reader, err_reader);
+    if let Err(e) = w {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(anyhow::Error::from(e).context("sending the script"));
+        }
+    }
+    Ok((out?, err?))
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
 use super::{remote_command, BoxFuture, LineSink, RunOutput, Transport};
@@ -139,45 +138,18 @@ impl Transport for SshTransport {
                     .spawn()
                     .await
                     .with_context(|| format!("starting a remote shell on {}", self.target))?;
-                let mut stdin = child.stdin().take().context("stdin")?;
+                let stdin = child.stdin().take().context("stdin")?;
                 let stdout = child.stdout().take().context("stdout")?;
-                let mut stderr = child.stderr().take().context("stderr")?;
-                let writer = async move {
-                    let r = stdin.write_all(script.as_bytes()).await;
-                    let _ = stdin.shutdown().await;
-                    drop(stdin);
-                    r
-                };
-                let reader = async {
-                    let mut out = String::new();
-                    let mut lines = BufReader::new(stdout).lines();
-                    while let Some(line) = lines.next_line().await? {
-                        if let Some(f) = on_line {
-                            f(&line);
-                        }
-                        out.push_str(&line);
-                        out.push('\n');
-                    }
-                    Ok::<_, std::io::Error>(out)
-                };
-                let err_reader = async {
-                    let mut s = String::new();
-                    stderr.read_to_string(&mut s).await.map(|_| s)
-                };
-                let (w, out, err) = tokio::join!(writer, reader, err_reader);
-                if let Err(e) = w {
-                    if e.kind() != std::io::ErrorKind::BrokenPipe {
-                        return Err(anyhow::Error::from(e).context("sending the script"));
-                    }
-                }
+                let stderr = child.stderr().take().context("stderr")?;
+                let (stdout, stderr) = super::pump(stdin, stdout, stderr, script, on_line).await?;
                 let status = child
                     .wait()
                     .await
                     .with_context(|| format!("waiting for the remote shell on {}", self.target))?;
                 Ok(RunOutput {
                     status: status.code(),
-                    stdout: out?,
-                    stderr: err?,
+                    stdout,
+                    stderr,
                 })
             };
             // The remote `timeout` ends the remote process; this one ends our side a little later.
