@@ -1475,6 +1475,7 @@ fn resources_are_built_from_struct_literals_too() {
         owner: "root".into(),
         group: "root".into(),
         mode: "0755".into(),
+        purge: false,
     });
     assert_eq!(k.id(), "directory:/x");
     let k = Kind::Symlink(Symlink {

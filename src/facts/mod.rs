@@ -40,6 +40,8 @@ pub enum FactQuery {
     Service { name: String },
     /// Exit status of a read-only guard command (`unless` of a command resource).
     Guard { command: String },
+    /// Names of the entries of a directory (for `directory` with `purge = true`).
+    DirList { path: String },
     /// Handlers owed by an earlier, interrupted run (journalled on the host).
     Pending,
 }
@@ -55,6 +57,7 @@ impl FactQuery {
             FactQuery::Group { name } => format!("group:{name}"),
             FactQuery::Service { name } => format!("service:{name}"),
             FactQuery::Guard { command } => format!("guard:{command}"),
+            FactQuery::DirList { path } => format!("dir:{path}"),
             FactQuery::Pending => "pending".into(),
         }
     }
@@ -184,6 +187,9 @@ pub struct HostFacts {
     pub services: BTreeMap<String, ServiceFact>,
     /// guard command → exited 0
     pub guards: BTreeMap<String, bool>,
+    /// directory → sorted entry names (None: not a directory / missing)
+    #[serde(default)]
+    pub dirs: BTreeMap<String, Option<Vec<String>>>,
     /// Pending handlers, by journal file name, e.g. `reload@nginx.service`.
     pub pending: Vec<String>,
 }
@@ -209,6 +215,7 @@ impl HostFacts {
             FactQuery::Group { name } => to_value(self.groups.get(name)),
             FactQuery::Service { name } => to_value(self.services.get(name)),
             FactQuery::Guard { command } => to_value(self.guards.get(command)),
+            FactQuery::DirList { path } => to_value(self.dirs.get(path)),
             FactQuery::Pending => to_value(&self.pending),
         };
         v.unwrap_or(serde_json::Value::Null)
