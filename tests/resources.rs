@@ -350,6 +350,7 @@ fn apt_repo() -> (AptRepo, Kind) {
         suites: vec!["stable".into()],
         components: vec!["main".into()],
         key: Some(KEY.into()),
+        keyring: None,
     };
     (r.clone(), Kind::AptRepo(r))
 }

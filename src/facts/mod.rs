@@ -231,7 +231,20 @@ impl HostFacts {
 
 /// Normalises a systemd unit name: `nginx` → `nginx.service`.
 pub fn unit_name(name: &str) -> String {
-    if name.contains('.') {
+    const SUFFIXES: &[&str] = &[
+        ".service",
+        ".socket",
+        ".timer",
+        ".target",
+        ".path",
+        ".mount",
+        ".automount",
+        ".swap",
+        ".slice",
+        ".scope",
+        ".device",
+    ];
+    if SUFFIXES.iter().any(|s| name.ends_with(s)) {
         name.to_string()
     } else {
         format!("{name}.service")

@@ -750,6 +750,9 @@ exec "$@""#;
         ))
         .arg(format!("--machine={}", host.machine))
         .arg(format!("--hostname={}", host.name))
+        // The host has its own network namespace, so it may manage its own firewall
+        // (nftables) the way a real server does.
+        .arg("--capability=CAP_NET_ADMIN")
         // Keep our empty resolv.conf, and leave the machine's journal alone.
         .args([
             "--resolv-conf=off",
