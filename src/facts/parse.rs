@@ -1048,6 +1048,7 @@ mod tests {
                 FactQuery::Group { name } => facts.groups.contains_key(name),
                 FactQuery::Service { name } => facts.services.contains_key(name),
                 FactQuery::Guard { command } => facts.guards.contains_key(command),
+                FactQuery::DirList { path } => facts.dirs.contains_key(path),
                 FactQuery::Pending => true,
             };
             assert!(present, "no entry for {query:?}");
