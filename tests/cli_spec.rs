@@ -341,7 +341,10 @@ fn shipped_environments_plan_offline() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{env}: {stdout}\n{stderr}");
         assert!(stdout.contains("no host was contacted"), "{stdout}");
-        assert!(stdout.contains("file:/etc/nginx/sites-enabled/api.conf"), "{stdout}");
+        assert!(
+            stdout.contains("file:/etc/nginx/sites-enabled/api.conf"),
+            "{stdout}"
+        );
         // Secrets that cannot be read stand in as placeholders, and are redacted anyway.
         assert!(!stdout.contains("<secret "), "{stdout}");
     }
@@ -363,5 +366,8 @@ content = "{{ fail('this module needs a greeting') }}"
         "environments/e.toml",
         "[hosts.a]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[roles.r]\nmodules = [\"m\"]\n",
     );
-    r.fails(&["plan", "e"], &["modules/m.toml", "this module needs a greeting"]);
+    r.fails(
+        &["plan", "e"],
+        &["modules/m.toml", "this module needs a greeting"],
+    );
 }

@@ -350,8 +350,9 @@ fn removed_site_loses_config_and_certificate(lab: &Lab) -> Result<(), String> {
             && p.stdout.contains("directory:/etc/nginx/sites-enabled")
             && p.stdout.contains("directory:/etc/kiln/tls/certs.d")
             && p.stdout.contains("purge 1 not in the spec: admin.conf")
-            && p.stdout.contains("command:kiln-certs sync")
-            && p.stdout.contains("admin: no longer in the spec"),
+            && p.stdout.contains("restart@kiln-certs.service")
+            && p.stdout
+                .contains("(notified by directory:/etc/kiln/tls/certs.d)"),
         "the plan says the site config and certificate go",
         &p,
     )?;

@@ -75,7 +75,13 @@ impl Service {
         // A unit a package installs in this run may come enabled and started: ensure the
         // wanted state either way.
         let unknown = !fact.exists();
-        let was = |v: bool| if unknown { "unknown".to_string() } else { v.to_string() };
+        let was = |v: bool| {
+            if unknown {
+                "unknown".to_string()
+            } else {
+                v.to_string()
+            }
+        };
         if let Some(want) = self.enabled.filter(|_| !is_static) {
             if want != is_enabled || unknown {
                 steps.push(Step::Systemctl {
