@@ -8,6 +8,7 @@
 //!
 //! Architecture invariant: no fact reader changes anything on the host.
 
+pub mod galera;
 pub mod parse;
 pub mod script;
 
@@ -42,6 +43,12 @@ pub enum FactQuery {
     Guard { command: String },
     /// Handlers owed by an earlier, interrupted run (journalled on the host).
     Pending,
+    /// A MariaDB Galera node's live state (see [`galera`]); `config` lists the files whose
+    /// modification after the server started means a restart is owed.
+    Galera {
+        cluster: String,
+        config: Vec<String>,
+    },
 }
 
 impl FactQuery {
@@ -56,6 +63,7 @@ impl FactQuery {
             FactQuery::Service { name } => format!("service:{name}"),
             FactQuery::Guard { command } => format!("guard:{command}"),
             FactQuery::Pending => "pending".into(),
+            FactQuery::Galera { cluster, .. } => format!("galera:{cluster}"),
         }
     }
 }
@@ -186,6 +194,9 @@ pub struct HostFacts {
     pub guards: BTreeMap<String, bool>,
     /// Pending handlers, by journal file name, e.g. `reload@nginx.service`.
     pub pending: Vec<String>,
+    /// Galera node state, by cluster name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub galera: BTreeMap<String, galera::GaleraFact>,
 }
 
 impl HostFacts {
@@ -210,6 +221,7 @@ impl HostFacts {
             FactQuery::Service { name } => to_value(self.services.get(name)),
             FactQuery::Guard { command } => to_value(self.guards.get(command)),
             FactQuery::Pending => to_value(&self.pending),
+            FactQuery::Galera { cluster, .. } => to_value(self.galera.get(cluster)),
         };
         v.unwrap_or(serde_json::Value::Null)
     }

@@ -94,6 +94,12 @@ pub fn parse_facts(queries: &[FactQuery], output: &str) -> Result<HostFacts, Fac
                     .insert(command.to_string(), parse_guard(found)?);
             }
             Section::Pending => facts.pending = parse_pending(found)?,
+            Section::Galera { cluster, .. } => {
+                let lines: Vec<&str> = found.body.iter().map(|(_, t)| *t).collect();
+                let fact = crate::facts::galera::parse(&lines)
+                    .map_err(|e| malformed(found, found.line, "galera section", &e))?;
+                facts.galera.insert(cluster.to_string(), fact);
+            }
         }
     }
 
@@ -1024,6 +1030,7 @@ mod tests {
                 FactQuery::Service { name } => facts.services.contains_key(name),
                 FactQuery::Guard { command } => facts.guards.contains_key(command),
                 FactQuery::Pending => true,
+                FactQuery::Galera { cluster, .. } => facts.galera.contains_key(cluster),
             };
             assert!(present, "no entry for {query:?}");
         }
