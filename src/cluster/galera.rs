@@ -55,6 +55,16 @@ pub struct GaleraStep {
     pub op: GaleraOp,
 }
 
+impl GaleraStep {
+    /// The host(s) the step is about, for output: a recovery start names its candidates.
+    pub fn who(&self) -> String {
+        match &self.op {
+            GaleraOp::StartRecovered { candidates } => candidates.join(", "),
+            _ => self.host.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum GaleraOp {
@@ -756,7 +766,7 @@ pub fn render_overview(plan: &Plan, paint: &Paint) -> String {
                 out,
                 "  {:>2}. {} galera_node[{cluster}]: {s}",
                 g.seq,
-                paint.bold(&g.host)
+                paint.bold(&g.who())
             );
         }
     }

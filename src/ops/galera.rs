@@ -441,7 +441,7 @@ pub async fn execute(
                 "  [{}/{}] {} galera_node[{cluster}]: {}",
                 g.seq,
                 g.total,
-                paint.bold(&g.host),
+                paint.bold(&g.who()),
                 summaries
                     .get(&(cluster.clone(), g.seq))
                     .cloned()
