@@ -623,12 +623,12 @@ pub fn plan_clusters(
         }
         let unread: Vec<&str> = idx
             .iter()
-            .filter(|&&h| facts[h].is_none())
+            .filter(|&&h| facts[h].is_none() || plans[h].error.is_some())
             .map(|&h| desired.hosts[h].name.as_str())
             .collect();
         if !unread.is_empty() {
             notes.push(format!(
-                "cluster {name}: {} could not be read; no cluster actions planned",
+                "cluster {name}: {} could not be read or planned; no cluster actions planned",
                 unread.join(", ")
             ));
             continue;

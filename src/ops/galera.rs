@@ -173,10 +173,16 @@ impl Exec<'_> {
         if primary.is_empty() {
             bail!("{host} cannot join: no node is in a Primary component");
         }
+        if me.active() && me.wsrep_on != Some(true) {
+            bail!("{host} runs mariadb without wsrep (a standalone server started since the plan was made); make a new plan");
+        }
         let want = primary.len() + 1;
         let secs = SYNC_TIMEOUT.as_secs();
-        let script = if me.active_state == "activating" {
-            format!("echo 'already starting; waiting'\nkiln_wait_synced {want} {secs}\n")
+        let script = if me.active_state == "activating" || me.active() {
+            format!(
+                "echo 'already {}; waiting until Synced'\nkiln_wait_synced {want} {secs}\n",
+                if me.active() { "running" } else { "starting" }
+            )
         } else {
             format!("systemctl start mariadb.service || {{ kiln_journal; exit 1; }}\nkiln_wait_synced {want} {secs}\n")
         };
