@@ -52,6 +52,8 @@ pub struct GaleraStep {
     pub host: String,
     /// Every node (host names), in the spec's order; the expected size is its length.
     pub nodes: Vec<String>,
+    /// (`Step` is tagged by `op` already, hence another name in JSON.)
+    #[serde(rename = "cluster_op")]
     pub op: GaleraOp,
 }
 

@@ -37,6 +37,16 @@ pub fn host_changes_only(plan: &Plan) -> Plan {
 
 const HELPERS: &str = r#"set -u
 export LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# The host's kiln lock for the step (the same lock as host scripts), holder named.
+kiln_lock() {
+	mkdir -p /var/lib/kiln || exit 70
+	exec 9>>/var/lib/kiln/lock
+	if ! flock -w 60 9; then
+		printf 'another run holds this host'\''s lock: %s\n' "$(cat /var/lib/kiln/lock.holder 2>/dev/null || echo unknown)"
+		exit 75
+	fi
+	printf '%s\n' "$1" > /var/lib/kiln/lock.holder
+}
 kiln_q() { timeout 10 mariadb --protocol=socket -uroot -N -B -e "$1" 2>/dev/null; }
 kiln_st() { kiln_q "SHOW GLOBAL STATUS LIKE '$1'" | cut -f2; }
 kiln_journal() { journalctl -u mariadb.service -n 15 --no-pager -o cat 2>/dev/null | sed 's/^/  | /'; }
@@ -68,6 +78,7 @@ struct Exec<'a> {
     transports: BTreeMap<String, Arc<dyn Transport>>,
     recovered: BTreeMap<String, (String, i64)>,
     paint: &'a Paint,
+    holder: String,
 }
 
 impl Exec<'_> {
@@ -80,7 +91,10 @@ impl Exec<'_> {
             // One function called with stdin from /dev/null: no command can swallow the
             // rest of the script, and a script cut short in transit runs nothing.
             .run(
-                &format!("{HELPERS}kiln_main() {{\n{script}\n}}\nkiln_main </dev/null\n"),
+                &format!(
+                    "{HELPERS}kiln_lock {}\nkiln_main() {{\n{script}\n}}\nkiln_main </dev/null\n",
+                    sh_quote(&self.holder)
+                ),
                 timeout,
                 None,
             )
@@ -423,6 +437,7 @@ pub async fn execute(
             transports: BTreeMap::new(),
             recovered: BTreeMap::new(),
             paint,
+            holder: super::holder(),
         };
         let mut connected = true;
         for n in &first.nodes {
