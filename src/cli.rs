@@ -34,6 +34,10 @@ pub enum Command {
         /// Exit 2 when there are changes (0 none, 1 error).
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Contact no host: validate the spec and show the plan for bare hosts (secrets
+        /// that cannot be read are replaced by placeholders).
+        #[arg(long)]
+        offline: bool,
     },
     /// Apply an environment (plans first and asks) or exactly a saved plan.
     Apply {
@@ -95,12 +99,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             out,
             format,
             detailed_exitcode,
+            offline,
         } => rt.block_on(ops::plan::run(ops::plan::PlanArgs {
             env,
             limit,
             out,
             format,
             detailed_exitcode,
+            offline,
         })),
         Command::Apply {
             target,

@@ -350,6 +350,7 @@ fn apt_repo() -> (AptRepo, Kind) {
         suites: vec!["stable".into()],
         components: vec!["main".into()],
         key: Some(KEY.into()),
+        keyring: None,
     };
     (r.clone(), Kind::AptRepo(r))
 }
@@ -1478,6 +1479,7 @@ fn resources_are_built_from_struct_literals_too() {
         owner: "root".into(),
         group: "root".into(),
         mode: "0755".into(),
+        purge: false,
     });
     assert_eq!(k.id(), "directory:/x");
     let k = Kind::Symlink(Symlink {

@@ -45,7 +45,7 @@ kiln_write() {
 }
 kiln_remove() {
   if [ -e "$1" ] || [ -L "$1" ]; then
-    mkdir -p "$K/backup$(dirname "$1")" && cp -a "$1" "$K/backup$1" && rm -f "$1"
+    mkdir -p "$K/backup$(dirname "$1")" && rm -rf "$K/backup$1" && cp -a "$1" "$K/backup$1" && rm -rf "$1"
   fi
 }
 kiln_apt() {

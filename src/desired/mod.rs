@@ -177,7 +177,27 @@ fn expand_host(
             }
         }
     }
-    // Unique ids per host.
+    // Unique ids per host. Two modules may both declare the very same resource (a package
+    // both need, say): identical declarations merge; any difference is an error.
+    let mut merged: Vec<Resource> = Vec::with_capacity(resources.len());
+    for r in resources {
+        match merged.iter_mut().find(|m| m.id == r.id && m.kind == r.kind) {
+            Some(m) => {
+                for n in r.notify {
+                    if !m.notify.contains(&n) {
+                        m.notify.push(n);
+                    }
+                }
+                for a in r.after {
+                    if !m.after.contains(&a) {
+                        m.after.push(a);
+                    }
+                }
+            }
+            None => merged.push(r),
+        }
+    }
+    let mut resources = merged;
     let mut ids: IndexMap<String, Origin> = IndexMap::new();
     for r in &resources {
         if let Some(prev) = ids.get(&r.id) {

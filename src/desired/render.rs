@@ -28,6 +28,11 @@ impl Renderer {
         jinja.set_undefined_behavior(UndefinedBehavior::Strict);
         jinja.set_keep_trailing_newline(true);
         jinja.set_loader(minijinja::path_loader(env.templates_dir()));
+        // `{{ fail("why") }}`: a module's own validation of its parameters, reported like
+        // any other template error (file, line, message).
+        jinja.add_function("fail", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
         let hosts: serde_json::Map<String, serde_json::Value> = env
             .spec
             .hosts

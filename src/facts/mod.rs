@@ -41,6 +41,8 @@ pub enum FactQuery {
     Service { name: String },
     /// Exit status of a read-only guard command (`unless` of a command resource).
     Guard { command: String },
+    /// Names of the entries of a directory (for `directory` with `purge = true`).
+    DirList { path: String },
     /// Handlers owed by an earlier, interrupted run (journalled on the host).
     Pending,
     /// A MariaDB Galera node's live state (see [`galera`]); `config` lists the files whose
@@ -62,6 +64,7 @@ impl FactQuery {
             FactQuery::Group { name } => format!("group:{name}"),
             FactQuery::Service { name } => format!("service:{name}"),
             FactQuery::Guard { command } => format!("guard:{command}"),
+            FactQuery::DirList { path } => format!("dir:{path}"),
             FactQuery::Pending => "pending".into(),
             FactQuery::Galera { cluster, .. } => format!("galera:{cluster}"),
         }
@@ -192,6 +195,9 @@ pub struct HostFacts {
     pub services: BTreeMap<String, ServiceFact>,
     /// guard command → exited 0
     pub guards: BTreeMap<String, bool>,
+    /// directory → sorted entry names (None: not a directory / missing)
+    #[serde(default)]
+    pub dirs: BTreeMap<String, Option<Vec<String>>>,
     /// Pending handlers, by journal file name, e.g. `reload@nginx.service`.
     pub pending: Vec<String>,
     /// Galera node state, by cluster name.
@@ -220,6 +226,7 @@ impl HostFacts {
             FactQuery::Group { name } => to_value(self.groups.get(name)),
             FactQuery::Service { name } => to_value(self.services.get(name)),
             FactQuery::Guard { command } => to_value(self.guards.get(command)),
+            FactQuery::DirList { path } => to_value(self.dirs.get(path)),
             FactQuery::Pending => to_value(&self.pending),
             FactQuery::Galera { cluster, .. } => to_value(self.galera.get(cluster)),
         };
@@ -236,7 +243,20 @@ impl HostFacts {
 
 /// Normalises a systemd unit name: `nginx` → `nginx.service`.
 pub fn unit_name(name: &str) -> String {
-    if name.contains('.') {
+    const SUFFIXES: &[&str] = &[
+        ".service",
+        ".socket",
+        ".timer",
+        ".target",
+        ".path",
+        ".mount",
+        ".automount",
+        ".swap",
+        ".slice",
+        ".scope",
+        ".device",
+    ];
+    if SUFFIXES.iter().any(|s| name.ends_with(s)) {
         name.to_string()
     } else {
         format!("{name}.service")

@@ -93,6 +93,9 @@ pub fn parse_facts(queries: &[FactQuery], output: &str) -> Result<HostFacts, Fac
                     .guards
                     .insert(command.to_string(), parse_guard(found)?);
             }
+            Section::DirList { path, .. } => {
+                facts.dirs.insert(path.to_string(), parse_dir(found)?);
+            }
             Section::Pending => facts.pending = parse_pending(found)?,
             Section::Galera { cluster, .. } => {
                 let lines: Vec<&str> = found.body.iter().map(|(_, t)| *t).collect();
@@ -569,6 +572,28 @@ fn parse_guard(section: &RawSection<'_>) -> Result<bool, FactParseError> {
         .ok_or_else(|| missing_line(section, "status"))
 }
 
+fn parse_dir(section: &RawSection<'_>) -> Result<Option<Vec<String>>, FactParseError> {
+    let mut state: Option<bool> = None;
+    let mut entries = Vec::new();
+    for &(line, text) in &section.body {
+        match key_value(text) {
+            ("", "") | ("odd", _) => {}
+            ("state", "dir") => state = Some(true),
+            ("state", "none") => state = Some(false),
+            ("entry", name) if !name.is_empty() => entries.push(name.to_string()),
+            _ => return Err(malformed(section, line, "unexpected line", text)),
+        }
+    }
+    match state {
+        Some(true) => {
+            entries.sort();
+            Ok(Some(entries))
+        }
+        Some(false) => Ok(None),
+        None => Err(missing_line(section, "state")),
+    }
+}
+
 fn parse_pending(section: &RawSection<'_>) -> Result<Vec<String>, FactParseError> {
     let mut handlers = Vec::new();
     for &(line, text) in &section.body {
@@ -1029,6 +1054,7 @@ mod tests {
                 FactQuery::Group { name } => facts.groups.contains_key(name),
                 FactQuery::Service { name } => facts.services.contains_key(name),
                 FactQuery::Guard { command } => facts.guards.contains_key(command),
+                FactQuery::DirList { path } => facts.dirs.contains_key(path),
                 FactQuery::Pending => true,
                 FactQuery::Galera { cluster, .. } => facts.galera.contains_key(cluster),
             };

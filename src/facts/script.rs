@@ -155,6 +155,10 @@ pub(crate) enum Section<'a> {
         index: usize,
         command: &'a str,
     },
+    DirList {
+        index: usize,
+        path: &'a str,
+    },
     Pending,
     Galera {
         index: usize,
@@ -174,6 +178,7 @@ impl Section<'_> {
             Section::Group { .. } => "group",
             Section::Services(_) => "services",
             Section::Guard { .. } => "guard",
+            Section::DirList { .. } => "dir",
             Section::Pending => "pending",
             Section::Galera { .. } => "galera",
         }
@@ -186,6 +191,7 @@ impl Section<'_> {
             | Section::User { index, .. }
             | Section::Group { index, .. }
             | Section::Guard { index, .. }
+            | Section::DirList { index, .. }
             | Section::Galera { index, .. } => Some(*index),
             _ => None,
         }
@@ -198,7 +204,7 @@ impl Section<'_> {
             line.push_str(&format!(" {index}"));
         }
         let name = match self {
-            Section::Path { path, .. } => Some(*path),
+            Section::Path { path, .. } | Section::DirList { path, .. } => Some(*path),
             Section::User { name, .. } | Section::Group { name, .. } => Some(*name),
             _ => None,
         };
@@ -256,6 +262,7 @@ pub(crate) fn plan_sections(normalized: &[FactQuery]) -> Vec<Section<'_>> {
                 }
             }
             FactQuery::Guard { command } => sections.push(Section::Guard { index, command }),
+            FactQuery::DirList { path } => sections.push(Section::DirList { index, path }),
             FactQuery::Pending => sections.push(Section::Pending),
             FactQuery::Galera { cluster, config } => sections.push(Section::Galera {
                 index,
@@ -422,6 +429,26 @@ pub fn fact_script(queries: &[FactQuery]) -> String {
                 s.push_str(&sh_quote(command));
                 s.push_str(" </dev/null >/dev/null 2>&1\n");
                 s.push_str("\tprintf 'status %s\\n' \"$?\"\n");
+            }
+            Section::DirList { path, .. } => {
+                // One `entry NAME` line per entry; names with a newline are reported as
+                // `odd` (they cannot be managed by kiln and are left alone).
+                s.push_str("\tkiln_d=");
+                s.push_str(&sh_quote(path));
+                s.push('\n');
+                s.push_str("\tif [ -d \"$kiln_d\" ] && [ ! -L \"$kiln_d\" ]; then\n");
+                s.push_str("\t\tprintf 'state dir\\n'\n");
+                s.push_str(
+                    "\t\tfor kiln_f in \"$kiln_d\"/* \"$kiln_d\"/.[!.]* \"$kiln_d\"/..?*; do\n",
+                );
+                s.push_str("\t\t\t[ -e \"$kiln_f\" ] || [ -L \"$kiln_f\" ] || continue\n");
+                s.push_str("\t\t\tkiln_f=${kiln_f##*/}\n");
+                s.push_str(
+                    "\t\t\tcase $kiln_f in *\"$kiln_nl\"*) printf 'odd\\n'; continue ;; esac\n",
+                );
+                s.push_str("\t\t\tprintf 'entry %s\\n' \"$kiln_f\"\n");
+                s.push_str("\t\tdone\n");
+                s.push_str("\telse\n\t\tprintf 'state none\\n'\n\tfi\n");
             }
             Section::Pending => {
                 s.push_str(&format!("\tfor kiln_f in {PENDING_DIR}/*; do\n"));

@@ -11,6 +11,9 @@ pub enum LabAction {
     Up,
     Down,
     Status,
+    /// Print the root certificate of the lab's ACME server (the `pebble` module's host):
+    /// what the lab's served certificate chains verify against.
+    Ca,
 }
 
 /// The lab configuration of an environment (its hosts with `provider = "lab"`).
@@ -35,6 +38,7 @@ pub fn lab_config(env_arg: &str) -> Result<LabConfig> {
                 .map(|address| LabHost {
                     name: n.clone(),
                     address,
+                    aliases: h.aliases.clone(),
                 })
         })
         .collect();
@@ -49,7 +53,51 @@ pub fn lab_config(env_arg: &str) -> Result<LabConfig> {
     })
 }
 
+/// The lab CA: pebble issues from a root it makes at start; `/roots/0` on its management
+/// port serves it. Read on the pebble host itself, so no port has to be open for it.
+fn print_ca(env_arg: &str) -> Result<i32> {
+    let path = spec::resolve_env_path(env_arg);
+    let env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    let host = env
+        .spec
+        .hosts
+        .iter()
+        .find(|(_, h)| {
+            h.roles.iter().any(|r| {
+                env.spec
+                    .roles
+                    .get(r)
+                    .map(|r| r.modules.iter().any(|m| m == "pebble"))
+                    .unwrap_or(false)
+            })
+        })
+        .map(|(n, _)| n.clone());
+    let Some(host) = host else {
+        bail!(
+            "{}: no host runs the `pebble` module, so the lab has no ACME CA",
+            path.display()
+        );
+    };
+    let port = env
+        .spec
+        .modules
+        .get("pebble")
+        .and_then(|m| m.get("management_port"))
+        .and_then(|v| v.as_integer())
+        .unwrap_or(15000);
+    super::ssh::ssh(
+        env_arg,
+        &host,
+        &[format!(
+            "curl -fsS --cacert /etc/pebble/listener-ca.pem https://localhost:{port}/roots/0"
+        )],
+    )
+}
+
 pub async fn run(action: LabAction, env_arg: &str) -> Result<i32> {
+    if action == LabAction::Ca {
+        return print_ca(env_arg);
+    }
     let cfg = lab_config(env_arg)?;
     tokio::task::spawn_blocking(move || -> Result<i32> {
         let mut log = |m: &str| eprintln!("lab: {m}");
@@ -96,6 +144,7 @@ pub async fn run(action: LabAction, env_arg: &str) -> Result<i32> {
                 }
                 Ok(if all_running { 0 } else { 2 })
             }
+            LabAction::Ca => unreachable!("handled above"),
         }
     })
     .await?

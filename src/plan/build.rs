@@ -49,7 +49,15 @@ pub fn host_plan(
         error: None,
         facts_ms: 0,
     };
-    let mut predicted = Predicted::default();
+    let mut predicted = Predicted {
+        managed_paths: host
+            .resources
+            .iter()
+            .filter_map(|r| r.kind.path())
+            .map(|p| p.trim_end_matches('/').to_string())
+            .collect(),
+        ..Predicted::default()
+    };
     let mut conflicts = vec![];
     // handler (`reload@unit`) → resources that notified it
     let mut owed: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -10,12 +10,65 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-fn key_path() -> PathBuf {
+/// `$XDG_STATE_HOME/kiln` (default `~/.local/state/kiln`): this machine's private state.
+pub fn state_dir() -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("kiln").join("seal.key")
+    base.join("kiln")
+}
+
+fn key_path() -> PathBuf {
+    state_dir().join("seal.key")
+}
+
+/// Writes `data` to `path` atomically with mode 0600 (parents created).
+pub fn write_private(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// A generated secret of `len` characters from [A-Za-z0-9], created once and kept.
+pub fn generated_secret(env: &str, name: &str, len: usize) -> Result<String> {
+    let path = state_dir().join("secrets").join(env).join(name);
+    if let Ok(v) = std::fs::read_to_string(&path) {
+        let v = v.trim_end_matches('\n').to_string();
+        if !v.is_empty() {
+            return Ok(v);
+        }
+    }
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    let mut f = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    while out.len() < len {
+        std::io::Read::read_exact(&mut f, &mut buf).context("reading /dev/urandom")?;
+        for b in buf {
+            // 248 = 4 * 62: rejection sampling keeps the choice uniform.
+            if (b as usize) < 248 && out.len() < len {
+                out.push(ALPHABET[b as usize % 62] as char);
+            }
+        }
+    }
+    write_private(&path, format!("{out}\n").as_bytes())?;
+    Ok(out)
 }
 
 /// Loads (or creates once) this machine's seal key.
@@ -30,23 +83,7 @@ pub fn load_key() -> Result<Vec<u8>> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
         .context("reading /dev/urandom")?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&key)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    write_private(&path, &key)?;
     Ok(key)
 }
 

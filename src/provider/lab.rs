@@ -65,6 +65,9 @@ pub const BRIDGE_IP: &str = "10.233.0.1";
 pub struct LabHost {
     pub name: String,
     pub address: Ipv4Addr,
+    /// Extra names (site domains) written next to the host's name in every lab host's
+    /// /etc/hosts, since the lab has no DNS.
+    pub aliases: Vec<String>,
 }
 
 /// One environment's lab: its hosts and where the lab keeps its files.
@@ -220,6 +223,7 @@ struct Host {
     env: String,
     name: String,
     address: Ipv4Addr,
+    aliases: Vec<String>,
     /// `<env>-<name>`: the nspawn machine name, host directory and cgroup suffix.
     machine: String,
     dir: PathBuf,
@@ -241,6 +245,7 @@ impl Host {
             env: cfg.env.clone(),
             name: h.name.clone(),
             address: h.address,
+            aliases: h.aliases.clone(),
             rootfs: dir.join("rootfs"),
             dir,
             netns: format!("kiln-{short}"),
@@ -649,7 +654,12 @@ fn refresh_host_files(host: &Host, all: &[Host], pubkey: &str) -> Result<()> {
 fn hosts_block(all: &[Host]) -> String {
     let mut block = format!("{HOSTS_BEGIN}\n");
     for h in all {
-        block.push_str(&format!("{}\t{}\n", h.address, h.name));
+        block.push_str(&format!("{}\t{}", h.address, h.name));
+        for a in &h.aliases {
+            block.push(' ');
+            block.push_str(a);
+        }
+        block.push('\n');
     }
     block.push_str(HOSTS_END);
     block.push('\n');
@@ -740,6 +750,9 @@ exec "$@""#;
         ))
         .arg(format!("--machine={}", host.machine))
         .arg(format!("--hostname={}", host.name))
+        // The host has its own network namespace, so it may manage its own firewall
+        // (nftables) the way a real server does.
+        .arg("--capability=CAP_NET_ADMIN")
         // Keep our empty resolv.conf, and leave the machine's journal alone.
         .args([
             "--resolv-conf=off",

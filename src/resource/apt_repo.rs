@@ -20,6 +20,10 @@ pub struct AptRepo {
     /// ASCII-armoured signing key; when absent the repository uses the system keyring.
     #[serde(default)]
     pub key: Option<String>,
+    /// A keyring already on the host (e.g. `/usr/share/keyrings/debian-archive-keyring.gpg`)
+    /// to pin the repository to, instead of a `key` kiln writes.
+    #[serde(default)]
+    pub keyring: Option<String>,
 }
 
 fn default_components() -> Vec<String> {
@@ -44,6 +48,8 @@ impl AptRepo {
         );
         if self.key.is_some() {
             s.push_str(&format!("Signed-By: {}\n", self.key_path()));
+        } else if let Some(k) = &self.keyring {
+            s.push_str(&format!("Signed-By: {k}\n"));
         }
         s
     }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::facts::{FactQuery, HostFacts, PathKind};
 use crate::plan::{Action, AttrChange, Step};
 
-use super::{attr_changes, default_root, Conflict, Planned};
+use super::{attr_changes, default_root, Conflict, Planned, Predicted};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +17,10 @@ pub struct Directory {
     pub group: String,
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// Remove every entry of the directory that no resource of this host declares (what
+    /// makes "a site removed from the spec" remove its config).
+    #[serde(default)]
+    pub purge: bool,
 }
 
 fn default_mode() -> String {
@@ -25,14 +29,74 @@ fn default_mode() -> String {
 
 impl Directory {
     pub fn facts(&self) -> Vec<FactQuery> {
-        vec![FactQuery::Path {
+        let mut q = vec![FactQuery::Path {
             path: self.path.clone(),
             expect_sha256: None,
             sensitive: false,
-        }]
+        }];
+        if self.purge {
+            q.push(FactQuery::DirList {
+                path: self.path.clone(),
+            });
+        }
+        q
     }
 
-    pub fn plan(&self, facts: &HostFacts) -> Result<Option<Planned>, Conflict> {
+    /// Entries to remove: present on the host, declared by no resource of the host.
+    fn unmanaged(&self, facts: &HostFacts, predicted: &Predicted) -> Vec<String> {
+        if !self.purge {
+            return vec![];
+        }
+        let base = self.path.trim_end_matches('/');
+        let Some(Some(entries)) = facts.dirs.get(&self.path) else {
+            return vec![];
+        };
+        entries
+            .iter()
+            .filter(|name| !predicted.managed_paths.contains(&format!("{base}/{name}")))
+            .cloned()
+            .collect()
+    }
+
+    pub fn plan(
+        &self,
+        facts: &HostFacts,
+        predicted: &Predicted,
+    ) -> Result<Option<Planned>, Conflict> {
+        let planned = self.plan_dir(facts)?;
+        let purge = self.unmanaged(facts, predicted);
+        if purge.is_empty() {
+            return Ok(planned);
+        }
+        let base = self.path.trim_end_matches('/');
+        let removes: Vec<Step> = purge
+            .iter()
+            .map(|name| Step::RemovePath {
+                path: format!("{base}/{name}"),
+            })
+            .collect();
+        let what = format!(
+            "purge {} not in the spec: {}",
+            purge.len(),
+            purge.join(", ")
+        );
+        let mut p = match planned {
+            Some(mut p) => {
+                p.summary = format!("{}; {what}", p.summary);
+                p.steps.extend(removes);
+                p
+            }
+            None => Planned::new(Action::Update, what, removes),
+        };
+        p.attributes.push(AttrChange::values(
+            "entries",
+            Some(&purge.join(", ")),
+            "(removed)",
+        ));
+        Ok(Some(p))
+    }
+
+    fn plan_dir(&self, facts: &HostFacts) -> Result<Option<Planned>, Conflict> {
         let fact = facts.path(&self.path);
         let step = || Step::MakeDir {
             path: self.path.clone(),

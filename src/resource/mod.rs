@@ -111,6 +111,9 @@ pub struct Predicted {
     pub modules_installing: BTreeSet<String>,
     /// The module of the resource being planned now (set by the plan builder).
     pub module: String,
+    /// Every path a resource of this host declares (present or absent): what a purging
+    /// directory keeps.
+    pub managed_paths: BTreeSet<String>,
 }
 
 /// What a resource's plan function returns when state differs.
@@ -229,7 +232,7 @@ impl Kind {
             Kind::Package(r) => Ok(r.plan(facts, predicted)),
             Kind::Group(r) => Ok(r.plan(facts)),
             Kind::User(r) => Ok(r.plan(facts)),
-            Kind::Directory(r) => r.plan(facts),
+            Kind::Directory(r) => r.plan(facts, predicted),
             Kind::File(r) => r.plan(facts, predicted),
             Kind::Symlink(r) => r.plan(facts),
             Kind::Unit(r) => r.plan(facts),

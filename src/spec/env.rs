@@ -79,6 +79,10 @@ pub struct HostSpec {
     pub provider: Provider,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Other names of this host (its sites' domains). The lab writes them into its hosts'
+    /// /etc/hosts; modules may use them (`host.aliases`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// Host variables, overriding the environment's `vars`.
     #[serde(default)]
     pub vars: toml::Table,
@@ -102,4 +106,8 @@ pub struct SecretRef {
     pub env: Option<String>,
     #[serde(default)]
     pub file: Option<String>,
+    /// Generate a random value of this many characters once and keep it under
+    /// `$XDG_STATE_HOME/kiln/secrets/ENV/NAME` (0600): for labs and QA copies.
+    #[serde(default)]
+    pub generate: Option<u32>,
 }

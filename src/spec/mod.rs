@@ -296,12 +296,42 @@ impl Environment {
 
     /// Reads every secret's value (environment variable or file). Called by the commands
     /// that render templates; `lab`, `ssh` and `ssh-config` never need secrets.
+    /// For offline checks: every secret that cannot be resolved gets a placeholder value
+    /// (still redacted like a real one).
+    pub fn resolve_secrets_or_placeholders(&mut self) {
+        let names: Vec<String> = self.spec.secrets.keys().cloned().collect();
+        let _ = self.resolve_secrets();
+        for name in names {
+            self.secrets
+                .entry(name.clone())
+                .or_insert_with(|| SecretValue::new(&format!("<secret {name}>")));
+        }
+    }
+
     pub fn resolve_secrets(&mut self) -> Result<(), SpecErrors> {
         let mut errors = vec![];
         for (name, r) in &self.spec.secrets {
             let base = format!("secrets.{}", source::join_key("", name));
             match (&r.env, &r.file) {
-                (Some(var), None) => match std::env::var(var) {
+                (None, None) if r.generate.is_some() => {
+                    let len = r.generate.unwrap_or(32) as usize;
+                    if !(8..=256).contains(&len) {
+                        errors.push(self.error(
+                            &format!("{base}.generate"),
+                            "`generate` is a length between 8 and 256",
+                        ));
+                        continue;
+                    }
+                    match crate::plan::seal::generated_secret(&self.name, name, len) {
+                        Ok(v) => {
+                            self.secrets.insert(name.clone(), SecretValue::new(&v));
+                        }
+                        Err(e) => {
+                            errors.push(self.error(&format!("{base}.generate"), format!("{e:#}")))
+                        }
+                    }
+                }
+                (Some(var), None) if r.generate.is_none() => match std::env::var(var) {
                     Ok(v) => {
                         self.secrets.insert(name.clone(), SecretValue::new(&v));
                     }
@@ -310,7 +340,7 @@ impl Environment {
                         format!("environment variable `{var}` is not set"),
                     )),
                 },
-                (None, Some(file)) => {
+                (None, Some(file)) if r.generate.is_none() => {
                     let p = PathBuf::from(expand_home(file));
                     match std::fs::read_to_string(&p) {
                         Ok(v) => {
@@ -470,9 +500,9 @@ impl Environment {
         // read only by `resolve_secrets`, for the commands that render templates.
         for (name, r) in &self.spec.secrets {
             let base = format!("secrets.{}", source::join_key("", name));
-            match (&r.env, &r.file) {
-                (Some(_), None) => {}
-                (None, Some(file)) => {
+            match (&r.env, &r.file, r.generate) {
+                (Some(_), None, None) | (None, None, Some(_)) => {}
+                (None, Some(file), None) => {
                     let p = PathBuf::from(expand_home(file));
                     let abs_root = std::fs::canonicalize(&self.root).unwrap_or(self.root.clone());
                     let abs = std::fs::canonicalize(&p).unwrap_or(p.clone());
@@ -480,9 +510,10 @@ impl Environment {
                         errors.push(self.error(&format!("{base}.file"), "secret files must be absolute paths outside the repository (secrets are never stored in the repo)"));
                     }
                 }
-                _ => {
-                    errors.push(self.error(&base, "a secret needs exactly one of `env` or `file`"))
-                }
+                _ => errors.push(self.error(
+                    &base,
+                    "a secret needs exactly one of `env`, `file` or `generate`",
+                )),
             }
         }
         self.modules = modules;
