@@ -50,8 +50,6 @@ buffer_pool_size = "128M"
 databases = ["app"]
 users = [{ name = "app", host = "10.233.0.%", password_secret = "db_app", grants = ["ALL PRIVILEGES ON `app`.*"] }]
 allow_from = ["10.233.0.30"]
-# Lab containers have no CAP_NET_ADMIN: nft cannot load a table there.
-firewall = false
 
 [secrets.db_app]
 env = "KILN_GALERA_E2E_APP_PASSWORD"
@@ -260,7 +258,40 @@ fn fresh_formation(lab: &Lab) -> Result<(), String> {
         login.code == 0 && login.stdout.trim() == "1",
         "app user logs in over TCP with the secret password",
         &login,
-    )
+    )?;
+    firewall_closes_mariadb_to_others(lab)
+}
+
+/// This machine (the bridge, 10.233.0.1) is neither a node nor in allow_from: the
+/// nftables table drops its connections to 3306 and 4567, while a node gets through.
+fn firewall_closes_mariadb_to_others(lab: &Lab) -> Result<(), String> {
+    let table = lab.sh("db1", "nft list table inet kiln_galera");
+    expect(
+        table.code == 0 && table.stdout.contains("10.233.0.30"),
+        "nftables table kiln_galera loaded with allow_from",
+        &table,
+    )?;
+    for port in [3306, 4567] {
+        let out = Command::new("timeout")
+            .args([
+                "3",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/10.233.0.31/{port}"),
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Err(format!(
+                "10.233.0.1 reached db1:{port}, the firewall should drop it"
+            ));
+        }
+    }
+    let node = lab.sh(
+        "db2",
+        "timeout 3 bash -c \"exec 3<>/dev/tcp/10.233.0.31/3306\"",
+    );
+    expect(node.code == 0, "a node reaches db1:3306", &node)
 }
 
 fn second_apply_changes_nothing(lab: &Lab) -> Result<(), String> {
