@@ -10,11 +10,11 @@
 #   B  ssh true, both hosts in parallel, fresh           (wait for both)
 #   C  kiln plan lab, 2 hosts, no-op
 #   D  kiln plan lab --limit web, 1 host, no-op
-#   E  fact-gathering floor: ../shared/bench/floor/facts.sh over one fresh ssh (if the file exists)
+#   E  fact-gathering floor: bench/workload/floor/facts.sh over one fresh ssh (if the file exists)
 #   F  kiln graph lab: spec load + graph, no host contacted (kiln's own work)
 #   G  kiln plan lab --limit web --format json: wall time plus kiln's own facts_ms for the host
 #      (connect + fact script, measured inside kiln), to split the time into phases
-# and writes BENCHMARKS.md. If the lab was not up at the start it is brought down at the end.
+# and writes bench/out/noop.md. If the lab was not up at the start it is brought down at the end.
 # It never touches the `labtest` environment (10.233.0.21/.22) that the tests use.
 set -euo pipefail
 
@@ -38,8 +38,10 @@ command -v python3 >/dev/null || { echo "noop.sh: needs python3" >&2; exit 1; }
 
 ENV=lab
 KILN=./target/release/kiln
-FACTS_SH=../shared/bench/floor/facts.sh
-OUT=BENCHMARKS.md
+FACTS_SH=bench/workload/floor/facts.sh   # a copy of ../shared/bench/floor/facts.sh
+# BENCHMARKS.md belongs to bench/run (kiln vs pyinfra vs Ansible); this report goes beside it.
+OUT=bench/out/noop.md
+mkdir -p bench/out
 TMP=$(mktemp -d /tmp/kiln-noop.XXXXXX)
 LAB_WAS_UP=unknown
 

@@ -321,3 +321,53 @@ fn unreachable_host_is_an_error_with_exit_1() {
 fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// The shipped environments validate with no host and no secret: every module, template,
+/// parameter and graph edge of prod and the lab is checked offline.
+#[test]
+fn shipped_environments_plan_offline() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let state = tempfile::tempdir().expect("tempdir");
+    for env in ["prod", "lab"] {
+        let out = Command::cargo_bin("kiln")
+            .expect("binary")
+            .current_dir(&repo)
+            .env("NO_COLOR", "1")
+            .env("XDG_STATE_HOME", state.path())
+            .args(["plan", env, "--offline"])
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{env}: {stdout}\n{stderr}");
+        assert!(stdout.contains("no host was contacted"), "{stdout}");
+        assert!(
+            stdout.contains("file:/etc/nginx/sites-enabled/api.conf"),
+            "{stdout}"
+        );
+        // Secrets that cannot be read stand in as placeholders, and are redacted anyway.
+        assert!(!stdout.contains("<secret "), "{stdout}");
+    }
+}
+
+#[test]
+fn a_module_can_fail_its_own_validation() {
+    let r = Repo::new();
+    r.write(
+        "modules/m.toml",
+        r#"description = "test module"
+[[resource]]
+type = "file"
+path = "/etc/kiln-test"
+content = "{{ fail('this module needs a greeting') }}"
+"#,
+    );
+    r.write(
+        "environments/e.toml",
+        "[hosts.a]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[roles.r]\nmodules = [\"m\"]\n",
+    );
+    r.fails(
+        &["plan", "e"],
+        &["modules/m.toml", "this module needs a greeting"],
+    );
+}

@@ -1213,8 +1213,8 @@ fn human_plan_of_a_bare_host() {
           +tools h1
       + service:svc.service  enabled=true, running=true
           (unit provided by changes earlier in this plan; its state is known after apply)
-          enabled: "false" → "true"
-          running: "false" → "true"
+          enabled: "unknown" → "true"
+          running: "unknown" → "true"
       ! handler:reload@svc.service  reload svc.service
           (notified by file:/etc/svc/svc.conf)
 

@@ -1533,3 +1533,59 @@ fn file_absent_and_missing_is_left_alone_when_only_other_modules_install_package
     predicted.module = "web".into();
     assert_eq!(k.plan(&HostFacts::default(), &predicted).unwrap(), None);
 }
+
+#[test]
+fn purging_directory_removes_only_what_no_resource_declares() {
+    let k = kind(
+        r#"type = "directory"
+path = "/etc/nginx/sites-enabled"
+purge = true"#,
+    );
+    assert!(k.facts().iter().any(|q| matches!(q,
+        kiln::facts::FactQuery::DirList { path } if path == "/etc/nginx/sites-enabled")));
+    let mut facts = HostFacts::default();
+    facts.paths.insert(
+        "/etc/nginx/sites-enabled".into(),
+        path_fact(PathKind::Directory, "root", "root", "0755"),
+    );
+    facts.dirs.insert(
+        "/etc/nginx/sites-enabled".into(),
+        Some(vec!["api.conf".into(), "default".into(), "old.conf".into()]),
+    );
+    let predicted = Predicted {
+        managed_paths: ["/etc/nginx/sites-enabled/api.conf".to_string()]
+            .into_iter()
+            .collect(),
+        ..Predicted::default()
+    };
+    let p = k.plan(&facts, &predicted).unwrap().expect("a purge");
+    assert_eq!(p.action, Action::Update);
+    assert_eq!(
+        p.steps,
+        vec![
+            Step::RemovePath {
+                path: "/etc/nginx/sites-enabled/default".into()
+            },
+            Step::RemovePath {
+                path: "/etc/nginx/sites-enabled/old.conf".into()
+            },
+        ]
+    );
+    assert!(p.summary.contains("default, old.conf"), "{}", p.summary);
+
+    // Everything declared: nothing to do.
+    let all = Predicted {
+        managed_paths: ["api.conf", "default", "old.conf"]
+            .iter()
+            .map(|n| format!("/etc/nginx/sites-enabled/{n}"))
+            .collect(),
+        ..Predicted::default()
+    };
+    assert_eq!(k.plan(&facts, &all).unwrap(), None);
+    // Without purge the extra entries are left alone.
+    let keep = kind(
+        r#"type = "directory"
+path = "/etc/nginx/sites-enabled""#,
+    );
+    assert_eq!(keep.plan(&facts, &predicted).unwrap(), None);
+}

@@ -239,6 +239,25 @@ fn step_shell(
         Step::RemovePath { path } => {
             let _ = writeln!(s, "  kiln_remove {} || exit $?", q(path));
         }
+        Step::PurgeDir { path, keep } => {
+            let base = path.trim_end_matches('/');
+            let _ = writeln!(
+                s,
+                "  for f in {d}/* {d}/.[!.]* {d}/..?*; do\n    [ -e \"$f\" ] || [ -L \"$f\" ] || continue",
+                d = q(base)
+            );
+            if keep.is_empty() {
+                let _ = writeln!(s, "    kiln_remove \"$f\" || exit $?");
+            } else {
+                let names: Vec<String> = keep.iter().map(|k| q(k)).collect();
+                let _ = writeln!(
+                    s,
+                    "    case \"${{f##*/}}\" in {}) ;; *) kiln_remove \"$f\" || exit $? ;; esac",
+                    names.join("|")
+                );
+            }
+            let _ = writeln!(s, "  done");
+        }
         Step::GroupAdd { name, gid, system } => {
             let mut cmd = String::from("groupadd");
             if let Some(g) = gid {

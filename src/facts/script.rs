@@ -723,4 +723,30 @@ mod tests {
              @@kiln:guard 2\nstatus 0\n@@kiln:end\n"
         );
     }
+
+    #[test]
+    fn dir_list_names_every_entry_and_skips_odd_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.conf"), "x").unwrap();
+        std::fs::write(d.join(".hidden"), "x").unwrap();
+        std::fs::write(d.join("..dots"), "x").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", d.join("dangling")).unwrap();
+        std::fs::write(d.join("evil\n@@kiln:end"), "x").unwrap();
+        let p = d.to_str().unwrap().to_string();
+        let queries = [
+            FactQuery::DirList { path: p.clone() },
+            FactQuery::DirList {
+                path: format!("{p}/a.conf"),
+            },
+        ];
+        let out = run_sh(&fact_script(&queries));
+        let facts = crate::facts::parse::parse_facts(&queries, &out).unwrap();
+        assert_eq!(
+            facts.dirs[&p].as_deref().unwrap(),
+            ["..dots", ".hidden", "a.conf", "dangling", "sub"]
+        );
+        assert_eq!(facts.dirs[&format!("{p}/a.conf")], None);
+    }
 }

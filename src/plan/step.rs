@@ -53,6 +53,12 @@ pub enum Step {
     RemovePath {
         path: String,
     },
+    /// Remove, at apply time, every entry of `path` not named in `keep`: a purging
+    /// directory whose content packages installed in the same run may add to.
+    PurgeDir {
+        path: String,
+        keep: Vec<String>,
+    },
     GroupAdd {
         name: String,
         gid: Option<u32>,

@@ -64,6 +64,36 @@ impl Directory {
         predicted: &Predicted,
     ) -> Result<Option<Planned>, Conflict> {
         let planned = self.plan_dir(facts)?;
+        // Packages installed in this run (by this module) may put files here that no fact
+        // can show yet (nginx's `default` site): then the purge is decided on the host,
+        // after the installs, against the declared names.
+        let dynamic = self.purge
+            && (predicted.modules_installing.contains(&predicted.module)
+                || !matches!(facts.dirs.get(&self.path), Some(Some(_))));
+        if dynamic {
+            let base = self.path.trim_end_matches('/');
+            let prefix = format!("{base}/");
+            let keep: Vec<String> = predicted
+                .managed_paths
+                .iter()
+                .filter_map(|p| p.strip_prefix(&prefix))
+                .filter(|n| !n.contains('/'))
+                .map(str::to_string)
+                .collect();
+            let step = Step::PurgeDir {
+                path: self.path.clone(),
+                keep,
+            };
+            let what = "purge entries not in the spec (decided after this run's package installs)";
+            return Ok(Some(match planned {
+                Some(mut p) => {
+                    p.summary = format!("{}; {what}", p.summary);
+                    p.steps.push(step);
+                    p
+                }
+                None => Planned::new(Action::Update, what, vec![step]),
+            }));
+        }
         let purge = self.unmanaged(facts, predicted);
         if purge.is_empty() {
             return Ok(planned);

@@ -72,21 +72,31 @@ impl Service {
         };
         // A static unit has no [Install] section: it cannot be enabled or disabled.
         let is_static = fact.unit_file_state == "static";
+        // A unit a package installs in this run may come enabled and started: ensure the
+        // wanted state either way.
+        let unknown = !fact.exists();
+        let was = |v: bool| {
+            if unknown {
+                "unknown".to_string()
+            } else {
+                v.to_string()
+            }
+        };
         if let Some(want) = self.enabled.filter(|_| !is_static) {
-            if want != is_enabled {
+            if want != is_enabled || unknown {
                 steps.push(Step::Systemctl {
                     verb: if want { "enable" } else { "disable" }.into(),
                     unit: unit.clone(),
                 });
                 attrs.push(AttrChange::values(
                     "enabled",
-                    Some(&is_enabled.to_string()),
+                    Some(&was(is_enabled)),
                     &want.to_string(),
                 ));
             }
         }
         if let Some(want) = self.running {
-            if want != is_running {
+            if want != is_running || (unknown && !want) {
                 if want {
                     if let Some(check) = &self.check {
                         steps.push(Step::Handler {
@@ -108,7 +118,7 @@ impl Service {
                 }
                 attrs.push(AttrChange::values(
                     "running",
-                    Some(&is_running.to_string()),
+                    Some(&was(is_running)),
                     &want.to_string(),
                 ));
             }

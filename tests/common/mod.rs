@@ -1,0 +1,168 @@
+//! Shared harness of the lab end-to-end suites: a scratch repository with its own
+//! environment file, `kiln` run inside it, shell commands on lab hosts through `kiln ssh`.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Instant;
+
+pub struct Lab {
+    pub root: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub env: String,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Lab {
+    /// A scratch repository: `modules/` linked, `templates/` a directory of links (so that a
+    /// test may replace one module's templates with a copy), and `environments/ENV.toml`.
+    pub fn new(env: &str, env_text: &str) -> Lab {
+        let root = tempfile::Builder::new()
+            .prefix("kiln-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        std::os::unix::fs::symlink(repo().join("modules"), root.path().join("modules"))
+            .expect("link modules");
+        std::fs::create_dir_all(root.path().join("templates")).expect("mkdir templates");
+        for e in std::fs::read_dir(repo().join("templates")).expect("templates") {
+            let e = e.expect("entry");
+            std::os::unix::fs::symlink(e.path(), root.path().join("templates").join(e.file_name()))
+                .expect("link template dir");
+        }
+        std::fs::create_dir_all(root.path().join("environments")).expect("mkdir");
+        let lab = Lab {
+            root,
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_kiln")),
+            env: env.to_string(),
+        };
+        lab.write_env(env_text);
+        lab
+    }
+
+    pub fn write_env(&self, text: &str) {
+        std::fs::write(self.env_file(), text).expect("write env");
+    }
+
+    pub fn env_file(&self) -> PathBuf {
+        self.path(&format!("environments/{}.toml", self.env))
+    }
+
+    /// Replaces templates/MODULE (a link) with a private copy the test may edit.
+    pub fn own_templates(&self, module: &str) -> PathBuf {
+        let dst = self.path(&format!("templates/{module}"));
+        std::fs::remove_file(&dst).expect("unlink template dir");
+        std::fs::create_dir_all(&dst).expect("mkdir");
+        for e in std::fs::read_dir(repo().join("templates").join(module)).expect("read") {
+            let e = e.expect("entry");
+            std::fs::copy(e.path(), dst.join(e.file_name())).expect("copy template");
+        }
+        dst
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> Run {
+        let mut c = Command::new(&self.bin);
+        c.current_dir(self.root.path())
+            .env("NO_COLOR", "1")
+            .env("KILN_ROOT", self.root.path())
+            .args(args);
+        let out: Output = c.output().expect("run kiln");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    /// Runs a shell command on a lab host through `kiln ssh`.
+    pub fn sh(&self, host: &str, cmd: &str) -> Run {
+        self.kiln(&[
+            "ssh",
+            &self.env,
+            host,
+            "--",
+            "sh",
+            "-c",
+            &format!("'{}'", cmd.replace('\'', "'\\''")),
+        ])
+    }
+}
+
+/// Runs a local command.
+pub fn local(cmd: &str, args: &[&str]) -> Run {
+    let out = Command::new(cmd).args(args).output().expect("run command");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+pub fn expect(cond: bool, what: &str, run: &Run) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(format!("{what}\n--- exit {} ---\n{}", run.code, run.all()))
+    }
+}
+
+/// Runs named scenarios in order, stopping at the first failure (later ones build on the
+/// state the earlier ones made); `cleanup` always runs. Exits non-zero on any failure.
+pub fn run_scenarios<'a>(
+    lab: &'a Lab,
+    scenarios: &[(&str, &dyn Fn(&'a Lab) -> Result<(), String>)],
+    cleanup: &dyn Fn(&'a Lab) -> Result<(), String>,
+) {
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("the lab end-to-end suite needs root (systemd-nspawn, network namespaces)");
+        std::process::exit(1);
+    }
+    let mut failed = 0;
+    let mut passed = 0;
+    for (name, f) in scenarios {
+        let t = Instant::now();
+        match f(lab) {
+            Ok(()) => {
+                passed += 1;
+                println!("ok    {name} ({:.1} s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {name} ({:.1} s)\n{e}", t.elapsed().as_secs_f64());
+                break;
+            }
+        }
+    }
+    if let Err(e) = cleanup(lab) {
+        failed += 1;
+        println!("FAIL  cleanup\n{e}");
+    }
+    let skipped = scenarios.len() - passed - failed.min(scenarios.len() - passed);
+    println!("\n{passed} passed, {failed} failed, {skipped} not run (after a failure)");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -1,0 +1,420 @@
+//! The web stack end to end: environments/lab.toml's `web` and `acme` hosts (moved to
+//! 10.233.0.23/.24 so that a lab you brought up yourself is never touched), built from bare
+//! Debian 12 containers, served over HTTPS by the lab's own ACME server (pebble).
+//!
+//! Scenarios (in order, each building on the last): fresh apply, every URL over verified
+//! HTTPS, HTTP redirects, verify, an idempotent second apply, one site's change reloads
+//! nginx once and touches nothing else, a broken template never reaches the running
+//! nginx, and a removed site loses its config and its certificate renewal.
+
+mod common;
+
+use common::{expect, local, run_scenarios, Lab, Run};
+
+const ENV: &str = "webtest";
+const ACME: &str = "10.233.0.23";
+const WEB: &str = "10.233.0.24";
+
+/// environments/lab.toml with only its web and acme hosts, on this suite's addresses.
+fn env_text() -> String {
+    let lab = std::fs::read_to_string(common::repo().join("environments/lab.toml"))
+        .expect("environments/lab.toml");
+    let mut doc: toml_edit::DocumentMut = lab.parse().expect("lab.toml parses");
+    let hosts = doc["hosts"].as_table_mut().expect("[hosts]");
+    let names: Vec<String> = hosts.iter().map(|(k, _)| k.to_string()).collect();
+    for n in names {
+        if n != "web" && n != "acme" {
+            hosts.remove(&n);
+        }
+    }
+    doc["hosts"]["acme"]["address"] = toml_edit::value(ACME);
+    doc["hosts"]["web"]["address"] = toml_edit::value(WEB);
+    doc.to_string()
+}
+
+const NAMES: [&str; 4] = [
+    "api.lab.test",
+    "node.lab.test",
+    "app.lab.test",
+    "admin.lab.test",
+];
+
+/// curl on this machine, trusting only the lab CA, the name resolved to the web host.
+fn https(lab: &Lab, name: &str, path: &str) -> Run {
+    local(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            lab.path("ca.pem").to_str().unwrap(),
+            "--resolve",
+            &format!("{name}:443:{WEB}"),
+            &format!("https://{name}{path}"),
+        ],
+    )
+}
+
+fn up(lab: &Lab) -> Result<(), String> {
+    let r = lab.kiln(&["lab", "down", ENV]);
+    expect(
+        r.code == 0,
+        "kiln lab down (leftovers of an earlier run)",
+        &r,
+    )?;
+    let r = lab.kiln(&["lab", "up", ENV]);
+    expect(r.code == 0, "kiln lab up", &r)?;
+    let r = lab.kiln(&["lab", "status", ENV]);
+    expect(
+        r.code == 0 && r.stdout.matches("running").count() == 2,
+        "two hosts running",
+        &r,
+    )
+}
+
+fn fresh_apply_serves_every_site_over_https(lab: &Lab) -> Result<(), String> {
+    let r = lab.kiln(&["apply", ENV, "--yes"]);
+    expect(
+        r.code == 0 && r.stdout.contains("no failures"),
+        "first apply",
+        &r,
+    )?;
+    let ca = lab.kiln(&["lab", "ca", ENV]);
+    expect(
+        ca.code == 0 && ca.stdout.contains("BEGIN CERTIFICATE"),
+        "kiln lab ca",
+        &ca,
+    )?;
+    std::fs::write(lab.path("ca.pem"), &ca.stdout).map_err(|e| e.to_string())?;
+
+    let api = https(lab, "api.lab.test", "/health");
+    expect(
+        api.code == 0
+            && api.stdout.contains("\"php_version\":\"8.2.")
+            && api.stdout.contains("\"sapi\":\"fpm-fcgi\"")
+            && api.stdout.contains("\"mbstring\""),
+        "https://api.lab.test/health: PHP through FPM with its extensions",
+        &api,
+    )?;
+    let node = https(lab, "node.lab.test", "/health");
+    expect(
+        node.code == 0
+            && node.stdout.contains("\"node_version\":\"v18.")
+            && node.stdout.contains("\"secret_configured\":true"),
+        "https://node.lab.test/health: the Node service through the proxy",
+        &node,
+    )?;
+    for (name, spa) in [("app.lab.test", "app"), ("admin.lab.test", "admin")] {
+        let deep = https(lab, name, "/orders/42/edit");
+        expect(
+            deep.code == 0 && deep.stdout.contains(&format!("data-spa=\"{spa}\"")),
+            &format!("https://{name}/orders/42/edit: a deep link served by index.html"),
+            &deep,
+        )?;
+    }
+    for name in NAMES {
+        let r = local(
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                "--resolve",
+                &format!("{name}:80:{WEB}"),
+                &format!("http://{name}/some/path?q=1"),
+            ],
+        );
+        expect(
+            r.stdout == format!("301 https://{name}/some/path?q=1"),
+            &format!("http://{name} redirects to HTTPS"),
+            &r,
+        )?;
+    }
+    // Security headers and HSTS on a served page; Debian's default site is gone.
+    let h = local(
+        "curl",
+        &[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            lab.path("ca.pem").to_str().unwrap(),
+            "--resolve",
+            &format!("app.lab.test:443:{WEB}"),
+            "https://app.lab.test/",
+        ],
+    );
+    expect(
+        h.stdout.contains("x-content-type-options: nosniff")
+            && h.stdout
+                .contains("strict-transport-security: max-age=31536000"),
+        "security headers",
+        &h,
+    )?;
+    let d = lab.sh("web", "test ! -e /etc/nginx/sites-enabled/default");
+    expect(d.code == 0, "Debian's default site removed", &d)
+}
+
+fn verify_runs_every_health_check(lab: &Lab) -> Result<(), String> {
+    let r = lab.kiln(&["verify", ENV]);
+    expect(
+        r.code == 0
+            && r.stdout.contains("wkhtmltopdf renders a page to PDF")
+            && r.stdout.contains("certificates: chains verify")
+            && r.stdout.contains("every node app is active"),
+        "kiln verify passes, PDF render and certificate checks included",
+        &r,
+    )?;
+    let s = lab.sh("web", "/usr/local/sbin/kiln-certs status --min-days 14");
+    expect(
+        s.code == 0 && s.stdout.matches("chain valid").count() == 4,
+        "kiln-certs status: four valid chains",
+        &s,
+    )
+}
+
+fn second_apply_changes_nothing(lab: &Lab) -> Result<(), String> {
+    let p = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
+    expect(p.code == 0, "re-plan is empty", &p)?;
+    let before = lab.sh(
+        "web",
+        "cat /run/nginx.pid; stat -c %Y /etc/nginx/sites-enabled/*.conf",
+    );
+    let r = lab.kiln(&["apply", ENV, "--yes"]);
+    expect(r.code == 0, "second apply", &r)?;
+    let after = lab.sh(
+        "web",
+        "cat /run/nginx.pid; stat -c %Y /etc/nginx/sites-enabled/*.conf",
+    );
+    expect(
+        before.stdout == after.stdout,
+        "nothing touched on the web host",
+        &after,
+    )
+}
+
+fn reloads(lab: &Lab) -> Result<usize, String> {
+    let r = lab.sh(
+        "web",
+        "journalctl -u nginx.service -o cat --no-pager | grep -c '^Reloaded' || true",
+    );
+    r.stdout
+        .trim()
+        .parse()
+        .map_err(|_| format!("cannot count nginx reloads: {}", r.all()))
+}
+
+/// What must not move when one site changes: other sites, certificates, other services.
+const UNTOUCHED: &str =
+    "stat -c '%n %Y' /etc/nginx/sites-enabled/api.conf /etc/nginx/sites-enabled/node.conf \
+    /etc/nginx/sites-enabled/admin.conf /etc/nginx/nginx.conf /etc/kiln/tls/live/*/fullchain.pem; \
+    systemctl show -p MainPID --value php8.2-fpm node-api nginx";
+
+fn one_site_change_reloads_once_and_touches_nothing_else(lab: &Lab) -> Result<(), String> {
+    let base = env_text();
+    let changed = base.replace(
+        "root = \"/srv/app/dist\", certificate = \"app\" }",
+        "root = \"/srv/app/dist\", certificate = \"app\", body_size = \"5m\" }",
+    );
+    if changed == base {
+        return Err("test setup: the app site line was not found in lab.toml".into());
+    }
+    lab.write_env(&changed);
+    let p = lab.kiln(&["plan", ENV, "--format", "json"]);
+    expect(p.code == 0, "plan", &p)?;
+    let plan: serde_json::Value = serde_json::from_str(&p.stdout).map_err(|e| e.to_string())?;
+    let mut changes = vec![];
+    for h in plan["hosts"].as_array().cloned().unwrap_or_default() {
+        for c in h["changes"].as_array().cloned().unwrap_or_default() {
+            changes.push((
+                h["host"].as_str().unwrap().to_string(),
+                c["resource"].as_str().unwrap().to_string(),
+                c["diff"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    let ids: Vec<String> = changes.iter().map(|(h, r, _)| format!("{h} {r}")).collect();
+    expect(
+        ids == [
+            "web file:/etc/nginx/sites-enabled/app.conf",
+            "web handler:reload@nginx.service",
+        ],
+        &format!("the plan is exactly the site file and one reload, got {ids:?}"),
+        &p,
+    )?;
+    let diff = &changes[0].2;
+    let minus: Vec<&str> = diff
+        .lines()
+        .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+        .collect();
+    let plus: Vec<&str> = diff
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .collect();
+    expect(
+        minus == ["-    client_max_body_size 20m;"] && plus == ["+    client_max_body_size 5m;"],
+        &format!("the diff is exactly the changed line: {diff}"),
+        &p,
+    )?;
+    let reloads_before = reloads(lab)?;
+    let before = lab.sh("web", UNTOUCHED);
+    let r = lab.kiln(&["apply", ENV, "--yes"]);
+    expect(r.code == 0, "apply the site change", &r)?;
+    let after = lab.sh("web", UNTOUCHED);
+    expect(
+        before.stdout == after.stdout && !before.stdout.is_empty(),
+        "other sites, certificates and services untouched",
+        &after,
+    )?;
+    let n = reloads(lab)?;
+    if n != reloads_before + 1 {
+        return Err(format!(
+            "nginx reloaded {} times, expected once",
+            n - reloads_before
+        ));
+    }
+    let t = lab.sh(
+        "web",
+        "nginx -T 2>/dev/null | grep -c 'client_max_body_size 5m;'",
+    );
+    expect(t.stdout.trim() == "1", "the new setting is live", &t)?;
+    let p = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
+    expect(p.code == 0, "converged again", &p)
+}
+
+fn broken_template_is_never_loaded(lab: &Lab) -> Result<(), String> {
+    let dir = lab.own_templates("nginx");
+    let site = dir.join("site.conf.j2");
+    let good = std::fs::read_to_string(&site).map_err(|e| e.to_string())?;
+    let broken = good.replace(
+        "    include snippets/kiln-headers.conf;",
+        "    include snippets/kiln-headers.conf;\n{% if site.name == \"api\" %}    this_is_not_a_directive on;\n{% endif %}",
+    );
+    std::fs::write(&site, &broken).map_err(|e| e.to_string())?;
+    let pid = lab.sh("web", "cat /run/nginx.pid");
+    let reloads_before = reloads(lab)?;
+    let r = lab.kiln(&["apply", ENV, "--yes"]);
+    expect(
+        r.code == 1
+            && r.all()
+                .contains("unknown directive \"this_is_not_a_directive\"")
+            && r.all().contains("nginx -t"),
+        "apply fails and reports the nginx -t error",
+        &r,
+    )?;
+    expect(
+        reloads(lab)? == reloads_before,
+        "nginx was not reloaded",
+        &r,
+    )?;
+    let pid2 = lab.sh("web", "cat /run/nginx.pid");
+    expect(pid.stdout == pid2.stdout, "nginx was not restarted", &pid2)?;
+    for name in NAMES {
+        let s = https(lab, name, "/health");
+        expect(
+            s.code == 0,
+            &format!("{name} keeps serving with the old config"),
+            &s,
+        )?;
+    }
+    // The fixed template converges, and the owed reload runs then.
+    std::fs::write(&site, &good).map_err(|e| e.to_string())?;
+    let r = lab.kiln(&["apply", ENV, "--yes"]);
+    expect(r.code == 0, "apply with the template fixed", &r)?;
+    let p = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
+    expect(p.code == 0, "converged again", &p)
+}
+
+fn removed_site_loses_config_and_certificate(lab: &Lab) -> Result<(), String> {
+    let base = env_text();
+    let without: String = base
+        .lines()
+        .filter(|l| {
+            !(l.contains("name = \"admin\", type = \"static\"")
+                || l.contains("{ name = \"admin\", domains = [\"admin.lab.test\"] }"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if base.lines().count() != without.lines().count() + 2 {
+        return Err("test setup: admin site lines not found in lab.toml".into());
+    }
+    lab.write_env(&without);
+    let p = lab.kiln(&["plan", ENV]);
+    expect(
+        p.code == 0
+            && p.stdout.contains("directory:/etc/nginx/sites-enabled")
+            && p.stdout.contains("directory:/etc/kiln/tls/certs.d")
+            && p.stdout.contains("purge 1 not in the spec: admin.conf")
+            && p.stdout.contains("command:kiln-certs sync")
+            && p.stdout.contains("admin: no longer in the spec"),
+        "the plan says the site config and certificate go",
+        &p,
+    )?;
+    let r = lab.kiln(&["apply", ENV, "--yes"]);
+    expect(r.code == 0, "apply without the admin site", &r)?;
+    let gone = lab.sh(
+        "web",
+        "test ! -e /etc/nginx/sites-enabled/admin.conf && test ! -e /etc/letsencrypt/renewal/admin.conf \
+         && test ! -e /etc/kiln/tls/live/admin && test ! -e /etc/kiln/tls/certs.d/admin.conf \
+         && test -e /etc/letsencrypt/renewal/app.conf",
+    );
+    expect(
+        gone.code == 0,
+        "config, renewal and certificate of admin removed, others kept",
+        &gone,
+    )?;
+    let a = https(lab, "admin.lab.test", "/");
+    expect(a.code != 0, "admin.lab.test no longer served", &a)?;
+    let s = https(lab, "app.lab.test", "/");
+    expect(s.code == 0, "app.lab.test still served", &s)?;
+    let p = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
+    expect(p.code == 0, "converged again", &p)
+}
+
+fn down(lab: &Lab) -> Result<(), String> {
+    let r = lab.kiln(&["lab", "down", ENV]);
+    expect(r.code == 0, "kiln lab down", &r)?;
+    // Leave nothing behind: the containers' files go too.
+    let r = lab.kiln(&["lab", "status", ENV]);
+    expect(!r.stdout.contains("running"), "no host running", &r)
+}
+
+fn main() {
+    let lab = Lab::new(ENV, &env_text());
+    run_scenarios(
+        &lab,
+        &[
+            ("lab up (fresh hosts)", &up),
+            (
+                "fresh apply serves every site over verified HTTPS",
+                &fresh_apply_serves_every_site_over_https,
+            ),
+            (
+                "verify runs every health check",
+                &verify_runs_every_health_check,
+            ),
+            (
+                "second apply changes nothing",
+                &second_apply_changes_nothing,
+            ),
+            (
+                "one site's change reloads nginx once, nothing else",
+                &one_site_change_reloads_once_and_touches_nothing_else,
+            ),
+            (
+                "a broken template is never loaded",
+                &broken_template_is_never_loaded,
+            ),
+            (
+                "a removed site loses config and certificate renewal",
+                &removed_site_loses_config_and_certificate,
+            ),
+        ],
+        &down,
+    );
+}
