@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod cluster;
 pub mod desired;
 pub mod error;
 pub mod facts;

@@ -372,6 +372,12 @@ fn step_shell(
         Step::JournalHandler { handler } => {
             let _ = writeln!(s, "  : > \"$K/pending/\"{} || exit $?", q(handler));
         }
+        Step::Galera(g) => {
+            return Err(format!(
+            "galera step {} of cluster {} belongs to the cluster orchestrator, not a host script",
+            g.seq, g.cluster
+        ))
+        }
     }
     Ok(())
 }

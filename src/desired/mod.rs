@@ -28,6 +28,7 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "unit",
     "command",
     "service",
+    "galera_node",
 ];
 
 /// Keys a resource table may have besides its type's own fields.
@@ -457,6 +458,7 @@ fn build_resource(
         "unit" => Kind::Unit(typed(src, key, value)?),
         "command" => Kind::Command(typed(src, key, value)?),
         "service" => Kind::Service(typed(src, key, value)?),
+        "galera_node" => Kind::GaleraNode(typed(src, key, value)?),
         other => {
             return Err(SpecError::at_key(
                 src,

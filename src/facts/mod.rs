@@ -8,6 +8,7 @@
 //!
 //! Architecture invariant: no fact reader changes anything on the host.
 
+pub mod galera;
 pub mod parse;
 pub mod script;
 
@@ -44,6 +45,12 @@ pub enum FactQuery {
     DirList { path: String },
     /// Handlers owed by an earlier, interrupted run (journalled on the host).
     Pending,
+    /// A MariaDB Galera node's live state (see [`galera`]); `config` lists the files whose
+    /// modification after the server started means a restart is owed.
+    Galera {
+        cluster: String,
+        config: Vec<String>,
+    },
 }
 
 impl FactQuery {
@@ -59,6 +66,7 @@ impl FactQuery {
             FactQuery::Guard { command } => format!("guard:{command}"),
             FactQuery::DirList { path } => format!("dir:{path}"),
             FactQuery::Pending => "pending".into(),
+            FactQuery::Galera { cluster, .. } => format!("galera:{cluster}"),
         }
     }
 }
@@ -192,6 +200,9 @@ pub struct HostFacts {
     pub dirs: BTreeMap<String, Option<Vec<String>>>,
     /// Pending handlers, by journal file name, e.g. `reload@nginx.service`.
     pub pending: Vec<String>,
+    /// Galera node state, by cluster name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub galera: BTreeMap<String, galera::GaleraFact>,
 }
 
 impl HostFacts {
@@ -217,6 +228,7 @@ impl HostFacts {
             FactQuery::Guard { command } => to_value(self.guards.get(command)),
             FactQuery::DirList { path } => to_value(self.dirs.get(path)),
             FactQuery::Pending => to_value(&self.pending),
+            FactQuery::Galera { cluster, .. } => to_value(self.galera.get(cluster)),
         };
         v.unwrap_or(serde_json::Value::Null)
     }

@@ -97,6 +97,12 @@ pub fn parse_facts(queries: &[FactQuery], output: &str) -> Result<HostFacts, Fac
                 facts.dirs.insert(path.to_string(), parse_dir(found)?);
             }
             Section::Pending => facts.pending = parse_pending(found)?,
+            Section::Galera { cluster, .. } => {
+                let lines: Vec<&str> = found.body.iter().map(|(_, t)| *t).collect();
+                let fact = crate::facts::galera::parse(&lines)
+                    .map_err(|e| malformed(found, found.line, "galera section", &e))?;
+                facts.galera.insert(cluster.to_string(), fact);
+            }
         }
     }
 
@@ -1050,6 +1056,7 @@ mod tests {
                 FactQuery::Guard { command } => facts.guards.contains_key(command),
                 FactQuery::DirList { path } => facts.dirs.contains_key(path),
                 FactQuery::Pending => true,
+                FactQuery::Galera { cluster, .. } => facts.galera.contains_key(cluster),
             };
             assert!(present, "no entry for {query:?}");
         }

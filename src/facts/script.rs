@@ -160,6 +160,11 @@ pub(crate) enum Section<'a> {
         path: &'a str,
     },
     Pending,
+    Galera {
+        index: usize,
+        cluster: &'a str,
+        config: &'a [String],
+    },
 }
 
 impl Section<'_> {
@@ -175,6 +180,7 @@ impl Section<'_> {
             Section::Guard { .. } => "guard",
             Section::DirList { .. } => "dir",
             Section::Pending => "pending",
+            Section::Galera { .. } => "galera",
         }
     }
 
@@ -185,7 +191,8 @@ impl Section<'_> {
             | Section::User { index, .. }
             | Section::Group { index, .. }
             | Section::Guard { index, .. }
-            | Section::DirList { index, .. } => Some(*index),
+            | Section::DirList { index, .. }
+            | Section::Galera { index, .. } => Some(*index),
             _ => None,
         }
     }
@@ -257,6 +264,11 @@ pub(crate) fn plan_sections(normalized: &[FactQuery]) -> Vec<Section<'_>> {
             FactQuery::Guard { command } => sections.push(Section::Guard { index, command }),
             FactQuery::DirList { path } => sections.push(Section::DirList { index, path }),
             FactQuery::Pending => sections.push(Section::Pending),
+            FactQuery::Galera { cluster, config } => sections.push(Section::Galera {
+                index,
+                cluster,
+                config,
+            }),
         }
     }
     sections
@@ -342,6 +354,18 @@ kiln_facts() {
 pub fn fact_script(queries: &[FactQuery]) -> String {
     let normalized = normalize_queries(queries);
     let mut s = PRELUDE.replace("__MAX_CONTENT__", &MAX_CONTENT_BYTES.to_string());
+    if normalized
+        .iter()
+        .any(|q| matches!(q, FactQuery::Galera { .. }))
+    {
+        // Defined before kiln_facts (functions may be defined in any order in sh, but
+        // keeping the body of kiln_facts one function still means a cut script runs nothing).
+        s = s.replacen(
+            "kiln_facts() {\n",
+            &format!("{}kiln_facts() {{\n", super::galera::shell_fn()),
+            1,
+        );
+    }
     let marker = |s: &mut String, line: &str| {
         s.push_str("\tprintf '%s\\n' ");
         s.push_str(&sh_quote(line));
@@ -433,6 +457,13 @@ pub fn fact_script(queries: &[FactQuery]) -> String {
                 s.push_str("\t\tcase $kiln_f in *\"$kiln_nl\"*) continue ;; esac\n");
                 s.push_str("\t\tprintf 'handler %s\\n' \"$kiln_f\"\n");
                 s.push_str("\tdone\n");
+            }
+            Section::Galera {
+                cluster, config, ..
+            } => {
+                s.push('\t');
+                s.push_str(&super::galera::shell_call(cluster, config));
+                s.push('\n');
             }
         }
     }

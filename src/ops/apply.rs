@@ -87,9 +87,18 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         println!("Apply cancelled; nothing was changed.");
         return Ok(1);
     }
-    let outcomes = execute(&loaded, &plan, &mut conns, args.parallel).await?;
+    // Hosts' own changes first (packages, configuration), then cluster steps in order.
+    let host_plan = super::galera::host_changes_only(&plan);
+    let outcomes = execute(&loaded, &host_plan, &mut conns, args.parallel).await?;
     print_summary(&outcomes, &paint);
-    let failed = outcomes.iter().any(|o| o.error.is_some());
+    let failed_hosts = outcomes
+        .iter()
+        .filter(|o| o.error.is_some())
+        .map(|o| o.host.clone())
+        .collect();
+    let clusters_ok =
+        super::galera::execute(&loaded, &plan, &mut conns, &failed_hosts, &paint).await;
+    let failed = outcomes.iter().any(|o| o.error.is_some()) || !clusters_ok;
     Ok(if failed || plan.has_errors() || refused > 0 {
         1
     } else {

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod drift;
+pub mod galera;
 pub mod graph;
 pub mod lab;
 pub mod plan;
@@ -172,21 +173,34 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
     })
     .await;
     let mut hosts = vec![];
+    let mut all_facts = vec![];
     for (h, g) in gathered.into_iter().enumerate() {
         let host = &loaded.desired.hosts[h];
-        let mut hp = match g.facts {
-            Ok(f) => build::host_plan(&loaded.desired, &loaded.graph, h, &f, &seal_key),
+        let mut hp = match &g.facts {
+            Ok(f) => build::host_plan(&loaded.desired, &loaded.graph, h, f, &seal_key),
             Err(e) => HostPlan {
                 host: host.name.clone(),
                 address: host.connection.address.clone(),
                 changes: vec![],
                 after_hosts: vec![],
-                error: Some(e),
+                error: Some(e.clone()),
                 facts_ms: 0,
             },
         };
         hp.facts_ms = g.ms;
         hosts.push(hp);
+        all_facts.push(g.facts.ok());
+    }
+    // Cluster decisions need every node's facts at once (Galera bootstrap, joins, rolls).
+    let facts_refs: Vec<Option<&HostFacts>> = all_facts.iter().map(|f| f.as_ref()).collect();
+    for note in crate::cluster::galera::plan_clusters(
+        &loaded.desired,
+        &facts_refs,
+        &mut hosts,
+        &loaded.env.secrets,
+        &seal_key,
+    ) {
+        eprintln!("note: {note}");
     }
     Ok(Plan {
         format: PLAN_FORMAT,

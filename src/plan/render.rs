@@ -34,6 +34,7 @@ pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
             render_change(&mut out, c, paint);
         }
     }
+    out.push_str(&crate::cluster::galera::render_overview(plan, paint));
     let (c, u, r, x) = plan.counts();
     let errors = plan.hosts.iter().filter(|h| h.error.is_some()).count();
     let _ = write!(

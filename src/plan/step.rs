@@ -107,4 +107,8 @@ pub enum Step {
     JournalHandler {
         handler: String,
     },
+    /// One step of a cluster's plan (Galera bootstrap, join, restart ...). Never part of a
+    /// host's apply script: `ops::galera` runs these, in `seq` order across hosts, after the
+    /// hosts' scripts.
+    Galera(crate::cluster::galera::GaleraStep),
 }

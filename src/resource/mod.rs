@@ -9,6 +9,7 @@ pub mod apt_repo;
 pub mod command;
 pub mod directory;
 pub mod file;
+pub mod galera;
 pub mod group;
 pub mod package;
 pub mod service;
@@ -28,6 +29,7 @@ pub use apt_repo::AptRepo;
 pub use command::Command;
 pub use directory::Directory;
 pub use file::File;
+pub use galera::GaleraNode;
 pub use group::Group;
 pub use package::Package;
 pub use service::Service;
@@ -78,6 +80,7 @@ pub enum Kind {
     Unit(Unit),
     Command(Command),
     Service(Service),
+    GaleraNode(GaleraNode),
 }
 
 /// One resource on one host, fully rendered.
@@ -161,6 +164,7 @@ impl Kind {
             Kind::Unit(_) => "unit",
             Kind::Command(_) => "command",
             Kind::Service(_) => "service",
+            Kind::GaleraNode(_) => "galera_node",
         }
     }
 
@@ -177,6 +181,7 @@ impl Kind {
             Kind::Unit(r) => crate::facts::unit_name(&r.name),
             Kind::Command(r) => r.name.clone(),
             Kind::Service(r) => crate::facts::unit_name(&r.name),
+            Kind::GaleraNode(r) => r.cluster.clone(),
         }
     }
 
@@ -196,6 +201,7 @@ impl Kind {
             Kind::File(_) | Kind::Symlink(_) | Kind::Unit(_) => 5,
             Kind::Command(_) => 6,
             Kind::Service(_) => 7,
+            Kind::GaleraNode(_) => 8,
         }
     }
 
@@ -211,6 +217,7 @@ impl Kind {
             Kind::Unit(r) => r.facts(),
             Kind::Command(r) => r.facts(),
             Kind::Service(r) => r.facts(),
+            Kind::GaleraNode(r) => r.facts(),
         }
     }
 
@@ -231,6 +238,7 @@ impl Kind {
             Kind::Unit(r) => r.plan(facts),
             Kind::Command(r) => Ok(r.plan(facts)),
             Kind::Service(r) => r.plan(facts, predicted),
+            Kind::GaleraNode(r) => Ok(r.plan(facts)),
         }
     }
 
