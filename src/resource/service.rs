@@ -71,7 +71,9 @@ impl Service {
             });
         };
         // A static unit has no [Install] section: it cannot be enabled or disabled.
-        let is_static = fact.unit_file_state == "static";
+        // (Unless this plan rewrites the unit file: it may gain an [Install] section.)
+        let is_static =
+            fact.unit_file_state == "static" && !predicted.units_changed.contains(&unit);
         // A unit a package installs in this run may come enabled and started: ensure the
         // wanted state either way.
         let unknown = !fact.exists();
