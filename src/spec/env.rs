@@ -62,6 +62,8 @@ pub enum Provider {
     Static,
     /// Local Debian 12 containers made by `kiln lab up`.
     Lab,
+    /// EC2 instances found by their `kiln:env`/`kiln:host` tags, made by `kiln ec2 up`.
+    Ec2,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -89,6 +91,9 @@ pub struct HostSpec {
     /// Module parameters for this host only, overriding the environment's.
     #[serde(default)]
     pub modules: IndexMap<String, toml::Table>,
+    /// How to create the instance of a `provider = "ec2"` host (see `spec::ec2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<super::ec2::Ec2Spec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

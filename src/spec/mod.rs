@@ -7,6 +7,7 @@
 //! whole (a child's `roles = [...]` is the new list, not an addition). Provenance — which
 //! file and line set each value — is kept for errors and `kiln explain`.
 
+pub mod ec2;
 pub mod env;
 pub mod module;
 pub mod secret;
@@ -368,7 +369,10 @@ impl Environment {
         // Hosts: addresses and roles.
         for (name, host) in &self.spec.hosts {
             let base = format!("hosts.{}", source::join_key("", name));
-            if host.address.as_deref().map(str::is_empty).unwrap_or(true) {
+            // An ec2 host's address is its instance's (`provider::ec2`).
+            if host.provider != Provider::Ec2
+                && host.address.as_deref().map(str::is_empty).unwrap_or(true)
+            {
                 errors.push(self.error(&base, "host has no `address`"));
             }
             if host.provider == Provider::Lab {
@@ -516,6 +520,7 @@ impl Environment {
                 )),
             }
         }
+        errors.extend(ec2::validate(self));
         self.modules = modules;
         if errors.is_empty() {
             Ok(())
