@@ -70,6 +70,35 @@ pub enum Command {
         action: ops::lab::LabAction,
         env: String,
     },
+    /// EC2 instances for an environment's `provider = "ec2"` hosts (found by their
+    /// kiln:env/kiln:host tags, created when missing).
+    Ec2 {
+        #[arg(value_enum)]
+        action: ops::ec2::Ec2Action,
+        env: String,
+        /// Only these hosts (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// `up`: do not wait for SSH (instances running and host keys recorded).
+        #[arg(long)]
+        no_ssh: bool,
+        /// `up`: seconds each phase may take (running, host keys, SSH); default 300/600/300.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Terminate a host's EC2 instance (asks unless --yes). Only instances tagged as kiln's
+    /// own for this environment and host are ever terminated.
+    Destroy {
+        env: String,
+        /// The ec2 host whose instance(s) to terminate.
+        #[arg(long)]
+        host: Option<String>,
+        /// One instance by id; refused unless it is tagged as a host of this environment.
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// SSH to a host with the environment's key and known_hosts.
     Ssh {
         env: String,
@@ -122,6 +151,24 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Drift { envs, format } => rt.block_on(ops::drift::run(envs, format)),
         Command::Verify { env, limit } => rt.block_on(ops::verify::run(&env, limit.as_deref())),
         Command::Lab { action, env } => rt.block_on(ops::lab::run(action, &env)),
+        Command::Ec2 {
+            action,
+            env,
+            hosts,
+            no_ssh,
+            timeout,
+        } => rt.block_on(ops::ec2::run(action, &env, &hosts, no_ssh, timeout)),
+        Command::Destroy {
+            env,
+            host,
+            instance,
+            yes,
+        } => rt.block_on(ops::ec2::destroy(
+            &env,
+            host.as_deref(),
+            instance.as_deref(),
+            yes,
+        )),
         Command::Ssh { env, host, command } => ops::ssh::ssh(&env, &host, &command),
         Command::SshConfig { env } => ops::ssh::ssh_config(&env),
         Command::Graph { env, limit } => ops::graph::run(&env, limit.as_deref()),

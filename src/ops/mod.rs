@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod drift;
+pub mod ec2;
 pub mod galera;
 pub mod graph;
 pub mod lab;
@@ -69,6 +70,10 @@ pub fn load_with(env_arg: &str, limit: Option<&str>, offline: bool) -> Result<Lo
     let hosts = env
         .select_hosts(limit)
         .map_err(|e| anyhow::Error::new(SpecErrors::from(e)))?;
+    // EC2 hosts' addresses are their instances' (looked up by tags).
+    if !offline {
+        crate::provider::ec2::fill_addresses_blocking(&mut env, Some(&hosts))?;
+    }
     let lab_key = crate::provider::lab::key_path(&lab_state_dir());
     let desired = desired::expand(&env, &hosts, Some(lab_key)).map_err(anyhow::Error::new)?;
     let graph = ResourceGraph::build(&env, &desired)

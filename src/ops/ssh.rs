@@ -14,7 +14,10 @@ fn env_of(env_arg: &str) -> Result<Environment> {
             path.display()
         );
     }
-    Environment::load(&path).map_err(anyhow::Error::new)
+    let mut env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    // EC2 hosts' addresses are their instances' (looked up by tags).
+    crate::provider::ec2::fill_addresses_blocking(&mut env, None)?;
+    Ok(env)
 }
 
 fn conn(env: &Environment, host: &str) -> Result<Connection> {
