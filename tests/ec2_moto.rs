@@ -451,6 +451,20 @@ async fn ec2_provider_against_moto() {
     assert!(w.created && w.instance_id != web.id);
     assert!(!d.created && d.instance_id == db.id);
 
+    // --- a stopped instance is the host's: started again, not replaced.
+    c.stop_instances()
+        .instance_ids(&db.id)
+        .send()
+        .await
+        .expect("StopInstances");
+    let fourth = ec2::ensure_instances(&ec2c, &env, None, Duration::from_secs(60), &log)
+        .await
+        .expect("ensure after a stop");
+    let d = fourth.iter().find(|e| e.host == "db1").unwrap();
+    assert!(!d.created && d.instance_id == db.id, "{d:?}");
+    assert_eq!(d.instance.state, "running");
+    assert_eq!(state_of(&all_instances(&c).await, &db.id), "running");
+
     // --- a bad spec: file:line:col and key, exit 1, and no AWS call made anything.
     let before = all_instances(&c).await.len();
     let bad = envs.join("bad.toml");

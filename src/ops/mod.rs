@@ -70,8 +70,10 @@ pub fn load_with(env_arg: &str, limit: Option<&str>, offline: bool) -> Result<Lo
     let hosts = env
         .select_hosts(limit)
         .map_err(|e| anyhow::Error::new(SpecErrors::from(e)))?;
-    // EC2 hosts' addresses are their instances' (looked up by tags).
-    if !offline {
+    // EC2 hosts' addresses are their instances' (looked up by tags; offline: a placeholder).
+    if offline {
+        crate::provider::ec2::placeholder_addresses(&mut env);
+    } else {
         crate::provider::ec2::fill_addresses_blocking(&mut env, Some(&hosts))?;
     }
     let lab_key = crate::provider::lab::key_path(&lab_state_dir());

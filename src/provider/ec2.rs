@@ -356,7 +356,8 @@ impl Ec2 {
         Ok(Instance::from_sdk(i, region))
     }
 
-    /// Polls until every instance runs (or one ends up in a state it will not leave).
+    /// Polls until every instance runs: a stopped one is started (once), a stopping one
+    /// waited for and then started; one that is shutting down or terminated is an error.
     pub async fn wait_running(
         &self,
         region: &str,
@@ -365,20 +366,30 @@ impl Ec2 {
     ) -> Result<Vec<Instance>> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(500);
+        let mut started: Vec<String> = vec![];
         loop {
             let mut out = vec![];
             let mut waiting = vec![];
             for id in ids {
                 match self.get(region, id).await? {
                     Some(i) if i.state == "running" => out.push(i),
-                    Some(i) if i.state == "pending" => waiting.push(i.describe()),
+                    Some(i) if i.state == "pending" || i.state == "stopping" => {
+                        waiting.push(i.describe())
+                    }
+                    Some(i) if i.state == "stopped" && !started.contains(&i.id) => {
+                        self.client(region)
+                            .start_instances()
+                            .instance_ids(&i.id)
+                            .send()
+                            .await
+                            .map_err(|e| sdk_err(&format!("StartInstances {id} in {region}"), e))?;
+                        started.push(i.id.clone());
+                        waiting.push(format!("{} (starting)", i.id));
+                    }
+                    Some(i) if i.state == "stopped" => waiting.push(i.describe()),
                     // Just launched: eventual consistency may not show it yet.
                     None => waiting.push(format!("{id} (not visible yet)")),
-                    Some(i) if i.state == "stopped" || i.state == "stopping" => bail!(
-                        "instance {} is {}: start it (aws ec2 start-instances --instance-ids {}) or terminate it with `kiln destroy`",
-                        i.id, i.state, i.id
-                    ),
-                    Some(i) => bail!("instance {} ended up {}", i.id, i.describe()),
+                    Some(i) => bail!("instance {} will not run: {}", i.id, i.describe()),
                 }
             }
             if waiting.is_empty() {
@@ -725,6 +736,15 @@ pub async fn ensure(
     record_host_keys(&ec2, env, &ensured, timeouts.host_keys, log).await?;
     wait_for_ssh(env, &ensured, timeouts.ssh, log).await?;
     Ok(ensured)
+}
+
+/// For `plan --offline`: ec2 hosts get `<ec2 HOST>` as their address (no AWS call).
+pub fn placeholder_addresses(env: &mut Environment) {
+    for (name, h) in env.spec.hosts.iter_mut() {
+        if h.provider == Provider::Ec2 && h.address.is_none() {
+            h.address = Some(format!("<ec2 {name}>"));
+        }
+    }
 }
 
 /// Looks up the address of every ec2 host of `env` (those in `hosts`, or all) and sets it
