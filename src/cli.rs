@@ -85,6 +85,24 @@ pub enum Command {
         #[arg(long)]
         limit: Option<String>,
     },
+    /// Run a backup now on the environment's backup host (the `backup` module) and wait.
+    Backup { env: String },
+    /// Restore databases (and media) from a backup, after checking its manifest.
+    Restore {
+        env: String,
+        /// A backup timestamp (YYYYMMDDTHHMMSSZ, see `kiln-backup list`) or `latest`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// Restore on this host instead of the backup host.
+        #[arg(long)]
+        into: Option<String>,
+        /// Databases only: leave the media bucket alone.
+        #[arg(long)]
+        no_media: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -125,5 +143,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ssh { env, host, command } => ops::ssh::ssh(&env, &host, &command),
         Command::SshConfig { env } => ops::ssh::ssh_config(&env),
         Command::Graph { env, limit } => ops::graph::run(&env, limit.as_deref()),
+        Command::Backup { env } => rt.block_on(ops::backup::backup(&env)),
+        Command::Restore {
+            env,
+            from,
+            into,
+            no_media,
+            yes,
+        } => rt.block_on(ops::backup::restore(ops::backup::RestoreArgs {
+            env,
+            from,
+            into,
+            no_media,
+            yes,
+        })),
     }
 }

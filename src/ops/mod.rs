@@ -2,6 +2,7 @@
 //! function here; tests call these functions directly too.
 
 pub mod apply;
+pub mod backup;
 pub mod drift;
 pub mod galera;
 pub mod graph;
