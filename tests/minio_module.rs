@@ -174,27 +174,38 @@ fn binary_is_verified_before_it_is_installed() {
         .iter()
         .find(|c| c.name == "minio binary")
         .expect("install");
-    let run = &bin.run;
-    let dl = run.find("curl -fsSL").unwrap();
-    let check = run.find("sha256sum -c").unwrap();
-    let mv = run.find("mv -f \"$t\" /usr/local/bin/minio").unwrap();
-    assert!(dl < check && check < mv, "{run}");
-    assert!(
-        run.contains("echo \"$pin  $t\" | sha256sum -c --status"),
-        "{run}"
+    assert_eq!(bin.run, "/usr/local/sbin/kiln-minio-install");
+    assert_eq!(
+        bin.unless.as_deref(),
+        Some("/usr/local/sbin/kiln-minio-install --check")
     );
+    let script = file(&f, "storage1", "/usr/local/sbin/kiln-minio-install");
+    let run = script.content.as_deref().unwrap();
+    let dl = run.find("curl -fsSL").unwrap();
+    let check = run
+        .find("echo \"$pin  $t\" | sha256sum -c --status")
+        .unwrap();
+    let mv = run.find("mv -f \"$t\" \"$BIN\"").unwrap();
+    assert!(dl < check && check < mv, "{run}");
     assert!(
         run.contains("mktemp /usr/local/bin/.minio."),
         "same filesystem: atomic rename"
     );
-    assert!(bin
-        .unless
-        .as_deref()
-        .unwrap()
-        .contains("/usr/local/bin/minio\" | sha256sum -c --status"));
+    assert!(run.contains("URL='https://dl.example.test/minio.RELEASE.2024-01-01'"));
     let pin = file(&f, "storage1", "/etc/kiln/minio/artifact.sha256");
     assert_eq!(pin.content.as_deref(), Some(format!("{SHA}\n").as_str()));
     assert!(!pin.sensitive);
+    // A changed pin restarts the installer unit, which installs the newly pinned binary.
+    let pin_res = f
+        .desired
+        .host("storage1")
+        .unwrap()
+        .resources
+        .iter()
+        .find(|r| r.id == "file:/etc/kiln/minio/artifact.sha256")
+        .unwrap();
+    assert_eq!(pin_res.notify[0].unit, "kiln-minio-install.service");
+    assert_eq!(pin_res.notify[0].action, "restart");
     // Buckets and policies once for the cluster: on its first node.
     assert!(c.iter().any(|c| c.name == "minio buckets and policies"));
     assert!(!commands(&f, "storage2")

@@ -445,6 +445,8 @@ fn bring_up(cfg: &LabConfig, only: Option<&str>, log: &mut dyn FnMut(&str)) -> R
     let image = ensure_image(&cfg.state_dir, log)?;
     ensure_bridge()?;
     ensure_apt_cacher(&cfg.state_dir, log)?;
+    // Artifacts (the MinIO stand-in) served on the bridge: see provider::artifacts.
+    super::artifacts::ensure(&cfg.state_dir, log)?;
 
     let all = lab_hosts(cfg);
     check_conflicts(&cfg.state_dir, &all)?;
@@ -1073,6 +1075,7 @@ fn remove_shared_network_if_unused(state_dir: &Path, log: &mut dyn FnMut(&str)) 
         ));
         return Ok(());
     }
+    super::artifacts::stop(state_dir, log)?;
     log(&format!("removing bridge {BRIDGE}"));
     run(Command::new("ip").args(["link", "del", BRIDGE]))?;
     if let Some(pid) = our_apt_cacher_pid(state_dir) {

@@ -1,4 +1,5 @@
 //! Sources of hosts. `static` hosts need nothing; `lab` hosts are local containers made by
 //! [`lab`].
 
+pub mod artifacts;
 pub mod lab;

@@ -5,7 +5,7 @@
 #   kiln-backup run                      dump every database + accounts, manifest, upload,
 #                                        mirror media, apply retention
 #   kiln-backup health                   exit 1 when the newest backup is older than allowed
-#   kiln-backup verify [--from T]        restore into scratch databases, compare row counts
+#   kiln-backup verify [--from T]        restore into a scratch server, compare row counts
 #                                        and CHECKSUM TABLE with the manifest; exit 1 on mismatch
 #   kiln-backup restore [--from T|latest] [--no-media] [--no-users]
 #                                        check the manifest and every file, then restore
@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.environ.get("KILN_BACKUP_LIB", "/usr/local/lib/kiln"))
 
@@ -114,7 +115,9 @@ def lock(cfg):
     return f
 
 
-def mysql_cmd(cfg, *args):
+def mysql_cmd(cfg, *args, socket=None):
+    if socket:
+        return ["mariadb", "--no-defaults", "--socket=" + socket, "-uroot"] + list(args)
     cmd = ["mariadb"]
     if cfg["mysql_defaults"]:
         cmd.append("--defaults-extra-file=" + cfg["mysql_defaults"])
@@ -128,8 +131,9 @@ def dump_cmd(cfg, *args):
     return cmd + list(args)
 
 
-def sql(cfg, statement):
-    r = subprocess.run(mysql_cmd(cfg, "-N", "-B", "-e", statement), capture_output=True,
+def sql(cfg, statement, socket=None):
+    r = subprocess.run(mysql_cmd(cfg, "-N", "-B", "-e", statement, socket=socket),
+                       capture_output=True,
                        text=True)
     if r.returncode != 0:
         raise RuntimeError("mariadb: %s" % r.stderr.strip())
@@ -143,22 +147,22 @@ def qi(name):
 def databases(cfg):
     if cfg["databases"]:
         return list(cfg["databases"])
-    return [r[0] for r in sql(cfg, "SHOW DATABASES") if r[0] not in SYSTEM_DBS
-            and not r[0].startswith(cfg.get("scratch_prefix", "kiln_verify_"))]
+    return [r[0] for r in sql(cfg, "SHOW DATABASES") if r[0] not in SYSTEM_DBS]
 
 
-def table_stats(cfg, db):
+def table_stats(cfg, db, socket=None):
     """{table: {rows, checksum}} of the base tables of db."""
     tables = [r[0] for r in sql(cfg, "SELECT TABLE_NAME FROM information_schema.TABLES "
                                      "WHERE TABLE_SCHEMA = '%s' AND TABLE_TYPE = 'BASE TABLE' "
-                                     "ORDER BY TABLE_NAME" % db.replace("'", "''"))]
+                                     "ORDER BY TABLE_NAME" % db.replace("'", "''"), socket)]
     stats = {}
     if not tables:
         return stats
     for t in tables:
-        n = sql(cfg, "SELECT COUNT(*) FROM %s.%s" % (qi(db), qi(t)))[0][0]
+        n = sql(cfg, "SELECT COUNT(*) FROM %s.%s" % (qi(db), qi(t)), socket)[0][0]
         stats[t] = {"rows": int(n), "checksum": None}
-    rows = sql(cfg, "CHECKSUM TABLE " + ", ".join("%s.%s" % (qi(db), qi(t)) for t in tables))
+    rows = sql(cfg, "CHECKSUM TABLE " + ", ".join("%s.%s" % (qi(db), qi(t)) for t in tables),
+               socket)
     for name, value in rows:
         t = name.split(".", 1)[1]
         if t in stats:
@@ -265,15 +269,21 @@ def mirror_media(s3, cfg, previous):
         for o in s3.list(src):
             k = o["key"]
             m = mirror.get(k)
-            same_mirror = m is not None and m["size"] == o["size"] and m["etag"] == o["etag"]
             prev = known.get(k)
-            if same_mirror and prev and prev["etag"] == o["etag"] and prev["size"] == o["size"]:
+            # A listing's ETag says whether an object changed; a server that lists none
+            # (an empty ETag) gets every object read and hashed instead.
+            same_as_prev = bool(o["etag"]) and prev is not None and \
+                prev["etag"] == o["etag"] and prev["size"] == o["size"]
+            if same_as_prev and m is not None and m["size"] == o["size"]:
                 index[k] = prev
                 continue
             path = os.path.join(tmp, "object")
             s3.get_file(src, k, path)
             sha = sha256_file(path)
-            if not same_mirror:
+            in_mirror = m is not None and m["size"] == o["size"] and (
+                (bool(o["etag"]) and m["etag"] == o["etag"])
+                or (prev is not None and prev["sha256"] == sha))
+            if not in_mirror:
                 s3.put_file(dst, k, path, sha)
                 copied += 1
             index[k] = {"size": o["size"], "etag": o["etag"], "sha256": sha}
@@ -391,32 +401,68 @@ def cmd_health(cfg, args):
 # ---------------------------------------------------------------------------------------
 # restore, verify
 # ---------------------------------------------------------------------------------------
-DB_LINE = re.compile(rb"^(CREATE DATABASE|USE |ALTER DATABASE)")
-
-
-def load_dump(cfg, path, rename=None, local_only=False):
-    """Pipes a gzipped dump into mariadb. rename=(old, new) rewrites the dump's database
-    statements (CREATE DATABASE, USE, ALTER DATABASE) to another name."""
-    p = subprocess.Popen(mysql_cmd(cfg), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
+def load_dump(cfg, path, socket=None):
+    """Pipes a gzipped dump into mariadb (the server's, or a scratch server's socket)."""
+    p = subprocess.Popen(mysql_cmd(cfg, socket=socket), stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        if local_only:
-            p.stdin.write(b"SET SESSION wsrep_on = OFF;\n")
         with gzip.open(path, "rb") as gz:
-            if rename:
-                old, new = (qi(x).encode() for x in rename)
-                for line in gz:
-                    if DB_LINE.match(line):
-                        line = line.replace(old, new)
-                    p.stdin.write(line)
-            else:
-                shutil.copyfileobj(gz, p.stdin, 1 << 20)
+            shutil.copyfileobj(gz, p.stdin, 1 << 20)
         p.stdin.close()
     except BrokenPipeError:
         pass
     err = p.stderr.read().decode("utf-8", "replace")
     if p.wait() != 0:
         raise RuntimeError("mariadb failed loading %s: %s" % (os.path.basename(path), err.strip()))
+
+
+class ScratchServer:
+    """A private MariaDB server for one verification: its own data directory under the
+    work directory, a socket, no network, no configuration file read (so no Galera), gone
+    afterwards. The backup is restored into it exactly as a real restore would load it
+    (same database names, qualified names in triggers and routines included)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="verify-", dir=self.cfg["workdir"])
+        data = os.path.join(self.dir, "data")
+        self.socket = os.path.join(self.dir, "mysqld.sock")
+        r = subprocess.run(["mariadb-install-db", "--no-defaults", "--datadir=" + data,
+                            "--user=root", "--auth-root-authentication-method=socket",
+                            "--skip-test-db"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("mariadb-install-db: %s" % (r.stderr or r.stdout).strip()[-500:])
+        server = "/usr/sbin/mariadbd" if os.path.exists("/usr/sbin/mariadbd") else "mariadbd"
+        self.proc = subprocess.Popen(
+            [server, "--no-defaults", "--datadir=" + data, "--socket=" + self.socket,
+             "--skip-networking", "--user=root", "--skip-log-bin",
+             "--pid-file=" + os.path.join(self.dir, "mysqld.pid"),
+             "--log-error=" + os.path.join(self.dir, "error.log"),
+             "--innodb-buffer-pool-size=" + self.cfg.get("scratch_buffer_pool", "64M")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(120):
+            if self.proc.poll() is not None:
+                break
+            ok = subprocess.run(mysql_cmd(self.cfg, "-e", "SELECT 1", socket=self.socket),
+                                capture_output=True).returncode == 0
+            if ok:
+                return self
+            time.sleep(0.5)
+        self.__exit__(None, None, None)
+        raise RuntimeError("the scratch MariaDB server did not start")
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            subprocess.run(["mariadb-admin", "--no-defaults", "--socket=" + self.socket,
+                            "-uroot", "shutdown"], capture_output=True)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def compare(db, want, got):
@@ -432,42 +478,28 @@ def compare(db, want, got):
     return problems
 
 
-def galera_node(cfg):
-    try:
-        return sql(cfg, "SELECT @@wsrep_on")[0][0] == "1"
-    except RuntimeError:
-        return False
-
-
 def cmd_verify(cfg, args):
     s3 = s3_client(cfg)
     stamp = pick(s3, cfg, args.from_)
-    prefix = cfg.get("scratch_prefix", "kiln_verify_")
-    # On a Galera node the scratch databases stay on this node (wsrep_on=OFF for the
-    # session): the cluster does not replicate a verification.
-    local = galera_node(cfg)
     problems = []
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         manifest = fetch(s3, cfg, stamp, tmp)
-        for db, meta in sorted(manifest["databases"].items()):
-            scratch = prefix + db
-            drop = "%sDROP DATABASE IF EXISTS %s" % (
-                "SET SESSION wsrep_on = OFF; " if local else "", qi(scratch))
-            sql(cfg, drop)
-            try:
-                load_dump(cfg, os.path.join(tmp, meta["file"]), (db, scratch), local)
-                got = table_stats(cfg, scratch)
-            finally:
-                sql(cfg, drop)
-            if meta.get("stable", True):
-                p = compare(db, meta["tables"], got)
-            else:
-                p = ["%s.%s: table missing after restore" % (db, t)
-                     for t in meta["tables"] if t not in got]
-                log("%s: written to during its backup: checked the table set only" % db)
-            problems += p
-            log("%s: %d table(s) restored into %s%s" % (
-                db, len(got), scratch, ", row counts and checksums equal" if not p else ""))
+        with ScratchServer(cfg) as scratch:
+            for db, meta in sorted(manifest["databases"].items()):
+                load_dump(cfg, os.path.join(tmp, meta["file"]), scratch.socket)
+                got = table_stats(cfg, db, scratch.socket)
+                if meta.get("stable", True):
+                    p = compare(db, meta["tables"], got)
+                else:
+                    p = ["%s.%s: table missing after restore" % (db, t)
+                         for t in meta["tables"] if t not in got]
+                    log("%s: written to during its backup: checked the table set only" % db)
+                problems += p
+                log("%s: %d table(s) restored into a scratch server%s" % (
+                    db, len(got), ", row counts and checksums equal" if not p else ""))
+            if "users.sql.gz" in manifest["files"]:
+                load_dump(cfg, os.path.join(tmp, "users.sql.gz"), scratch.socket)
+                log("accounts load")
     if problems:
         for p in problems:
             log("MISMATCH " + p)
@@ -514,8 +546,17 @@ def restore_media(s3, cfg, media, tmp):
     restored, problems = 0, []
     for k, meta in sorted(media["objects"].items()):
         h = have.get(k)
-        if h and h["size"] == meta["size"] and h["etag"] == meta["etag"]:
-            continue
+        if h and h["size"] == meta["size"]:
+            if h["etag"] and h["etag"] == meta["etag"]:
+                continue
+            if not h["etag"]:
+                # No ETag to compare: read the object and compare its sha256.
+                path = os.path.join(tmp, "media-current")
+                s3.get_file(src, k, path)
+                same = sha256_file(path) == meta["sha256"]
+                os.unlink(path)
+                if same:
+                    continue
         path = os.path.join(tmp, "media-object")
         try:
             s3.get_file(mirror, k, path)

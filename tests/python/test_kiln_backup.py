@@ -66,13 +66,7 @@ class Retention(unittest.TestCase):
         self.assertEqual(kb.retention([], 7, 4, 12), set())
 
 
-class DumpRename(unittest.TestCase):
-    def test_only_database_statements_are_rewritten(self):
-        self.assertTrue(kb.DB_LINE.match(b"USE `app`;\n"))
-        self.assertTrue(kb.DB_LINE.match(b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `app`;\n"))
-        self.assertTrue(kb.DB_LINE.match(b"ALTER DATABASE `app` CHARACTER SET latin1;\n"))
-        self.assertFalse(kb.DB_LINE.match(b"INSERT INTO `t` VALUES ('USE `app`');\n"))
-
+class Compare(unittest.TestCase):
     def test_compare_names_every_difference(self):
         want = {"a": {"rows": 1, "checksum": "10"}, "b": {"rows": 2, "checksum": "20"}}
         got = {"a": {"rows": 1, "checksum": "10"}, "b": {"rows": 2, "checksum": "21"},
