@@ -2,11 +2,14 @@
 //! function here; tests call these functions directly too.
 
 pub mod apply;
+pub mod clone;
 pub mod drift;
+pub mod explain;
 pub mod galera;
 pub mod graph;
 pub mod lab;
 pub mod plan;
+pub mod rebuild;
 pub mod ssh;
 pub mod verify;
 
