@@ -3,11 +3,14 @@
 
 pub mod apply;
 pub mod backup;
+pub mod clone;
 pub mod drift;
+pub mod explain;
 pub mod galera;
 pub mod graph;
 pub mod lab;
 pub mod plan;
+pub mod rebuild;
 pub mod ssh;
 pub mod verify;
 

@@ -104,12 +104,27 @@ impl Package {
                         .unwrap_or(Shown::KnownAfterApply),
                 )],
                 Action::Create,
-            ),
+            )
+            .map(|mut p| {
+                // `rc`: removed on the host, its configuration files left behind.
+                if fact.status == "rc" {
+                    p.reason = Some("removed on the host (its configuration files remain)".into());
+                }
+                p
+            }),
             (PackageState::Present, Some(have), Some(want)) if have != want => install(
                 format!("{} {} → {}", self.name, have, want),
                 vec![AttrChange::values("version", Some(have), want)],
                 Action::Update,
-            ),
+            )
+            .map(|mut p| {
+                let mut why = format!("version {have} is installed, the spec pins {want}");
+                if fact.status.starts_with('h') {
+                    why.push_str("; the package is held on the host (apt-mark hold)");
+                }
+                p.reason = Some(why);
+                p
+            }),
             (PackageState::Present, Some(_), _) => None,
         }
     }
