@@ -1,5 +1,5 @@
 //! End-to-end for the `minio` and `backup` modules and `kiln backup` / `kiln restore`, on
-//! two real Debian 12 lab hosts (environment `datatest`, 10.233.0.41-42, in a scratch copy
+//! two real Debian 12 lab hosts (environment `datatest`, 10.233.0.41-43, in a scratch copy
 //! of the repository): `db1` a 1-node Galera cluster (the mariadb-galera module) that also
 //! runs the backup module, `storage` the minio module installed from the lab's artifact
 //! server — the lab's MinIO stand-in (s3s-fs behind a MinIO-style adapter), pinned by the
@@ -45,8 +45,20 @@ address = "10.233.0.42"
 provider = "lab"
 roles = ["storage"]
 
+[hosts.db2]
+address = "10.233.0.43"
+provider = "lab"
+roles = ["spare"]
+
+[hosts.db2.modules.mariadb-galera]
+cluster_name = "spare"
+nodes = ["db2"]
+
 [roles.db]
 modules = ["mariadb-galera", "backup"]
+
+[roles.spare]
+modules = ["mariadb-galera"]
 
 [roles.storage]
 modules = ["minio"]
@@ -99,8 +111,11 @@ impl T {
         r
     }
     fn sql(&self, sql: &str) -> Run {
+        self.sql_on("db1", sql)
+    }
+    fn sql_on(&self, host: &str, sql: &str) -> Run {
         self.sh(
-            "db1",
+            host,
             &format!("mariadb -N -B -e \"{}\"", sql.replace('"', "\\\"")),
         )
     }
@@ -199,7 +214,11 @@ INSERT INTO app.items (name) VALUES ('with-trigger');";
 const STATS_SQL: &str = "SELECT (SELECT COUNT(*) FROM app.items), (SELECT COUNT(*) FROM app.notes), (SELECT COUNT(*) FROM app.audit); CHECKSUM TABLE app.items, app.notes, app.audit";
 
 fn stats(t: &T) -> Result<String, String> {
-    let r = t.sql(STATS_SQL);
+    stats_on(t, "db1")
+}
+
+fn stats_on(t: &T, host: &str) -> Result<String, String> {
+    let r = t.sql_on(host, STATS_SQL);
     expect(r.code == 0, "row counts and checksums", &r)?;
     Ok(r.stdout)
 }
@@ -274,6 +293,48 @@ fn destroy_and_restore(t: &T) -> Result<(), String> {
     expect(
         r.code == 0 && r.stdout.contains("GRANT SELECT ON `app`.*") && r.stdout.ends_with("1\n1\n"),
         "account, procedure and trigger are back",
+        &r,
+    )
+}
+
+fn restore_into_another_host(t: &T) -> Result<(), String> {
+    let r = t.sh("db1", "kiln-backup list | head -n 1");
+    let stamp = r
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    expect(r.stdout.contains(" complete"), "kiln-backup list", &r)?;
+    let r = t.kiln(&[
+        "restore",
+        ENV,
+        "--from",
+        &stamp,
+        "--into",
+        "db2",
+        "--no-media",
+        "--yes",
+    ]);
+    expect(
+        r.code == 0
+            && r.stdout
+                .contains(&format!("backup {stamp}: manifest and 2 file(s) check out"))
+            && r.stdout.contains(
+                "restored database app: 3 table(s), row counts and checksums equal the backup's",
+            ),
+        "kiln restore --from STAMP --into db2",
+        &r,
+    )?;
+    let (s, _) = ORIGINAL.lock().unwrap().clone();
+    let now = stats_on(t, "db2")?;
+    if now != s {
+        return Err(format!("db2 after restore:\n{now}\noriginal:\n{s}"));
+    }
+    let r = t.sh("db2", "ls -d /tmp/kiln-restore.* 2>/dev/null | wc -l");
+    expect(
+        r.stdout.trim() == "0",
+        "the shipped tool and credentials are gone",
         &r,
     )
 }
@@ -454,6 +515,7 @@ fn main() {
         ("write_data", &write_data),
         ("backup_now", &backup_now),
         ("destroy_and_restore", &destroy_and_restore),
+        ("restore_into_another_host", &restore_into_another_host),
         ("verification_unit", &verification_unit),
         ("corrupted_manifest_refuses", &corrupted_manifest_refuses),
         ("failures_are_visible", &failures_are_visible),
