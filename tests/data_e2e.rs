@@ -1,14 +1,16 @@
 //! End-to-end for the `minio` and `backup` modules and `kiln backup` / `kiln restore`, on
-//! two real Debian 12 lab hosts (environment `datatest`, 10.233.0.41-43, in a scratch copy
-//! of the repository): `db1` a 1-node Galera cluster (the mariadb-galera module) that also
-//! runs the backup module, `storage` the minio module installed from the lab's artifact
+//! five real Debian 12 lab hosts (environment `datatest`, 10.233.0.41-45, in a scratch copy
+//! of the repository): `db1`-`db3` a 3-node Galera cluster (the mariadb-galera module), db1
+//! also running the backup module, `spare` a standalone MariaDB server for `restore --into`,
+//! `storage` the minio module installed from the lab's artifact
 //! server — the lab's MinIO stand-in (s3s-fs behind a MinIO-style adapter), pinned by the
 //! sha256 `kiln lab up` writes.
 //!
 //! Scenarios in order: apply and converge; the binary is the pinned one and a wrong pin is
 //! refused before anything is replaced; rows, an account and media objects are written;
 //! `kiln backup`; the data is destroyed; `kiln restore` brings back equal row counts, equal
-//! CHECKSUM TABLE, the account and equal media objects; the restore-verification unit
+//! CHECKSUM TABLE (on db1 and db3), the account and equal media objects; `kiln restore
+//! --from T --into spare` does the same on another host; the restore-verification unit
 //! passes, and fails loudly on a manifest whose recorded checksums differ; a corrupted
 //! manifest makes restore refuse with the database untouched; a failed backup leaves the
 //! unit failed; the health check fails on stale backups; retention keeps exactly the
@@ -38,7 +40,7 @@ user = "root"
 [hosts.db1]
 address = "10.233.0.41"
 provider = "lab"
-roles = ["db"]
+roles = ["db", "backup"]
 
 [hosts.storage]
 address = "10.233.0.42"
@@ -48,24 +50,39 @@ roles = ["storage"]
 [hosts.db2]
 address = "10.233.0.43"
 provider = "lab"
+roles = ["db"]
+
+[hosts.db3]
+address = "10.233.0.44"
+provider = "lab"
+roles = ["db"]
+
+[hosts.spare]
+address = "10.233.0.45"
+provider = "lab"
 roles = ["spare"]
 
-[hosts.db2.modules.mariadb-galera]
-cluster_name = "spare"
-nodes = ["db2"]
+[hosts.spare.vars]
+company = "datatest"
+
+[hosts.spare.modules.base]
+packages = ["mariadb-server", "python3"]
 
 [roles.db]
-modules = ["mariadb-galera", "backup"]
+modules = ["mariadb-galera"]
+
+[roles.backup]
+modules = ["backup"]
 
 [roles.spare]
-modules = ["mariadb-galera"]
+modules = ["base"]
 
 [roles.storage]
 modules = ["minio"]
 
 [modules.mariadb-galera]
 cluster_name = "datatest"
-nodes = ["db1"]
+nodes = ["db1", "db2", "db3"]
 databases = ["app"]
 firewall = false
 
@@ -278,9 +295,11 @@ fn destroy_and_restore(t: &T) -> Result<(), String> {
         &r,
     )?;
     let (s, m) = ORIGINAL.lock().unwrap().clone();
-    let now = stats(t)?;
-    if now != s {
-        return Err(format!("after restore:\n{now}\nbefore:\n{s}"));
+    for host in ["db1", "db3"] {
+        let now = stats_on(t, host)?;
+        if now != s {
+            return Err(format!("{host} after restore:\n{now}\nbefore:\n{s}"));
+        }
     }
     let media = t.py(MEDIA_SHAS);
     if media.stdout != m {
@@ -312,7 +331,7 @@ fn restore_into_another_host(t: &T) -> Result<(), String> {
         "--from",
         &stamp,
         "--into",
-        "db2",
+        "spare",
         "--no-media",
         "--yes",
     ]);
@@ -323,15 +342,15 @@ fn restore_into_another_host(t: &T) -> Result<(), String> {
             && r.stdout.contains(
                 "restored database app: 3 table(s), row counts and checksums equal the backup's",
             ),
-        "kiln restore --from STAMP --into db2",
+        "kiln restore --from STAMP --into spare",
         &r,
     )?;
     let (s, _) = ORIGINAL.lock().unwrap().clone();
-    let now = stats_on(t, "db2")?;
+    let now = stats_on(t, "spare")?;
     if now != s {
-        return Err(format!("db2 after restore:\n{now}\noriginal:\n{s}"));
+        return Err(format!("spare after restore:\n{now}\noriginal:\n{s}"));
     }
-    let r = t.sh("db2", "ls -d /tmp/kiln-restore.* 2>/dev/null | wc -l");
+    let r = t.sh("spare", "ls -d /tmp/kiln-restore.* 2>/dev/null | wc -l");
     expect(
         r.stdout.trim() == "0",
         "the shipped tool and credentials are gone",
