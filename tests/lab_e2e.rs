@@ -260,7 +260,7 @@ fn drift_reports_each_kind_and_unreachable_hosts(lab: &Lab) -> Result<(), String
     expect(
         r.code == 1
             && report["schema"] == "kiln.drift/1"
-            && text.contains("removed on the host")
+            && text.contains("not installed on the host")
             && text.contains("not running on the host")
             && text.contains("not enabled on the host")
             && text.contains("package:less")
