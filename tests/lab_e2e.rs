@@ -250,7 +250,7 @@ fn drift_reports_each_kind_and_unreachable_hosts(lab: &Lab) -> Result<(), String
     expect(r.code == 0, "break the host", &r)?;
     std::fs::write(
         lab.path("environments/gone.toml"),
-        "[hosts.ghost]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[roles.r]\nmodules = [\"base\"]\n",
+        "[vars]\ncompany = \"x\"\n[hosts.ghost]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[roles.r]\nmodules = [\"base\"]\n",
     )
     .map_err(|e| e.to_string())?;
     let r = lab.kiln(&["drift", ENV, "gone", "--format", "json"]);
@@ -260,7 +260,7 @@ fn drift_reports_each_kind_and_unreachable_hosts(lab: &Lab) -> Result<(), String
     expect(
         r.code == 1
             && report["schema"] == "kiln.drift/1"
-            && text.contains("removed on the host")
+            && text.contains("not installed on the host")
             && text.contains("not running on the host")
             && text.contains("not enabled on the host")
             && text.contains("package:less")
