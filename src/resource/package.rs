@@ -51,6 +51,7 @@ impl Package {
         match &facts.apt_lists {
             Some(l) => {
                 !l.present
+                    || l.missing > 0
                     || l.age_secs
                         .map(|a| a > APT_LISTS_MAX_AGE_SECS)
                         .unwrap_or(true)
