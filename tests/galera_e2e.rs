@@ -230,7 +230,8 @@ fn rebuild_a_lost_node(lab: &Lab) -> Result<(), String> {
         r.code == 0
             && r.stdout.contains("Rebuild of galeratest — timeline (RTO")
             && r.stdout.contains("lab: created db3")
-            && r.stdout.contains("db3 galera_node[galeratest]: join"),
+            && r.stdout.contains("db3 galera_node[galeratest]: join")
+            && r.stdout.contains("surviving database nodes kept the data"),
         "kiln rebuild creates db3 and joins it",
         &r,
     )?;

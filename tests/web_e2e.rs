@@ -465,7 +465,7 @@ fn rebuild_after_losing_the_web_host(lab: &Lab) -> Result<(), String> {
     let phases = tl["phases"].as_array().cloned().unwrap_or_default();
     let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
     expect(
-        names == ["spec", "provision", "apply", "verify"]
+        names == ["spec", "provision", "apply", "restore", "verify"]
             && tl["ok"] == true
             && tl["rebuilt"] == serde_json::json!(["web"]),
         &format!("timeline JSON: {tl}"),

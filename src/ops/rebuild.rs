@@ -1,8 +1,9 @@
 //! `kiln rebuild ENV [--host H...]`: disaster recovery as one command. Hosts that are gone
 //! are created through their provider (lab: new containers, each with a new host key recorded
 //! in known_hosts — never accepted blindly), then the full plan is applied (a Galera node
-//! rejoins its cluster, or a cluster with no survivor is recovered), then verify runs. The
-//! timeline of the phases is the measured recovery time (RTO).
+//! rejoins its cluster, or a cluster with no survivor is recovered), then — when every
+//! database host was lost — the latest backup is restored, then verify runs. The timeline of
+//! the phases is the measured recovery time (RTO).
 
 use std::path::Path;
 use std::time::Instant;
@@ -165,8 +166,71 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
         },
     });
 
-    // Verify: the re-plan is empty and every health check passes.
+    // Data: when every database host was rebuilt, the cluster formed empty: restore the
+    // latest backup. Surviving nodes keep the data (a rebuilt node rejoined by state transfer).
     if code == 0 {
+        let t = Instant::now();
+        let with_module = |m: &str| -> Vec<String> {
+            env.spec
+                .hosts
+                .iter()
+                .filter(|(_, h)| {
+                    h.roles.iter().any(|r| {
+                        env.spec
+                            .roles
+                            .get(r)
+                            .map(|r| r.modules.iter().any(|x| x == m))
+                            .unwrap_or(false)
+                    })
+                })
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        let db = with_module("mariadb-galera");
+        let has_backup = !with_module("backup").is_empty();
+        let all_db_rebuilt = !db.is_empty() && db.iter().all(|h| timeline.rebuilt.contains(h));
+        let (ok, detail) = if db.is_empty() {
+            (true, "skipped: no database hosts".to_string())
+        } else if !all_db_rebuilt {
+            (
+                true,
+                "skipped: surviving database nodes kept the data (rebuilt nodes rejoined by state transfer)"
+                    .to_string(),
+            )
+        } else if !has_backup {
+            (
+                false,
+                "every database host was rebuilt and this environment has no backup module: the data is gone"
+                    .to_string(),
+            )
+        } else {
+            let r = super::backup::restore(super::backup::RestoreArgs {
+                env: env_arg.to_string(),
+                from: "latest".into(),
+                into: None,
+                no_media: false,
+                yes: true,
+            })
+            .await?;
+            (
+                r == 0,
+                if r == 0 {
+                    "latest backup restored (databases and media)".to_string()
+                } else {
+                    "restore failed (see above)".to_string()
+                },
+            )
+        };
+        phases.push(Phase {
+            name: "restore".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            ok,
+            detail,
+        });
+    }
+
+    // Verify: the re-plan is empty and every health check passes.
+    if phases.iter().all(|p| p.ok) {
         let t = Instant::now();
         let v = super::verify::run(env_arg, None).await?;
         phases.push(Phase {
