@@ -18,7 +18,8 @@
 //!
 //! s3s-fs comes from `$KILN_S3S_FS`, or `state_dir/tools/s3s-fs/bin/s3s-fs` where `.ci/run`
 //! installs it (`cargo install s3s-fs@0.14.1 --features binary --locked --root ...`).
-//! Without it the lab still comes up, with a note, and serves no `minio`.
+//! When neither exists, `kiln lab up` builds it once with the machine's cargo (a few
+//! minutes); if that fails the lab still comes up, with a note, and serves no `minio`.
 
 use std::fs;
 use std::io::Write;
@@ -179,6 +180,45 @@ fn s3s_fs(state_dir: &Path) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// Builds s3s-fs once with the machine's cargo (the lab's environments declare a MinIO; without
+/// its stand-in their secrets and apply would fail). Its log is kept beside it.
+fn build_s3s_fs(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Option<PathBuf> {
+    let root = state_dir.join("tools/s3s-fs");
+    let logfile = state_dir.join("tools/s3s-fs-build.log");
+    fs::create_dir_all(state_dir.join("tools")).ok()?;
+    log("building the lab's MinIO stand-in once: cargo install s3s-fs@0.14.1 (a few minutes)");
+    let out = fs::File::create(&logfile).ok()?;
+    let err = out.try_clone().ok()?;
+    let status = std::process::Command::new("cargo")
+        .args([
+            "install",
+            "-q",
+            "s3s-fs@0.14.1",
+            "--features",
+            "binary",
+            "--locked",
+            "--root",
+        ])
+        .arg(&root)
+        .stdout(out)
+        .stderr(err)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(root.join("bin/s3s-fs")).filter(|p| p.exists()),
+        other => {
+            log(&format!(
+                "note: building s3s-fs failed ({}); see {}",
+                match other {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                },
+                logfile.display()
+            ));
+            None
+        }
+    }
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -197,7 +237,8 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 pub fn ensure(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
     let dir = artifacts_dir(state_dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    match s3s_fs(state_dir) {
+    let found = s3s_fs(state_dir).or_else(|| build_s3s_fs(state_dir, log));
+    match found {
         Some(bin) => {
             let payload = fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
             let source = sha256_hex(&[MINIO_ADAPTER.as_bytes(), &payload].concat());
