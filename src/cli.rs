@@ -69,6 +69,46 @@ pub enum Command {
         #[arg(value_enum)]
         action: ops::lab::LabAction,
         env: String,
+        /// Hosts (for `destroy`).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Show a value of the merged environment and the file and line that set it (through
+    /// `extends`), or the module default it falls back to.
+    Explain {
+        env: String,
+        /// A key path: `hosts.web.address`, `modules.nginx.sites[0].domains`, `ssh.user`.
+        key: String,
+    },
+    /// Write environments/DST.toml: extends SRC, overriding only hosts, domains, the ACME
+    /// directory (staging), secrets and cluster size.
+    Clone {
+        src: String,
+        dst: String,
+        /// FROM=TO: `api.example.com=api.qa.example.com` or a parent domain `example.com=qa.example.com`.
+        #[arg(long = "domain-map")]
+        domain_map: Vec<String>,
+        /// `lab` (new lab containers; `lab@10.233.0.50` to choose the first address) or a
+        /// TOML file `[hosts] web = "10.0.0.5"` (hosts not listed are left out).
+        #[arg(long, default_value = "lab")]
+        hosts: String,
+        /// Leave a host out (its references, e.g. a cluster node, go too).
+        #[arg(long)]
+        drop: Vec<String>,
+        /// Replace an existing DST file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Disaster recovery: create missing hosts through their provider, apply the full plan,
+    /// verify, and print the timeline of the phases (the measured RTO).
+    Rebuild {
+        env: String,
+        /// Only these hosts are expected to be gone (default: any missing host).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Also write the timeline as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// EC2 instances for an environment's `provider = "ec2"` hosts (found by their
     /// kiln:env/kiln:host tags, created when missing).
@@ -114,6 +154,24 @@ pub enum Command {
         #[arg(long)]
         limit: Option<String>,
     },
+    /// Run a backup now on the environment's backup host (the `backup` module) and wait.
+    Backup { env: String },
+    /// Restore databases (and media) from a backup, after checking its manifest.
+    Restore {
+        env: String,
+        /// A backup timestamp (YYYYMMDDTHHMMSSZ, see `kiln-backup list`) or `latest`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// Restore on this host instead of the backup host.
+        #[arg(long)]
+        into: Option<String>,
+        /// Databases only: leave the media bucket alone.
+        #[arg(long)]
+        no_media: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -150,7 +208,35 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         })),
         Command::Drift { envs, format } => rt.block_on(ops::drift::run(envs, format)),
         Command::Verify { env, limit } => rt.block_on(ops::verify::run(&env, limit.as_deref())),
-        Command::Lab { action, env } => rt.block_on(ops::lab::run(action, &env)),
+        Command::Lab { action, env, hosts } => rt.block_on(ops::lab::run(action, &env, &hosts)),
+        Command::Explain { env, key } => ops::explain::run(&env, &key),
+        Command::Clone {
+            src,
+            dst,
+            domain_map,
+            hosts,
+            drop,
+            force,
+        } => {
+            let command = format!(
+                "kiln {}",
+                std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+            );
+            ops::clone::run(
+                ops::clone::CloneArgs {
+                    src,
+                    dst,
+                    domain_map,
+                    hosts,
+                    drop,
+                    force,
+                },
+                &command,
+            )
+        }
+        Command::Rebuild { env, hosts, json } => {
+            rt.block_on(ops::rebuild::run(&env, &hosts, json.as_deref()))
+        }
         Command::Ec2 {
             action,
             env,
@@ -172,5 +258,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ssh { env, host, command } => ops::ssh::ssh(&env, &host, &command),
         Command::SshConfig { env } => ops::ssh::ssh_config(&env),
         Command::Graph { env, limit } => ops::graph::run(&env, limit.as_deref()),
+        Command::Backup { env } => rt.block_on(ops::backup::backup(&env)),
+        Command::Restore {
+            env,
+            from,
+            into,
+            no_media,
+            yes,
+        } => rt.block_on(ops::backup::restore(ops::backup::RestoreArgs {
+            env,
+            from,
+            into,
+            no_media,
+            yes,
+        })),
     }
 }

@@ -432,6 +432,24 @@ async fn ec2_provider_against_moto() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("web1") && out.contains("missing"), "{out}");
     assert!(out.contains(&foreign), "{out}");
+    // Plan/apply/ssh see web1 without an instance as unreachable, db1 still at its address.
+    let mut env3 = env.clone();
+    ec2::fill_addresses_blocking(&mut env3, None).expect("a missing instance is no error");
+    assert_eq!(
+        env3.spec.hosts["web1"].address.as_deref(),
+        Some("no-instance.web1.ec2.kiln.invalid")
+    );
+    assert_eq!(
+        env3.spec.hosts["db1"].address.as_deref(),
+        Some(
+            first
+                .iter()
+                .find(|e| e.host == "db1")
+                .unwrap()
+                .address
+                .as_str()
+        )
+    );
     // Destroying it again finds nothing to do.
     let (code, out, _) = run_out(
         kiln()

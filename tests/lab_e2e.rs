@@ -240,6 +240,51 @@ fn hand_edit_is_drift_and_is_undone(lab: &Lab) -> Result<(), String> {
     expect(r.code == 0, "plan clean again", &r)
 }
 
+/// The CI drift run: every kind of drift with a readable reason, and an unreachable host of
+/// another environment reported as an error while this one is still checked.
+fn drift_reports_each_kind_and_unreachable_hosts(lab: &Lab) -> Result<(), String> {
+    let r = lab.sh(
+        "web",
+        "apt-get remove -y -q less >/dev/null 2>&1; systemctl stop nginx; systemctl disable -q nginx",
+    );
+    expect(r.code == 0, "break the host", &r)?;
+    std::fs::write(
+        lab.path("environments/gone.toml"),
+        "[vars]\ncompany = \"x\"\n[hosts.ghost]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[roles.r]\nmodules = [\"base\"]\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let r = lab.kiln(&["drift", ENV, "gone", "--format", "json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&r.stdout).map_err(|e| format!("json: {e}\n{}", r.all()))?;
+    let text = r.stdout.clone();
+    expect(
+        r.code == 1
+            && report["schema"] == "kiln.drift/1"
+            && text.contains("not installed on the host")
+            && text.contains("not running on the host")
+            && text.contains("not enabled on the host")
+            && text.contains("package:less")
+            && text.contains("ghost"),
+        "drift: exit 1 for the unreachable host, every kind of drift with its reason",
+        &r,
+    )?;
+    let md = lab.kiln(&["drift", ENV, "gone", "--format", "markdown"]);
+    expect(
+        md.code == 1
+            && md.stdout.contains("| gone | ghost |")
+            && md.stdout.contains("not running on the host"),
+        "drift markdown shows both environments",
+        &md,
+    )?;
+    let _ = std::fs::remove_file(lab.path("environments/gone.toml"));
+    let r = lab.kiln(&["drift", ENV]);
+    expect(r.code == 2, "this environment alone: exit 2 (drift)", &r)?;
+    let r = lab.kiln(&["apply", ENV, "--yes"]);
+    expect(r.code == 0, "apply repairs it", &r)?;
+    let r = lab.kiln(&["drift", ENV]);
+    expect(r.code == 0, "clean again: exit 0", &r)
+}
+
 fn stale_saved_plan_is_refused(lab: &Lab) -> Result<(), String> {
     lab.sh("web", "echo 'first edit' >> /etc/motd");
     let plan = lab.path("p.json");
@@ -458,6 +503,10 @@ fn main() {
         (
             "hand_edit_is_drift_and_is_undone",
             hand_edit_is_drift_and_is_undone,
+        ),
+        (
+            "drift_reports_each_kind_and_unreachable_hosts",
+            drift_reports_each_kind_and_unreachable_hosts,
         ),
         ("stale_saved_plan_is_refused", stale_saved_plan_is_refused),
         ("secrets_never_printed", secrets_never_printed),

@@ -218,6 +218,7 @@ fn converged(host: &DesiredHost) -> HostFacts {
         apt_lists: Some(kiln::facts::AptListsFact {
             present: true,
             age_secs: Some(3600),
+            missing: 0,
         }),
         ..HostFacts::default()
     };
@@ -349,6 +350,7 @@ fn simulate(facts: &mut HostFacts, plan: &HostPlan, provides: &[(&str, &str)]) {
                     facts.apt_lists = Some(kiln::facts::AptListsFact {
                         present: true,
                         age_secs: Some(0),
+                        missing: 0,
                     })
                 }
                 Step::AptInstall { packages } => {

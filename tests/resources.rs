@@ -60,6 +60,7 @@ fn fresh_lists() -> Option<AptListsFact> {
     Some(AptListsFact {
         present: true,
         age_secs: Some(600),
+        missing: 0,
     })
 }
 
@@ -164,6 +165,7 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
             Some(AptListsFact {
                 present: false,
                 age_secs: None,
+                missing: 0,
             }),
             true,
         ),
@@ -172,6 +174,7 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
             Some(AptListsFact {
                 present: true,
                 age_secs: Some(24 * 3600 + 1),
+                missing: 0,
             }),
             true,
         ),
@@ -179,6 +182,7 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
             Some(AptListsFact {
                 present: true,
                 age_secs: Some(3 * 24 * 3600),
+                missing: 0,
             }),
             true,
         ),
@@ -187,6 +191,7 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
             Some(AptListsFact {
                 present: true,
                 age_secs: Some(24 * 3600),
+                missing: 0,
             }),
             false,
         ),
@@ -194,6 +199,7 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
             Some(AptListsFact {
                 present: true,
                 age_secs: Some(0),
+                missing: 0,
             }),
             false,
         ),
@@ -1588,4 +1594,22 @@ purge = true"#,
 path = "/etc/nginx/sites-enabled""#,
     );
     assert_eq!(keep.plan(&facts, &predicted).unwrap(), None);
+}
+
+#[test]
+fn a_suite_without_lists_refreshes_them_before_installing() {
+    let k = kind("type = \"package\"\nname = \"nginx\"");
+    let mut facts = HostFacts {
+        apt_lists: Some(AptListsFact {
+            present: true,
+            age_secs: Some(60),
+            missing: 2,
+        }),
+        ..HostFacts::default()
+    };
+    let p = plan(&k, &facts).unwrap().expect("an install");
+    assert_eq!(p.steps.first(), Some(&Step::AptUpdate), "{:?}", p.steps);
+    facts.apt_lists.as_mut().unwrap().missing = 0;
+    let p = plan(&k, &facts).unwrap().expect("an install");
+    assert!(!p.steps.contains(&Step::AptUpdate), "{:?}", p.steps);
 }

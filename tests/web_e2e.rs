@@ -5,7 +5,9 @@
 //! Scenarios (in order, each building on the last): fresh apply, every URL over verified
 //! HTTPS, HTTP redirects, verify, an idempotent second apply, one site's change reloads
 //! nginx once and touches nothing else, a broken template never reaches the running
-//! nginx, and a removed site loses its config and its certificate renewal.
+//! nginx, a removed site loses its config and its certificate renewal, `kiln clone` makes a
+//! QA copy that serves its own names with its own certificates while the source keeps
+//! serving, and `kiln rebuild` brings back a deleted web host with a timeline.
 
 mod common;
 
@@ -41,6 +43,10 @@ const NAMES: [&str; 4] = [
 
 /// curl on this machine, trusting only the lab CA, the name resolved to the web host.
 fn https(lab: &Lab, name: &str, path: &str) -> Run {
+    https_at(lab, "ca.pem", WEB, name, path)
+}
+
+fn https_at(lab: &Lab, ca: &str, addr: &str, name: &str, path: &str) -> Run {
     local(
         "curl",
         &[
@@ -48,13 +54,17 @@ fn https(lab: &Lab, name: &str, path: &str) -> Run {
             "--max-time",
             "10",
             "--cacert",
-            lab.path("ca.pem").to_str().unwrap(),
+            lab.path(ca).to_str().unwrap(),
             "--resolve",
-            &format!("{name}:443:{WEB}"),
+            &format!("{name}:443:{addr}"),
             &format!("https://{name}{path}"),
         ],
     )
 }
+
+const QA: &str = "webtest-qa";
+const QA_ACME: &str = "10.233.0.25";
+const QA_WEB: &str = "10.233.0.26";
 
 fn up(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln(&["lab", "down", ENV]);
@@ -377,7 +387,106 @@ fn removed_site_loses_config_and_certificate(lab: &Lab) -> Result<(), String> {
     expect(p.code == 0, "converged again", &p)
 }
 
+fn clone_serves_qa_names_with_own_certificates(lab: &Lab) -> Result<(), String> {
+    lab.write_env(&env_text());
+    let r = lab.kiln(&[
+        "clone",
+        ENV,
+        QA,
+        "--domain-map",
+        "lab.test=qa.lab.test",
+        &format!("--hosts=lab@{QA_ACME}"),
+    ]);
+    expect(r.code == 0, "kiln clone", &r)?;
+    let text = std::fs::read_to_string(lab.path(&format!("environments/{QA}.toml")))
+        .map_err(|e| e.to_string())?;
+    expect(
+        text.contains(&format!("extends = \"{ENV}\""))
+            && text.contains(&format!("address = \"{QA_WEB}\""))
+            && text.contains("\"api.qa.lab.test\"")
+            && !text.contains("\"api.lab.test\"")
+            && text.lines().count() < 80,
+        "the clone extends the source and overrides hosts and domains, briefly",
+        &r,
+    )?;
+    let e = lab.kiln(&["explain", QA, "hosts.web.address"]);
+    expect(
+        e.code == 0
+            && e.stdout.contains(QA_WEB)
+            && e.stdout.contains("overrides")
+            && e.stdout.contains(WEB),
+        "kiln explain shows the override through extends",
+        &e,
+    )?;
+    let r = lab.kiln(&["lab", "down", QA]);
+    expect(r.code == 0, "lab down (leftovers)", &r)?;
+    let r = lab.kiln(&["lab", "up", QA]);
+    expect(r.code == 0, "lab up for the copy", &r)?;
+    let r = lab.kiln(&["apply", QA, "--yes"]);
+    expect(r.code == 0, "apply the copy", &r)?;
+    let ca = lab.kiln(&["lab", "ca", QA]);
+    expect(ca.code == 0, "the copy's CA", &ca)?;
+    std::fs::write(lab.path("qa-ca.pem"), &ca.stdout).map_err(|e| e.to_string())?;
+    let q = https_at(lab, "qa-ca.pem", QA_WEB, "api.qa.lab.test", "/health");
+    expect(
+        q.code == 0 && q.stdout.contains("php_version"),
+        "the QA API answers on its QA name",
+        &q,
+    )?;
+    // Its own certificate: issued by the copy's ACME server, not trusted through the source's.
+    let other = https_at(lab, "ca.pem", QA_WEB, "api.qa.lab.test", "/health");
+    expect(
+        other.code != 0,
+        "the QA certificate is the copy's own",
+        &other,
+    )?;
+    // And the source keeps serving.
+    let s = https(lab, "api.lab.test", "/health");
+    expect(s.code == 0, "the source keeps serving", &s)?;
+    let r = lab.kiln(&["lab", "down", QA]);
+    expect(r.code == 0, "lab down for the copy", &r)
+}
+
+fn rebuild_after_losing_the_web_host(lab: &Lab) -> Result<(), String> {
+    let r = lab.kiln(&["lab", "destroy", ENV, "--host", "web"]);
+    expect(r.code == 0, "kiln lab destroy --host web", &r)?;
+    let gone = https(lab, "api.lab.test", "/health");
+    expect(gone.code != 0, "the site is gone with its host", &gone)?;
+    let r = lab.kiln(&["rebuild", ENV, "--json", "timeline.json"]);
+    expect(
+        r.code == 0 && r.stdout.contains("Rebuild of webtest — timeline (RTO"),
+        "kiln rebuild",
+        &r,
+    )?;
+    let tl: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.path("timeline.json")).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let phases = tl["phases"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
+    expect(
+        names == ["spec", "provision", "apply", "restore", "verify"]
+            && tl["ok"] == true
+            && tl["rebuilt"] == serde_json::json!(["web"]),
+        &format!("timeline JSON: {tl}"),
+        &r,
+    )?;
+    // The rebuilt host has a new host key, recorded: plain ssh works without a prompt.
+    let ssh = lab.sh("web", "true");
+    expect(
+        ssh.code == 0,
+        "ssh to the rebuilt host with the recorded key",
+        &ssh,
+    )?;
+    for name in NAMES {
+        let s = https(lab, name, "/");
+        expect(s.code == 0, &format!("{name} answers again"), &s)?;
+    }
+    Ok(())
+}
+
 fn down(lab: &Lab) -> Result<(), String> {
+    let _ = lab.kiln(&["lab", "down", QA]);
     let r = lab.kiln(&["lab", "down", ENV]);
     expect(r.code == 0, "kiln lab down", &r)?;
     // Leave nothing behind: the containers' files go too.
@@ -414,6 +523,14 @@ fn main() {
             (
                 "a removed site loses config and certificate renewal",
                 &removed_site_loses_config_and_certificate,
+            ),
+            (
+                "clone into a QA copy: own names, own certificates",
+                &clone_serves_qa_names_with_own_certificates,
+            ),
+            (
+                "rebuild after losing the web host",
+                &rebuild_after_losing_the_web_host,
             ),
         ],
         &down,

@@ -88,12 +88,21 @@ pub fn connection(env: &Environment, name: &str, lab_key: Option<PathBuf>) -> Co
     } else {
         None
     });
+    // CI runs (drift detection) connect as their own account: KILN_SSH_USER and
+    // KILN_SSH_KEY override the spec for every host that is not a lab container.
+    let ci = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty() && h.provider != Provider::Lab)
+    };
+    let key = ci("KILN_SSH_KEY")
+        .map(|k| PathBuf::from(crate::spec::expand_home(&k)))
+        .or(key);
     Connection {
         address: h.address.clone().unwrap_or_default(),
         port: h.port.or(ssh.port).unwrap_or(22),
-        user: h
-            .user
-            .clone()
+        user: ci("KILN_SSH_USER")
+            .or(h.user.clone())
             .or(ssh.user.clone())
             .unwrap_or_else(|| "root".into()),
         key,

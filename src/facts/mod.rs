@@ -91,6 +91,9 @@ pub struct AptListsFact {
     pub present: bool,
     /// Age in seconds of the newest list, when present.
     pub age_secs: Option<u64>,
+    /// Lists the configured sources call for that are not on the host.
+    #[serde(default)]
+    pub missing: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +220,7 @@ impl HostFacts {
             FactQuery::AptLists => Ok(match &self.apt_lists {
                 Some(l) => serde_json::json!({
                     "present": l.present,
+                    "complete": l.missing == 0,
                     "fresh": l.age_secs.map(|a| a <= crate::resource::package::APT_LISTS_MAX_AGE_SECS).unwrap_or(false),
                 }),
                 None => serde_json::Value::Null,

@@ -311,9 +311,11 @@ fn dpkg_installed(status: &str) -> bool {
 fn parse_apt_lists(section: &RawSection<'_>) -> Result<AptListsFact, FactParseError> {
     let mut now: Option<u64> = None;
     let mut newest: Option<u64> = None;
+    let mut missing: u32 = 0;
     for &(line, text) in &section.body {
         match key_value(text) {
             ("", "") => {}
+            ("missing-list", "") => missing += 1,
             ("now", value) => now = Some(parse_num(section, line, text, value)?),
             ("mtime", value) => {
                 let mtime: u64 = parse_num(section, line, text, value)?;
@@ -327,6 +329,7 @@ fn parse_apt_lists(section: &RawSection<'_>) -> Result<AptListsFact, FactParseEr
         present: newest.is_some(),
         // A list from the future (clock skew) is as fresh as can be, not an error.
         age_secs: newest.map(|n| now.saturating_sub(n)),
+        missing,
     })
 }
 
@@ -837,19 +840,21 @@ mod tests {
             facts.apt_lists,
             Some(AptListsFact {
                 present: true,
-                age_secs: Some(1795355498 - 1795355062)
+                age_secs: Some(1795355498 - 1795355062),
+                missing: 0,
             })
         );
         let none = parse_facts(
             &[FactQuery::AptLists],
-            "@@kiln:begin\n@@kiln:apt-lists\nnow 5\n@@kiln:end\n",
+            "@@kiln:begin\n@@kiln:apt-lists\nnow 5\nmissing-list\nmissing-list\n@@kiln:end\n",
         )
         .unwrap();
         assert_eq!(
             none.apt_lists,
             Some(AptListsFact {
                 present: false,
-                age_secs: None
+                age_secs: None,
+                missing: 2,
             })
         );
     }

@@ -30,7 +30,8 @@
 //! * `@@kiln:apt-lists` — `now <epoch seconds>` (from `date +%s`), then one
 //!   `mtime <epoch seconds>` line per `*_Packages` list in `/var/lib/apt/lists` (also the
 //!   compressed `*_Packages.lz4`/`.gz`/`.xz` forms that `Acquire::GzipIndexes` leaves).
-//!   No `mtime` line means there are no lists.
+//!   No `mtime` line means there are no lists. One `missing-list` line per Packages list the
+//!   configured sources call for that is not there (`apt-get indextargets`).
 //! * `@@kiln:path <index> <path>` — either `missing` (nothing at the path, not even a
 //!   dangling symlink), or the lines of one `stat` call (`lstat`, symlinks are not
 //!   followed):
@@ -392,6 +393,13 @@ pub fn fact_script(queries: &[FactQuery]) -> String {
                 s.push_str(
                     "\tstat -c 'mtime %Y' -- /var/lib/apt/lists/*_Packages \
                      /var/lib/apt/lists/*_Packages.* 2>/dev/null\n",
+                );
+                // Lists apt expects from the configured sources but does not have (a suite
+                // added since the last update, a fresh image with only `bookworm`).
+                s.push_str(
+                    "\tapt-get indextargets --format '$(FILENAME)' 'Identifier: Packages' 2>/dev/null | \
+                     while read -r kiln_f; do [ -e \"$kiln_f\" ] || ls \"$kiln_f\".* >/dev/null 2>&1 || \
+                     printf 'missing-list\\n'; done\n",
                 );
             }
             Section::Path {

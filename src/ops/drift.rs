@@ -101,7 +101,7 @@ fn from_plan(name: &str, plan: &Plan) -> EnvDrift {
                     resource: c.resource.clone(),
                     action: c.action,
                     summary: c.summary.clone(),
-                    reason: c.reason.clone(),
+                    reason: c.reason.clone().or_else(|| drift_reason(c)),
                     attributes: c.attributes.clone(),
                     diff: c.diff.clone(),
                     sensitive: c.sensitive,
@@ -124,6 +124,24 @@ fn worst(it: impl Iterator<Item = Status>) -> Status {
         (Status::Drift, _) | (_, Status::Drift) => Status::Drift,
         _ => Status::Clean,
     })
+}
+
+/// In a drift report every change says in words what was found; plans leave the obvious
+/// ones implicit (a bare host's plan would repeat "not installed" for every package).
+fn drift_reason(c: &crate::plan::Change) -> Option<String> {
+    let kind = c.resource.split(':').next().unwrap_or("");
+    match (kind, c.action) {
+        ("package", Action::Create) => Some("not installed on the host".into()),
+        ("package", Action::Remove) => Some("installed on the host, the spec says absent".into()),
+        ("file" | "unit", Action::Update) if c.diff.is_some() || c.sensitive => {
+            Some("the content on the host differs from the spec".into())
+        }
+        ("file" | "unit" | "directory" | "symlink", Action::Create) => {
+            Some("missing on the host".into())
+        }
+        ("user" | "group", Action::Create) => Some("missing on the host".into()),
+        _ => None,
+    }
 }
 
 pub async fn run(envs: Vec<String>, format: DriftFormat) -> Result<i32> {

@@ -14,6 +14,8 @@ pub enum LabAction {
     /// Print the root certificate of the lab's ACME server (the `pebble` module's host):
     /// what the lab's served certificate chains verify against.
     Ca,
+    /// Delete hosts (`--host`), as if the servers were lost: `kiln rebuild` brings them back.
+    Destroy,
 }
 
 /// The lab configuration of an environment (its hosts with `provider = "lab"`).
@@ -94,11 +96,31 @@ fn print_ca(env_arg: &str) -> Result<i32> {
     )
 }
 
-pub async fn run(action: LabAction, env_arg: &str) -> Result<i32> {
+pub async fn run(action: LabAction, env_arg: &str, hosts: &[String]) -> Result<i32> {
     if action == LabAction::Ca {
         return print_ca(env_arg);
     }
     let cfg = lab_config(env_arg)?;
+    if action == LabAction::Destroy {
+        if hosts.is_empty() {
+            bail!("name the hosts to delete: kiln lab destroy {env_arg} --host web");
+        }
+        for h in hosts {
+            if !cfg.hosts.iter().any(|x| &x.name == h) {
+                bail!("{env_arg} has no lab host `{h}`");
+            }
+        }
+        let hosts = hosts.to_vec();
+        return tokio::task::spawn_blocking(move || -> Result<i32> {
+            let mut log = |m: &str| eprintln!("lab: {m}");
+            for h in &hosts {
+                lab::delete_host(&cfg, h, &mut log)?;
+                println!("deleted lab host {h}");
+            }
+            Ok(0)
+        })
+        .await?;
+    }
     tokio::task::spawn_blocking(move || -> Result<i32> {
         let mut log = |m: &str| eprintln!("lab: {m}");
         match action {
@@ -144,7 +166,7 @@ pub async fn run(action: LabAction, env_arg: &str) -> Result<i32> {
                 }
                 Ok(if all_running { 0 } else { 2 })
             }
-            LabAction::Ca => unreachable!("handled above"),
+            LabAction::Ca | LabAction::Destroy => unreachable!("handled above"),
         }
     })
     .await?

@@ -2,12 +2,16 @@
 //! function here; tests call these functions directly too.
 
 pub mod apply;
+pub mod backup;
+pub mod clone;
 pub mod drift;
 pub mod ec2;
+pub mod explain;
 pub mod galera;
 pub mod graph;
 pub mod lab;
 pub mod plan;
+pub mod rebuild;
 pub mod ssh;
 pub mod verify;
 

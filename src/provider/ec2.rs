@@ -738,6 +738,11 @@ pub async fn ensure(
     Ok(ensured)
 }
 
+/// The address of an ec2 host that has no instance: a name that never resolves (RFC 2606).
+pub fn missing_address(host: &str) -> String {
+    format!("no-instance.{host}.ec2.kiln.invalid")
+}
+
 /// For `plan --offline`: ec2 hosts get `<ec2 HOST>` as their address (no AWS call).
 pub fn placeholder_addresses(env: &mut Environment) {
     for (name, h) in env.spec.hosts.iter_mut() {
@@ -749,8 +754,12 @@ pub fn placeholder_addresses(env: &mut Environment) {
 
 /// Looks up the address of every ec2 host of `env` (those in `hosts`, or all) and sets it
 /// as the host's `address`, so plan/apply/ssh reach the instance. Runs on its own thread
-/// and runtime, so it can be called from sync code inside or outside a runtime. A host
-/// without a live instance is an error naming the command that creates it.
+/// and runtime, so it can be called from sync code inside or outside a runtime.
+///
+/// A host without a live instance gets the address `no-instance.HOST.ec2.kiln.invalid`
+/// (a name that never resolves: its connection fails alone, the other hosts are still
+/// read, as for any unreachable host) and a note on stderr; `kiln rebuild` and
+/// `kiln ec2 up` create it. Failing AWS calls (no credentials, no region) are errors.
 pub fn fill_addresses_blocking(env: &mut Environment, hosts: Option<&[String]>) -> Result<()> {
     let wanted: Vec<Ec2Host> = ec2_hosts(env, None)?
         .into_iter()
@@ -772,10 +781,13 @@ pub fn fill_addresses_blocking(env: &mut Environment, hosts: Option<&[String]>) 
                     let region = ec2.region(h.spec.region.as_deref())?;
                     let live = ec2.find(&region, &env_name, &h.name).await?;
                     let r = match live.as_slice() {
-                        [] => Err(anyhow!(
-                            "ec2 host {}: no instance tagged {TAG_ENV}={env_name}, {TAG_HOST}={} in {region} (`kiln ec2 up {env_name}` creates it)",
-                            h.name, h.name
-                        )),
+                        [] => {
+                            eprintln!(
+                                "note: ec2 host {}: no instance tagged {TAG_ENV}={env_name}, {TAG_HOST}={} in {region} (`kiln ec2 up {env_name}` creates it)",
+                                h.name, h.name
+                            );
+                            Ok(missing_address(&h.name))
+                        }
                         [i] => i.address(h.spec.connect).map(str::to_string).ok_or_else(|| {
                             anyhow!("ec2 host {}: instance {} has no address yet", h.name, i.describe())
                         }),

@@ -189,6 +189,22 @@ pub fn destroy_host(cfg: &LabConfig, name: &str, log: &mut dyn FnMut(&str)) -> R
     bring_up(&cfg, Some(name), log)
 }
 
+/// Deletes the host `name` of `cfg` (container, root filesystem, network, known_hosts
+/// line) and leaves it missing: the state a lost server is in. `up` creates it again.
+pub fn delete_host(cfg: &LabConfig, name: &str, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let cfg = normalize(cfg)?;
+    require_root()?;
+    let host = lab_hosts(&cfg)
+        .into_iter()
+        .find(|h| h.name == name)
+        .ok_or_else(|| anyhow!("lab env {:?} has no host named {name:?}", cfg.env))?;
+    log(&format!("deleting {}", host.label()));
+    collect_errors(in_parallel(std::slice::from_ref(&host), log, |h, say| {
+        remove_host(h, say)
+    }))?;
+    update_known_hosts(&cfg.known_hosts, &[host.address], &[])
+}
+
 /// Reports, for every host of `cfg`, whether its container runs, with its pid.
 pub fn status(cfg: &LabConfig) -> Result<Vec<HostStatus>> {
     let cfg = normalize(cfg)?;
@@ -431,6 +447,29 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// `up` and `destroy_host`: brings every host of cfg (or only the one named) to
 /// running and answering SSH.
+/// Every container's systemd takes inotify instances; with the kernel's default of 128 per
+/// user, the tenth or so container fails to boot ("Failed to allocate manager object: Too
+/// many open files"). Raise the limits (never lower them).
+fn ensure_inotify_limits(log: &mut dyn FnMut(&str)) {
+    for (file, want) in [
+        ("/proc/sys/fs/inotify/max_user_instances", 8192u64),
+        ("/proc/sys/fs/inotify/max_user_watches", 1_048_576),
+    ] {
+        let have: u64 = fs::read_to_string(file)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if have < want {
+            match fs::write(file, want.to_string()) {
+                Ok(()) => log(&format!("raised {file} from {have} to {want}")),
+                Err(e) => log(&format!(
+                    "cannot raise {file} ({e}); many hosts may fail to boot"
+                )),
+            }
+        }
+    }
+}
+
 fn bring_up(cfg: &LabConfig, only: Option<&str>, log: &mut dyn FnMut(&str)) -> Result<()> {
     require_root()?;
     ensure_machine_packages(log)?;
@@ -445,6 +484,9 @@ fn bring_up(cfg: &LabConfig, only: Option<&str>, log: &mut dyn FnMut(&str)) -> R
     let image = ensure_image(&cfg.state_dir, log)?;
     ensure_bridge()?;
     ensure_apt_cacher(&cfg.state_dir, log)?;
+    ensure_inotify_limits(log);
+    // Artifacts (the MinIO stand-in) served on the bridge: see provider::artifacts.
+    super::artifacts::ensure(&cfg.state_dir, log)?;
 
     let all = lab_hosts(cfg);
     check_conflicts(&cfg.state_dir, &all)?;
@@ -1073,6 +1115,7 @@ fn remove_shared_network_if_unused(state_dir: &Path, log: &mut dyn FnMut(&str)) 
         ));
         return Ok(());
     }
+    super::artifacts::stop(state_dir, log)?;
     log(&format!("removing bridge {BRIDGE}"));
     run(Command::new("ip").args(["link", "del", BRIDGE]))?;
     if let Some(pid) = our_apt_cacher_pid(state_dir) {

@@ -51,6 +51,7 @@ impl Package {
         match &facts.apt_lists {
             Some(l) => {
                 !l.present
+                    || l.missing > 0
                     || l.age_secs
                         .map(|a| a > APT_LISTS_MAX_AGE_SECS)
                         .unwrap_or(true)
@@ -104,12 +105,27 @@ impl Package {
                         .unwrap_or(Shown::KnownAfterApply),
                 )],
                 Action::Create,
-            ),
+            )
+            .map(|mut p| {
+                // `rc`: removed on the host, its configuration files left behind.
+                if fact.status == "rc" {
+                    p.reason = Some("removed on the host (its configuration files remain)".into());
+                }
+                p
+            }),
             (PackageState::Present, Some(have), Some(want)) if have != want => install(
                 format!("{} {} → {}", self.name, have, want),
                 vec![AttrChange::values("version", Some(have), want)],
                 Action::Update,
-            ),
+            )
+            .map(|mut p| {
+                let mut why = format!("version {have} is installed, the spec pins {want}");
+                if fact.status.starts_with('h') {
+                    why.push_str("; the package is held on the host (apt-mark hold)");
+                }
+                p.reason = Some(why);
+                p
+            }),
             (PackageState::Present, Some(_), _) => None,
         }
     }

@@ -138,6 +138,35 @@ impl Service {
         } else {
             Action::Create
         };
+        if fact.exists() && reason.is_none() {
+            // Drift reports say what was found, in words.
+            let mut why = vec![];
+            if self.running == Some(true) && !is_running {
+                why.push(format!(
+                    "not running on the host (state: {})",
+                    fact.active_state
+                ));
+            }
+            if self.running == Some(false) && is_running {
+                why.push("running on the host".to_string());
+            }
+            if self.enabled == Some(true) && !is_enabled && !is_static {
+                why.push(format!(
+                    "not enabled on the host (unit file state: {})",
+                    if fact.unit_file_state.is_empty() {
+                        "unknown"
+                    } else {
+                        &fact.unit_file_state
+                    }
+                ));
+            }
+            if self.enabled == Some(false) && is_enabled && !is_static {
+                why.push("enabled on the host".to_string());
+            }
+            if !why.is_empty() {
+                reason = Some(why.join("; "));
+            }
+        }
         let mut p = Planned::new(action, summary.replace('"', ""), steps);
         p.attributes = attrs;
         p.reason = reason;

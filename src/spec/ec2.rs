@@ -65,7 +65,7 @@ pub enum Connect {
     Public,
 }
 
-/// Checks every `provider = "ec2"` host's `ec2` table (and that no other host has one).
+/// Checks every `provider = "ec2"` host's `ec2` table.
 pub fn validate(env: &Environment) -> Vec<SpecError> {
     let mut errors = vec![];
     for (name, host) in &env.spec.hosts {
@@ -80,10 +80,9 @@ pub fn validate(env: &Environment) -> Vec<SpecError> {
                 &format!("{base}.address"),
                 "an ec2 host's address is its instance's: remove `address` (`ec2.connect = \"public\"` picks the public one)",
             )),
-            (p, Some(_)) if p != Provider::Ec2 => errors.push(env.error(
-                &format!("{base}.ec2"),
-                "`ec2` is only for hosts with provider = \"ec2\"",
-            )),
+            // An `ec2` table on another provider's host is ignored: a QA or lab copy that
+            // `extends` an EC2 environment sets `provider` and `address` and cannot remove
+            // the parent's table.
             _ => {}
         }
         let Some(ec2) = host.ec2.as_ref().filter(|_| host.provider == Provider::Ec2) else {

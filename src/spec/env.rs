@@ -85,6 +85,9 @@ pub struct HostSpec {
     /// /etc/hosts; modules may use them (`host.aliases`).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// In an environment that `extends` another: leave this host of the parent out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub omit: bool,
     /// Host variables, overriding the environment's `vars`.
     #[serde(default)]
     pub vars: toml::Table,

@@ -181,6 +181,16 @@ impl Environment {
         }
         if let toml::Value::Table(t) = &mut merged {
             t.remove("extends");
+            // `[hosts.X] omit = true`: an environment that extends another without one of its
+            // hosts (a QA copy with one database node instead of three).
+            if let Some(toml::Value::Table(hosts)) = t.get_mut("hosts") {
+                hosts.retain(|_, h| h.get("omit").and_then(|v| v.as_bool()) != Some(true));
+                for (_, h) in hosts.iter_mut() {
+                    if let toml::Value::Table(h) = h {
+                        h.remove("omit");
+                    }
+                }
+            }
         }
         let spec: EnvSpec = merged.try_into().map_err(|e: toml::de::Error| {
             let last = sources.last().expect("at least one file");

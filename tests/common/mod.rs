@@ -94,9 +94,14 @@ impl Lab {
 
     /// Runs a shell command on a lab host through `kiln ssh`.
     pub fn sh(&self, host: &str, cmd: &str) -> Run {
+        self.sh_in(&self.env, host, cmd)
+    }
+
+    /// Runs a shell command on a host of another environment of the scratch repository.
+    pub fn sh_in(&self, env: &str, host: &str, cmd: &str) -> Run {
         self.kiln(&[
             "ssh",
-            &self.env,
+            env,
             host,
             "--",
             "sh",

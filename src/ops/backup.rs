@@ -1,0 +1,200 @@
+//! `kiln backup ENV` and `kiln restore ENV`: drive `kiln-backup` (installed by the `backup`
+//! module) on the environment's backup host. A backup is the host's own systemd unit,
+//! started and waited for, so a run from kiln and a run from the timer are the same thing
+//! (same lock, same failed state when it fails). A restore runs the tool on the backup host,
+//! or on `--into HOST` with the tool, its configuration and credentials sent on stdin (never
+//! in arguments). Output passes through the environment's redactor.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+
+use super::{load, ssh_options};
+use crate::desired::DesiredHost;
+use crate::resource::Kind;
+use crate::transport::ssh::SshTransport;
+use crate::transport::Transport;
+
+/// A backup or restore may take long on real data.
+const TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// The files a restore on another host needs, as the backup module renders them.
+const TOOL_FILES: [&str; 4] = [
+    "/usr/local/sbin/kiln-backup",
+    "/usr/local/lib/kiln/kiln_s3.py",
+    "/etc/kiln/backup/backup.json",
+    "/etc/kiln/backup/s3.env",
+];
+
+fn backup_host(hosts: &[DesiredHost]) -> Result<&DesiredHost> {
+    let mut with = hosts
+        .iter()
+        .filter(|h| h.resources.iter().any(|r| r.module == "backup"));
+    let first = with
+        .next()
+        .ok_or_else(|| anyhow!("no host of this environment runs the `backup` module"))?;
+    if let Some(second) = with.next() {
+        bail!(
+            "more than one host runs the `backup` module ({}, {}): this command needs one",
+            first.name,
+            second.name
+        );
+    }
+    Ok(first)
+}
+
+async fn connect(env: &crate::spec::Environment, h: &DesiredHost) -> Result<Arc<dyn Transport>> {
+    let opts = ssh_options(env, h.connection.provider);
+    Ok(Arc::new(SshTransport::connect(&h.connection, &opts).await?))
+}
+
+/// Runs a script, printing its stdout lines as they come (redacted); returns its status.
+async fn stream(
+    t: &dyn Transport,
+    script: &str,
+    redactor: &crate::spec::Redactor,
+) -> Result<Option<i32>> {
+    let print = |l: &str| println!("{}", redactor.redact(l));
+    let out = t.run(script, TIMEOUT, Some(&print)).await?;
+    for l in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        eprintln!("{}", redactor.redact(l));
+    }
+    Ok(out.status)
+}
+
+pub async fn backup(env_arg: &str) -> Result<i32> {
+    let loaded = load(env_arg, None)?;
+    let host = backup_host(&loaded.desired.hosts)?;
+    let redactor = loaded.env.redactor();
+    println!("backup on {} ({})", host.name, host.connection.address);
+    let t = connect(&loaded.env, host).await?;
+    let script = r#"set -u
+if ! systemctl cat kiln-backup.service >/dev/null 2>&1; then
+  echo "kiln-backup.service is not installed on this host: run kiln apply first"; exit 3
+fi
+since=$(date '+%Y-%m-%d %H:%M:%S')
+systemctl reset-failed kiln-backup.service 2>/dev/null
+systemctl start kiln-backup.service; rc=$?
+id=$(systemctl show -p InvocationID --value kiln-backup.service)
+out=$(journalctl -q -o cat "_SYSTEMD_INVOCATION_ID=$id" 2>/dev/null)
+[ -n "$out" ] || out=$(journalctl -q -o cat -u kiln-backup.service --since "$since" 2>/dev/null)
+printf '%s\n' "$out" | grep -v '^$'
+[ $rc -eq 0 ] || echo "kiln-backup.service failed (exit $rc): systemctl status kiln-backup.service"
+exit $rc
+"#;
+    let status = stream(t.as_ref(), script, &redactor).await?;
+    Ok(if status == Some(0) { 0 } else { 1 })
+}
+
+pub struct RestoreArgs {
+    pub env: String,
+    pub from: String,
+    pub into: Option<String>,
+    pub no_media: bool,
+    pub yes: bool,
+}
+
+fn confirm(what: &str) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to restore without --yes: standard input is not a terminal");
+    }
+    print!("{what}\nOnly 'yes' is accepted: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim() == "yes")
+}
+
+/// A here-document delimiter that no line of `content` equals.
+fn delimiter(content: &str) -> String {
+    let mut d = String::from("KILN_RESTORE_EOF");
+    while content.lines().any(|l| l == d) {
+        d.push('_');
+    }
+    d
+}
+
+pub async fn restore(args: RestoreArgs) -> Result<i32> {
+    let loaded = load(&args.env, None)?;
+    let source = backup_host(&loaded.desired.hosts)?;
+    let target = match &args.into {
+        Some(name) => loaded
+            .desired
+            .host(name)
+            .ok_or_else(|| anyhow!("no host `{name}` in this environment"))?,
+        None => source,
+    };
+    let redactor = loaded.env.redactor();
+    let media = if args.no_media { "" } else { " and media" };
+    if !args.yes
+        && !confirm(&format!(
+            "Restore backup `{}` of {} into {}: its databases are dropped and loaded again{media}.",
+            args.from, source.name, target.name
+        ))?
+    {
+        println!("nothing restored");
+        return Ok(1);
+    }
+    let mut tool_args = format!(
+        "restore --from {}",
+        crate::facts::script::sh_quote(&args.from)
+    );
+    if args.no_media {
+        tool_args.push_str(" --no-media");
+    }
+    let script = if target.name == source.name {
+        format!("set -u\nexec /usr/local/sbin/kiln-backup {tool_args}\n")
+    } else {
+        // The tool, its configuration and credentials as the backup module renders them
+        // for the backup host, written to a private directory on the target for this run.
+        let mut s = String::from(
+            "set -eu\numask 077\nd=$(mktemp -d /tmp/kiln-restore.XXXXXX)\ntrap 'rm -rf \"$d\"' EXIT\n",
+        );
+        for path in TOOL_FILES {
+            let content = source
+                .resources
+                .iter()
+                .find_map(|r| match &r.kind {
+                    Kind::File(f) if f.path == path => f.content.clone(),
+                    _ => None,
+                })
+                .ok_or_else(|| anyhow!("{}: no {path} in the spec", source.name))?;
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let d = delimiter(&content);
+            let body = if content.ends_with('\n') {
+                content
+            } else {
+                content + "\n"
+            };
+            s.push_str(&format!("cat > \"$d/{name}\" <<'{d}'\n{body}{d}\n"));
+        }
+        s.push_str(&format!(
+            "set +e\nKILN_BACKUP_CONFIG=\"$d/backup.json\" KILN_BACKUP_CREDENTIALS=\"$d/s3.env\" KILN_BACKUP_LIB=\"$d\" python3 \"$d/kiln-backup\" {tool_args}\n"
+        ));
+        s
+    };
+    println!(
+        "restore `{}` from {}'s backups into {} ({})",
+        args.from, source.name, target.name, target.connection.address
+    );
+    let t = connect(&loaded.env, target).await?;
+    let status = stream(t.as_ref(), &script, &redactor).await?;
+    Ok(match status {
+        Some(0) => 0,
+        _ => 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn delimiter_never_matches_a_line() {
+        assert_eq!(super::delimiter("a\nb\n"), "KILN_RESTORE_EOF");
+        assert_eq!(
+            super::delimiter("x\nKILN_RESTORE_EOF\n"),
+            "KILN_RESTORE_EOF_"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! The backup tool's pure parts (templates/backup/kiln-backup.py): retention over synthetic
+//! histories of backups, the comparison of row counts
+//! and checksums. Python's unittest, run from the suite (python3 is on every lab host and
+//! on the machine that runs the suite).
+
+#[test]
+fn kiln_backup_python_unit_tests() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
+    let out = std::process::Command::new("python3")
+        .args(["-B", "-m", "unittest", "-v", "test_kiln_backup"])
+        .current_dir(&dir)
+        .output()
+        .expect("python3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("test_history_a ("), "{text}");
+    assert!(text.trim_end().ends_with("OK"), "{text}");
+    assert!(text.contains("Ran 5 tests"), "{text}");
+}
+
+const ENV: &str = r#"
+[hosts.db1]
+address = "10.0.0.1"
+roles = ["db"]
+[roles.db]
+modules = ["backup"]
+[modules.backup]
+endpoint = "http://storage:9000"
+databases = ["app"]
+media_bucket = "media"
+media_mirror_bucket = "media-mirror"
+[secrets.minio_root_user]
+env = "KILN_TEST_BACKUP_KEY"
+[secrets.minio_root_password]
+env = "KILN_TEST_BACKUP_SECRET"
+"#;
+
+#[test]
+fn backup_module_expands_offline() {
+    use kiln::resource::Kind;
+    std::env::set_var("KILN_TEST_BACKUP_KEY", "access-key-xyz");
+    std::env::set_var("KILN_TEST_BACKUP_SECRET", "secret-key-not-in-output");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo.join("modules"), dir.path().join("modules")).unwrap();
+    std::os::unix::fs::symlink(repo.join("templates"), dir.path().join("templates")).unwrap();
+    std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+    let p = dir.path().join("environments/prod.toml");
+    std::fs::write(&p, ENV).unwrap();
+    let mut env = kiln::spec::Environment::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    env.resolve_secrets().unwrap_or_else(|e| panic!("{e}"));
+    let hosts = env.select_hosts(None).unwrap();
+    let desired = kiln::desired::expand(&env, &hosts, None).unwrap_or_else(|e| panic!("{e}"));
+    kiln::plan::graph::ResourceGraph::build(&env, &desired).unwrap_or_else(|e| panic!("{e}"));
+    let db1 = desired.host("db1").unwrap();
+    let file = |path: &str| {
+        db1.resources
+            .iter()
+            .find_map(|r| match &r.kind {
+                Kind::File(f) if f.path == path => Some(f.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {path}"))
+    };
+    let creds = file("/etc/kiln/backup/s3.env");
+    assert_eq!(creds.mode, "0600");
+    assert!(creds.sensitive);
+    let cfg = file("/etc/kiln/backup/backup.json");
+    assert!(!cfg.sensitive, "the configuration holds no secret");
+    let cfg: serde_json::Value = serde_json::from_str(cfg.content.as_deref().unwrap()).unwrap();
+    assert_eq!(cfg["prefix"], "prod/db1");
+    assert_eq!(
+        cfg["keep"],
+        serde_json::json!({"daily": 7, "weekly": 4, "monthly": 12})
+    );
+    assert_eq!(cfg["media_mirror_bucket"], "media-mirror");
+    let units: Vec<String> = db1
+        .resources
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Kind::Unit(u) => Some(format!("{}\n{}", u.name, u.content.clone().unwrap())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(units.len(), 4);
+    assert!(units[0].contains("Type=oneshot\nExecStart=/usr/local/sbin/kiln-backup run"));
+    assert!(units[1].contains("OnCalendar=*-*-* 02:30:00\nPersistent=true"));
+    assert!(units[2].contains("ExecStart=/usr/local/sbin/kiln-backup verify"));
+    // The tool as installed is the file the unit tests exercise.
+    let tool = file("/usr/local/sbin/kiln-backup");
+    let src = std::fs::read_to_string(repo.join("templates/backup/kiln-backup.py")).unwrap();
+    assert_eq!(tool.content.as_deref(), Some(src.as_str()));
+    assert_eq!(tool.mode, "0755");
+}

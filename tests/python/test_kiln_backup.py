@@ -1,0 +1,81 @@
+"""Unit tests of kiln-backup's pure parts (templates/backup/kiln-backup.py), run by
+tests/backup_tool.rs with `python3 -m unittest`."""
+import datetime
+import importlib.machinery
+import importlib.util
+import os
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PATH = os.path.join(HERE, "..", "..", "templates", "backup", "kiln-backup.py")
+loader = importlib.machinery.SourceFileLoader("kiln_backup", PATH)
+spec = importlib.util.spec_from_loader("kiln_backup", loader)
+kb = importlib.util.module_from_spec(spec)
+loader.exec_module(kb)
+
+
+def stamp(y, m, d, hh=2):
+    return "%04d%02d%02dT%02d0000Z" % (y, m, d, hh)
+
+
+def days(start, n, hours=(2,)):
+    out = []
+    for i in range(n):
+        d = start - datetime.timedelta(days=i)
+        for h in hours:
+            out.append(stamp(d.year, d.month, d.day, h))
+    return out
+
+
+# History A: every day of June 2024, plus a few older ones (also used by tests/data_e2e.rs).
+HISTORY_A = days(datetime.date(2024, 6, 30), 30) + [
+    stamp(2024, 5, 15), stamp(2024, 4, 15), stamp(2024, 1, 10),
+    stamp(2023, 6, 15), stamp(2023, 5, 1)]
+KEEP_A = {stamp(2024, 6, d) for d in range(24, 31)} | {
+    stamp(2024, 6, 23), stamp(2024, 6, 16), stamp(2024, 6, 9),  # weeks 25, 24, 23
+    stamp(2024, 5, 15), stamp(2024, 4, 15), stamp(2024, 1, 10),  # months
+    stamp(2023, 6, 15), stamp(2023, 5, 1)}
+
+
+class Retention(unittest.TestCase):
+    def test_history_a(self):
+        self.assertEqual(kb.retention(HISTORY_A, 7, 4, 12), KEEP_A)
+        self.assertEqual(len(KEEP_A), 15)
+
+    def test_two_runs_a_day_for_500_days(self):
+        history = days(datetime.date(2024, 6, 30), 500, hours=(2, 14))
+        keep = kb.retention(history, 7, 4, 12)
+        want = {stamp(2024, 6, d, 14) for d in range(24, 31)}                  # 7 days
+        want |= {stamp(2024, 6, d, 14) for d in (23, 16, 9)}                   # + 3 weeks
+        want |= {stamp(2024, m, d, 14) for m, d in ((5, 31), (4, 30), (3, 31), (2, 29), (1, 31))}
+        want |= {stamp(2023, m, d, 14) for m, d in ((12, 31), (11, 30), (10, 31), (9, 30),
+                                                     (8, 31), (7, 31))}        # + 11 months
+        self.assertEqual(keep, want)
+        self.assertEqual(len(keep), 21)
+
+    def test_newest_is_always_kept_and_retention_is_stable(self):
+        keep = kb.retention(HISTORY_A, 0, 0, 0)
+        self.assertEqual(keep, {stamp(2024, 6, 30)})
+        again = kb.retention(sorted(KEEP_A), 7, 4, 12)
+        self.assertEqual(again, KEEP_A, "applying retention to what it kept keeps it all")
+
+    def test_gaps_count_periods_with_backups(self):
+        # Backups on 3 days only: all kept by the daily rule, whatever the gaps.
+        h = [stamp(2024, 1, 1), stamp(2024, 3, 1), stamp(2024, 6, 1)]
+        self.assertEqual(kb.retention(h, 7, 0, 0), set(h))
+        self.assertEqual(kb.retention([], 7, 4, 12), set())
+
+
+class Compare(unittest.TestCase):
+    def test_compare_names_every_difference(self):
+        want = {"a": {"rows": 1, "checksum": "10"}, "b": {"rows": 2, "checksum": "20"}}
+        got = {"a": {"rows": 1, "checksum": "10"}, "b": {"rows": 2, "checksum": "21"},
+               "c": {"rows": 0, "checksum": "0"}}
+        p = kb.compare("app", want, got)
+        self.assertEqual(len(p), 2)
+        self.assertIn("app.b: rows 2 checksum 21", p[0])
+        self.assertIn("app.c: not in the backup", p[1])
+
+
+if __name__ == "__main__":
+    unittest.main()
