@@ -82,7 +82,7 @@ fn install_lines(s: &str) -> Vec<&str> {
 
 fn update_lines(s: &str) -> usize {
     s.lines()
-        .filter(|l| l.trim() == "apt-get -q update || exit $?")
+        .filter(|l| l.trim() == "kiln_apt_update || exit $?")
         .count()
 }
 
@@ -185,7 +185,7 @@ fn apt_get_update_only_when_a_change_asked_for_it() {
     let two = script(&[install("a", true), install("b", true)]);
     assert_eq!(update_lines(&two), 1, "coalesced: a single refresh: {two}");
     // The refresh comes before the install.
-    let u = one.find("apt-get -q update || exit $?").unwrap();
+    let u = one.find("kiln_apt_update || exit $?").unwrap();
     let i = one.find(install_lines(&one)[0]).unwrap();
     assert!(u < i);
 

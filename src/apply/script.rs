@@ -51,6 +51,16 @@ kiln_remove() {
 kiln_apt() {
   apt-get -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
 }
+# apt-get update can hang for good on a connection its proxy closed (seen through
+# apt-cacher-ng): bounded, and retried.
+kiln_apt_update() {
+  for kiln_try in 1 2 3; do
+    timeout -k 5 300 apt-get -q -o Acquire::http::Timeout=60 update && return 0
+    echo "apt-get update failed or timed out (try $kiln_try of 3)" >&2
+    sleep 2
+  done
+  return 1
+}
 kiln_step_end() {
   rc=$1; shift
   if [ "$rc" -eq 0 ]; then
@@ -100,7 +110,7 @@ pub fn apply_script(
             }
             let _ = writeln!(s, "(");
             if update {
-                let _ = writeln!(s, "  apt-get -q update || exit $?");
+                let _ = writeln!(s, "  kiln_apt_update || exit $?");
             }
             if !install.is_empty() {
                 let pkgs = install
@@ -109,7 +119,7 @@ pub fn apply_script(
                     .collect::<Vec<_>>()
                     .join(" ");
                 // A list that does not know a package yet is refreshed once, then retried.
-                let _ = writeln!(s, "  kiln_apt install --no-install-recommends {pkgs} || {{ apt-get -q update && kiln_apt install --no-install-recommends {pkgs}; }} || exit $?");
+                let _ = writeln!(s, "  kiln_apt install --no-install-recommends {pkgs} || {{ kiln_apt_update && kiln_apt install --no-install-recommends {pkgs}; }} || exit $?");
             }
             if !remove.is_empty() {
                 let pkgs = remove
@@ -156,7 +166,7 @@ fn step_shell(
 ) -> Result<(), String> {
     let q = |x: &str| sh_quote(x);
     match step {
-        Step::AptUpdate => s.push_str("  apt-get -q update || exit $?\n"),
+        Step::AptUpdate => s.push_str("  kiln_apt_update || exit $?\n"),
         Step::AptInstall { packages } => {
             let _ = writeln!(
                 s,
