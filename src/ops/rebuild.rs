@@ -1,6 +1,6 @@
 //! `kiln rebuild ENV [--host H...]`: disaster recovery as one command. Hosts that are gone
-//! are created through their provider (lab: new containers, each with a new host key recorded
-//! in known_hosts — never accepted blindly), then the full plan is applied (a Galera node
+//! are created through their provider (lab: new containers; ec2: new instances — each with
+//! its new host key recorded in known_hosts by kiln, never accepted blindly), then the full plan is applied (a Galera node
 //! rejoins its cluster, or a cluster with no survivor is recovered), then — when every
 //! database host was lost — the latest backup is restored, then verify runs. The timeline of
 //! the phases is the measured recovery time (RTO).
@@ -140,7 +140,44 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
             );
             timeline.rebuilt = gone;
         }
-    } else {
+    }
+    let ec2_hosts: Vec<String> = env
+        .spec
+        .hosts
+        .iter()
+        .filter(|(n, h)| h.provider == Provider::Ec2 && (only.is_empty() || only.contains(n)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !ec2_hosts.is_empty() {
+        let log = |m: &str| eprintln!("ec2: {m}");
+        let ensured = crate::provider::ec2::ensure(
+            &env,
+            Some(&ec2_hosts),
+            crate::provider::ec2::Timeouts::default(),
+            &log,
+        )
+        .await?;
+        let created: Vec<String> = ensured
+            .iter()
+            .filter(|e| e.created)
+            .map(|e| format!("{} ({})", e.host, e.instance_id))
+            .collect();
+        if !provision.detail.is_empty() {
+            provision.detail.push_str("; ");
+        }
+        provision.detail.push_str(&if created.is_empty() {
+            "ec2: every instance exists and runs".to_string()
+        } else {
+            format!(
+                "ec2: created {} (host keys from the console output)",
+                created.join(", ")
+            )
+        });
+        timeline
+            .rebuilt
+            .extend(ensured.iter().filter(|e| e.created).map(|e| e.host.clone()));
+    }
+    if lab_hosts.is_empty() && ec2_hosts.is_empty() {
         provision.detail = "static hosts: nothing to create (they must be reachable)".into();
     }
     provision.seconds = t.elapsed().as_secs_f64();
