@@ -17,8 +17,11 @@ use crate::desired::Connection;
 /// sshd's default MaxSessions is 10; stay under it.
 pub const MAX_CHANNELS: usize = 8;
 
-/// A master that no kiln process uses any more (a crashed run) exits after this idle time.
-pub const MASTER_IDLE_SECS: usize = 30;
+/// A master is shut down when kiln drops its session; one that no kiln process uses any
+/// more (a crashed run) exits after this idle time. It must outlast the quiet stretches of
+/// one run: a host whose script finished waits while the others install and while cluster
+/// steps run elsewhere (30 s was too short: "the connection was terminated").
+pub const MASTER_IDLE_SECS: usize = 900;
 
 pub struct SshOptions {
     pub known_hosts: PathBuf,
