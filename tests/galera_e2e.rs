@@ -9,11 +9,14 @@
 //! a poller checks the cluster stays Primary with at least 2 nodes, and verify passes.
 //! Needs root; without root it fails loudly rather than pretending to pass.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::{expect, Lab, Run};
 
 const ENV: &str = "galeratest";
 const NODES: [&str; 3] = ["db1", "db2", "db3"];
@@ -55,82 +58,14 @@ allow_from = ["10.233.0.30"]
 env = "KILN_GALERA_E2E_APP_PASSWORD"
 "#;
 
-struct Lab {
-    root: tempfile::TempDir,
-    bin: PathBuf,
-    /// Every kiln output, to check that the password never appears.
-    outputs: Mutex<Vec<String>>,
+/// The suite's own helpers on the shared harness.
+trait Galera {
+    fn sql(&self, host: &str, sql: &str) -> Run;
+    fn status(&self, host: &str, var: &str) -> String;
+    fn set_param(&self, line_prefix: &str, line: &str);
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let root = tempfile::Builder::new()
-            .prefix("kiln-galera-e2e-")
-            .tempdir()
-            .expect("tempdir");
-        std::os::unix::fs::symlink(repo.join("modules"), root.path().join("modules"))
-            .expect("link modules");
-        std::os::unix::fs::symlink(repo.join("templates"), root.path().join("templates"))
-            .expect("link templates");
-        std::fs::create_dir_all(root.path().join("environments")).expect("mkdir");
-        std::fs::write(
-            root.path().join(format!("environments/{ENV}.toml")),
-            ENV_TOML,
-        )
-        .expect("write env");
-        Lab {
-            root,
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_kiln")),
-            outputs: Mutex::new(vec![]),
-        }
-    }
-
-    fn kiln(&self, args: &[&str]) -> Run {
-        let out: Output = Command::new(&self.bin)
-            .current_dir(self.root.path())
-            .env("NO_COLOR", "1")
-            .env("KILN_ROOT", self.root.path())
-            .env(SECRET_VAR, SECRET)
-            .args(args)
-            .output()
-            .expect("run kiln");
-        let r = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        };
-        if args.first() != Some(&"ssh") {
-            self.outputs.lock().expect("lock").push(r.all());
-        }
-        r
-    }
-
-    /// Runs a shell command on a lab host through `kiln ssh`.
-    fn sh(&self, host: &str, cmd: &str) -> Run {
-        self.kiln(&[
-            "ssh",
-            ENV,
-            host,
-            "--",
-            "sh",
-            "-c",
-            &format!("'{}'", cmd.replace('\'', "'\\''")),
-        ])
-    }
-
+impl Galera for Lab {
     /// One SQL statement's output (`-N -B`) on a host, as root over the socket.
     fn sql(&self, host: &str, sql: &str) -> Run {
         self.sh(
@@ -150,7 +85,7 @@ impl Lab {
     }
 
     fn set_param(&self, line_prefix: &str, line: &str) {
-        let p = self.root.path().join(format!("environments/{ENV}.toml"));
+        let p = self.env_file();
         let text = std::fs::read_to_string(&p).expect("env");
         let new: Vec<String> = text
             .lines()
@@ -163,14 +98,6 @@ impl Lab {
             })
             .collect();
         std::fs::write(&p, new.join("\n") + "\n").expect("write env");
-    }
-}
-
-fn expect(cond: bool, what: &str, run: &Run) -> Result<(), String> {
-    if cond {
-        Ok(())
-    } else {
-        Err(format!("{what}\n--- exit {} ---\n{}", run.code, run.all()))
     }
 }
 
@@ -637,7 +564,7 @@ fn main() {
         eprintln!("galera_e2e needs root (systemd-nspawn, network namespaces): 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let lab = Lab::new();
+    let lab = Lab::new(ENV, ENV_TOML).with_env(SECRET_VAR, SECRET);
     let scenarios: &[(&str, fn(&Lab) -> Result<(), String>)] = &[
         ("galera_lab_up", up),
         ("fresh_formation", fresh_formation),

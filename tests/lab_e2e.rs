@@ -5,9 +5,13 @@
 //! its own addresses (10.233.0.21/.22), so it never touches a lab you brought up yourself. It needs
 //! root; without root it fails loudly rather than pretending to pass.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
+
+use common::{expect, Lab};
 
 const ENV: &str = "labtest";
 
@@ -47,94 +51,6 @@ admins = [
 [modules.web-hello]
 title = "kiln lab"
 "#;
-
-struct Lab {
-    root: tempfile::TempDir,
-    bin: PathBuf,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let root = tempfile::Builder::new()
-            .prefix("kiln-e2e-")
-            .tempdir()
-            .expect("tempdir");
-        std::os::unix::fs::symlink(repo.join("modules"), root.path().join("modules"))
-            .expect("link modules");
-        std::os::unix::fs::symlink(repo.join("templates"), root.path().join("templates"))
-            .expect("link templates");
-        std::fs::create_dir_all(root.path().join("environments")).expect("mkdir");
-        let test_env = LABTEST_ENV;
-        std::fs::write(
-            root.path().join(format!("environments/{ENV}.toml")),
-            test_env,
-        )
-        .expect("write env");
-        Lab {
-            root,
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_kiln")),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root.path().join(rel)
-    }
-
-    fn kiln_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
-        let mut c = Command::new(&self.bin);
-        c.current_dir(self.root.path())
-            .env("NO_COLOR", "1")
-            .env("KILN_ROOT", self.root.path())
-            .args(args);
-        for (k, v) in envs {
-            c.env(k, v);
-        }
-        let out: Output = c.output().expect("run kiln");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        }
-    }
-
-    fn kiln(&self, args: &[&str]) -> Run {
-        self.kiln_env(args, &[])
-    }
-
-    /// Runs a shell command on a lab host through `kiln ssh`.
-    fn sh(&self, host: &str, cmd: &str) -> Run {
-        self.kiln(&[
-            "ssh",
-            ENV,
-            host,
-            "--",
-            "sh",
-            "-c",
-            &format!("'{}'", cmd.replace('\'', "'\\''")),
-        ])
-    }
-}
-
-fn expect(cond: bool, what: &str, run: &Run) -> Result<(), String> {
-    if cond {
-        Ok(())
-    } else {
-        Err(format!("{what}\n--- exit {} ---\n{}", run.code, run.all()))
-    }
-}
 
 fn up(lab: &Lab) -> Result<(), String> {
     // Fresh hosts: remove leftovers of an earlier run of this suite first.
@@ -495,7 +411,7 @@ fn main() {
         eprintln!("lab_e2e needs root (systemd-nspawn, network namespaces): 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let lab = Lab::new();
+    let lab = Lab::new(ENV, LABTEST_ENV);
     let scenarios: &[(&str, fn(&Lab) -> Result<(), String>)] = &[
         ("lab_up", up),
         ("first_apply_converges", first_apply_converges),

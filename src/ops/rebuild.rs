@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::provider::lab::{self, HostState};
-use crate::spec::{self, Environment, Provider};
+use crate::spec::{self, Provider};
 
 #[derive(Debug, Serialize)]
 pub struct Phase {
@@ -66,8 +66,7 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
     }
     // The spec is checked (and its secrets read) before anything is created.
     let t = Instant::now();
-    super::load(env_arg, None)?;
-    let env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    let env = super::load(env_arg, None)?.env;
     for h in only {
         if !env.spec.hosts.contains_key(h) {
             bail!("{} has no host `{h}`", path.display());

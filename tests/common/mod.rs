@@ -4,12 +4,17 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::time::Instant;
 
 pub struct Lab {
     pub root: tempfile::TempDir,
     pub bin: PathBuf,
     pub env: String,
+    /// Variables set for every kiln run (a secret's value, say).
+    pub envs: Vec<(String, String)>,
+    /// Every kiln output except `kiln ssh`'s, to check that no secret ever appears.
+    pub outputs: Mutex<Vec<String>>,
 }
 
 pub struct Run {
@@ -49,6 +54,8 @@ impl Lab {
             root,
             bin: PathBuf::from(env!("CARGO_BIN_EXE_kiln")),
             env: env.to_string(),
+            envs: vec![],
+            outputs: Mutex::new(vec![]),
         };
         lab.write_env(env_text);
         lab
@@ -78,18 +85,39 @@ impl Lab {
         self.root.path().join(rel)
     }
 
+    /// Sets a variable for every later kiln run.
+    pub fn with_env(mut self, key: &str, value: &str) -> Lab {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn kiln(&self, args: &[&str]) -> Run {
+        self.kiln_env(args, &[])
+    }
+
+    /// A kiln run in the scratch repository, with extra variables for this run only.
+    pub fn kiln_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
         let mut c = Command::new(&self.bin);
         c.current_dir(self.root.path())
             .env("NO_COLOR", "1")
             .env("KILN_ROOT", self.root.path())
             .args(args);
+        for (k, v) in &self.envs {
+            c.env(k, v);
+        }
+        for (k, v) in envs {
+            c.env(k, v);
+        }
         let out: Output = c.output().expect("run kiln");
-        Run {
+        let r = Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into(),
             stderr: String::from_utf8_lossy(&out.stderr).into(),
+        };
+        if args.first() != Some(&"ssh") {
+            self.outputs.lock().expect("lock").push(r.all());
         }
+        r
     }
 
     /// Runs a shell command on a lab host through `kiln ssh`.
