@@ -41,6 +41,7 @@ fn install(name: &str, update: bool) -> Change {
     }
     steps.push(Step::AptInstall {
         packages: vec![name.into()],
+        recommends: false,
     });
     change(&format!("package:{name}"), Action::Create, steps)
 }
@@ -204,6 +205,49 @@ fn apt_get_update_only_when_a_change_asked_for_it() {
     );
     let s = script(&[repo, install("a", false)]);
     assert_eq!(update_lines(&s), 1, "{s}");
+}
+
+#[test]
+fn recommends_are_installed_only_when_asked_for() {
+    let with_rec = |name: &str| {
+        change(
+            &format!("package:{name}"),
+            Action::Create,
+            vec![Step::AptInstall {
+                packages: vec![name.into()],
+                recommends: true,
+            }],
+        )
+    };
+    let plain = script(&[install("a", false), install("b", false)]);
+    assert_eq!(install_lines(&plain).len(), 1, "{plain}");
+    assert!(install_lines(&plain)[0].contains("install --no-install-recommends 'a' 'b'"));
+
+    let rec = script(&[with_rec("c")]);
+    assert!(
+        rec.contains("kiln_apt install --install-recommends 'c'"),
+        "{rec}"
+    );
+    assert!(!rec.contains("--no-install-recommends"), "{rec}");
+
+    // Mixed in one run: still one step (one marker pair), two apt transactions.
+    let mixed = script(&[install("a", false), with_rec("c")]);
+    let lines = install_lines(&mixed);
+    assert_eq!(lines.len(), 2, "{mixed}");
+    assert!(lines[0].contains("--no-install-recommends 'a'"));
+    assert!(lines[1].contains("--install-recommends 'c'"));
+    assert!(mixed.contains("kiln_step_end $? 0 1\n"), "{mixed}");
+}
+
+#[test]
+fn a_good_apt_update_leaves_the_stamp_ansible_and_pyinfra_read() {
+    let s = script(&[install("a", true)]);
+    let f = s.find("kiln_apt_update() {").unwrap();
+    let body = &s[f..f + s[f..].find("\n}\n").unwrap()];
+    assert!(
+        body.contains("touch /var/lib/apt/periodic/update-success-stamp"),
+        "{body}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -112,6 +112,31 @@ fn wrong_type() {
 }
 
 #[test]
+fn apt_settings_are_checked() {
+    let r = Repo::new();
+    r.write(
+        "environments/e.toml",
+        "[apt]\nlists_max_age = \"1h\"\n\n[hosts.h1]\naddress = \"127.0.0.1\"\n",
+    );
+    r.fails(
+        &["plan", "e"],
+        &[
+            "environments/e.toml:2:",
+            "apt.lists_max_age",
+            "invalid type",
+        ],
+    );
+    r.write(
+        "environments/e.toml",
+        "[apt]\nrecomends = true\n\n[hosts.h1]\naddress = \"127.0.0.1\"\n",
+    );
+    r.fails(
+        &["plan", "e"],
+        &["environments/e.toml:2:1", "unknown field `recomends`"],
+    );
+}
+
+#[test]
 fn unknown_role_and_module() {
     let r = Repo::new();
     r.write("environments/e.toml", "[hosts.h1]\naddress = \"127.0.0.1\"\nroles = [\"r\", \"nope\"]\n\n[roles.r]\nmodules = [\"m\", \"missing\"]\n");

@@ -353,7 +353,7 @@ fn simulate(facts: &mut HostFacts, plan: &HostPlan, provides: &[(&str, &str)]) {
                         missing: 0,
                     })
                 }
-                Step::AptInstall { packages } => {
+                Step::AptInstall { packages, .. } => {
                     for p in packages {
                         let name = p.split('=').next().unwrap();
                         facts.packages.insert(name.into(), installed());
@@ -911,7 +911,8 @@ fn package_fingerprint_is_stable_while_apt_lists_merely_age() {
     assert_eq!(
         change(&p, "package:jq").steps,
         vec![Step::AptInstall {
-            packages: vec!["jq".into()]
+            packages: vec!["jq".into()],
+            recommends: false,
         }]
     );
     // ...so its fingerprint must be too.

@@ -145,7 +145,8 @@ fn package_missing_with_fresh_lists_installs_without_update() {
     assert_eq!(
         p.steps,
         vec![Step::AptInstall {
-            packages: vec!["nginx".into()]
+            packages: vec!["nginx".into()],
+            recommends: false,
         }]
     );
     assert_eq!(p.attributes.len(), 1);
@@ -216,15 +217,50 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
                 Step::AptUpdate,
                 Step::AptInstall {
                     packages: vec!["curl".into()],
+                    recommends: false,
                 },
             ]
         } else {
             vec![Step::AptInstall {
                 packages: vec!["curl".into()],
+                recommends: false,
             }]
         };
         assert_eq!(p.steps, expected, "lists: {lists:?}");
     }
+}
+
+#[test]
+fn package_lists_max_age_and_recommends_come_from_the_environment() {
+    let k = kind("type = 'package'\nname = 'curl'");
+    let facts = HostFacts {
+        apt_lists: Some(AptListsFact {
+            present: true,
+            age_secs: Some(7200),
+            missing: 0,
+        }),
+        ..HostFacts::default()
+    };
+    // Two hours old: fresh for the default day.
+    assert_eq!(planned(&k, &facts).steps.len(), 1);
+    let predicted = Predicted {
+        apt: kiln::desired::AptSettings {
+            lists_max_age_secs: 3600,
+            recommends: true,
+        },
+        ..Predicted::default()
+    };
+    let p = k.plan(&facts, &predicted).unwrap().unwrap();
+    assert_eq!(
+        p.steps,
+        vec![
+            Step::AptUpdate,
+            Step::AptInstall {
+                packages: vec!["curl".into()],
+                recommends: true,
+            }
+        ]
+    );
 }
 
 #[test]
@@ -244,7 +280,8 @@ fn package_missing_updates_lists_when_a_repository_changed_in_this_plan() {
         vec![
             Step::AptUpdate,
             Step::AptInstall {
-                packages: vec!["grafana".into()]
+                packages: vec!["grafana".into()],
+                recommends: false,
             }
         ]
     );
@@ -276,7 +313,8 @@ fn package_pinned_version_mismatch_updates_to_name_eq_version() {
     assert_eq!(
         p.steps,
         vec![Step::AptInstall {
-            packages: vec!["nginx=1.22.1-9+deb12u1".into()]
+            packages: vec!["nginx=1.22.1-9+deb12u1".into()],
+            recommends: false,
         }]
     );
     assert_eq!(p.attributes[0].name, "version");
@@ -297,7 +335,8 @@ fn package_pinned_version_mismatch_updates_to_name_eq_version() {
     assert_eq!(
         p.steps,
         vec![Step::AptInstall {
-            packages: vec!["nginx=1.22.1-9+deb12u1".into()]
+            packages: vec!["nginx=1.22.1-9+deb12u1".into()],
+            recommends: false,
         }]
     );
     assert_eq!(p.attributes[0].new, Shown::Value("1.22.1-9+deb12u1".into()));

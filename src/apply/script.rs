@@ -55,7 +55,11 @@ kiln_apt() {
 # apt-cacher-ng): bounded, and retried.
 kiln_apt_update() {
   for kiln_try in 1 2 3; do
-    timeout -k 5 300 apt-get -q -o Acquire::http::Timeout=60 update && return 0
+    if timeout -k 5 300 apt-get -q -o Acquire::http::Timeout=60 update; then
+      # The time of the last good update, where Ansible and pyinfra look for it too.
+      mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/update-success-stamp
+      return 0
+    fi
     echo "apt-get update failed or timed out (try $kiln_try of 3)" >&2
     sleep 2
   done
@@ -92,12 +96,23 @@ pub fn apply_script(
         // Coalesce a run of package-only changes into one apt transaction.
         if is_packages(changes[i].1) {
             let mut j = i;
-            let (mut update, mut install, mut remove) = (false, vec![], vec![]);
+            let (mut update, mut remove) = (false, vec![]);
+            // Packages without and with Recommends: [apt] recommends is per environment,
+            // so a run normally has only one of the two.
+            let (mut install, mut install_rec) = (vec![], vec![]);
             while j < changes.len() && is_packages(changes[j].1) {
                 for st in &changes[j].1.steps {
                     match st {
                         Step::AptUpdate => update = true,
-                        Step::AptInstall { packages } => install.extend(packages.iter().cloned()),
+                        Step::AptInstall {
+                            packages,
+                            recommends,
+                        } => if *recommends {
+                            &mut install_rec
+                        } else {
+                            &mut install
+                        }
+                        .extend(packages.iter().cloned()),
                         Step::AptRemove { packages } => remove.extend(packages.iter().cloned()),
                         _ => {}
                     }
@@ -112,14 +127,18 @@ pub fn apply_script(
             if update {
                 let _ = writeln!(s, "  kiln_apt_update || exit $?");
             }
-            if !install.is_empty() {
-                let pkgs = install
+            for (pkgs, recommends) in [(&install, false), (&install_rec, true)] {
+                if pkgs.is_empty() {
+                    continue;
+                }
+                let pkgs = pkgs
                     .iter()
                     .map(|p| sh_quote(p))
                     .collect::<Vec<_>>()
                     .join(" ");
+                let opt = install_option(recommends);
                 // A list that does not know a package yet is refreshed once, then retried.
-                let _ = writeln!(s, "  kiln_apt install --no-install-recommends {pkgs} || {{ kiln_apt_update && kiln_apt install --no-install-recommends {pkgs}; }} || exit $?");
+                let _ = writeln!(s, "  kiln_apt install {opt} {pkgs} || {{ kiln_apt_update && kiln_apt install {opt} {pkgs}; }} || exit $?");
             }
             if !remove.is_empty() {
                 let pkgs = remove
@@ -159,6 +178,14 @@ fn is_packages(c: &Change) -> bool {
         })
 }
 
+fn install_option(recommends: bool) -> &'static str {
+    if recommends {
+        "--install-recommends"
+    } else {
+        "--no-install-recommends"
+    }
+}
+
 fn step_shell(
     s: &mut String,
     step: &Step,
@@ -167,10 +194,14 @@ fn step_shell(
     let q = |x: &str| sh_quote(x);
     match step {
         Step::AptUpdate => s.push_str("  kiln_apt_update || exit $?\n"),
-        Step::AptInstall { packages } => {
+        Step::AptInstall {
+            packages,
+            recommends,
+        } => {
             let _ = writeln!(
                 s,
-                "  kiln_apt install --no-install-recommends {} || exit $?",
+                "  kiln_apt install {} {} || exit $?",
+                install_option(*recommends),
                 packages.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
             );
         }

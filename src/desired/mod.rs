@@ -66,6 +66,24 @@ pub struct DesiredHost {
 pub struct Desired {
     pub environment: String,
     pub hosts: Vec<DesiredHost>,
+    /// The environment's `[apt]` settings, with defaults applied.
+    pub apt: AptSettings,
+}
+
+/// How packages are installed (`[apt]` in the environment file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AptSettings {
+    pub lists_max_age_secs: u64,
+    pub recommends: bool,
+}
+
+impl Default for AptSettings {
+    fn default() -> Self {
+        AptSettings {
+            lists_max_age_secs: crate::resource::package::APT_LISTS_MAX_AGE_SECS,
+            recommends: false,
+        }
+    }
 }
 
 impl Desired {
@@ -128,9 +146,18 @@ pub fn expand(
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }
+    let defaults = AptSettings::default();
     Ok(Desired {
         environment: env.name.clone(),
         hosts: out,
+        apt: AptSettings {
+            lists_max_age_secs: env
+                .spec
+                .apt
+                .lists_max_age
+                .unwrap_or(defaults.lists_max_age_secs),
+            recommends: env.spec.apt.recommends.unwrap_or(defaults.recommends),
+        },
     })
 }
 

@@ -89,7 +89,8 @@ impl PackageFact {
 pub struct AptListsFact {
     /// Whether any `*_Packages` list exists (a fresh image has none).
     pub present: bool,
-    /// Age in seconds of the newest list, when present.
+    /// Seconds since the last successful `apt-get update` (its stamp file), else since
+    /// the newest list was written.
     pub age_secs: Option<u64>,
     /// Lists the configured sources call for that are not on the host.
     #[serde(default)]

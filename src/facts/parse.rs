@@ -312,6 +312,7 @@ fn parse_apt_lists(section: &RawSection<'_>) -> Result<AptListsFact, FactParseEr
     let mut now: Option<u64> = None;
     let mut newest: Option<u64> = None;
     let mut missing: u32 = 0;
+    let mut stamp: Option<u64> = None;
     for &(line, text) in &section.body {
         match key_value(text) {
             ("", "") => {}
@@ -321,14 +322,21 @@ fn parse_apt_lists(section: &RawSection<'_>) -> Result<AptListsFact, FactParseEr
                 let mtime: u64 = parse_num(section, line, text, value)?;
                 newest = Some(newest.map_or(mtime, |n| n.max(mtime)));
             }
+            ("stamp", value) => stamp = Some(parse_num(section, line, text, value)?),
             _ => return Err(malformed(section, line, "unexpected line", text)),
         }
     }
     let now = now.ok_or_else(|| missing_line(section, "now"))?;
+    // apt dates a list by its Last-Modified, not by when it was fetched, so the stamp of
+    // the last good update says more; without one the newest list is the best guess.
+    let updated = match (stamp, newest) {
+        (Some(s), Some(n)) => Some(s.max(n)),
+        (s, n) => s.or(n),
+    };
     Ok(AptListsFact {
         present: newest.is_some(),
         // A list from the future (clock skew) is as fresh as can be, not an error.
-        age_secs: newest.map(|n| now.saturating_sub(n)),
+        age_secs: updated.map(|n| now.saturating_sub(n)),
         missing,
     })
 }
@@ -857,6 +865,29 @@ mod tests {
                 missing: 2,
             })
         );
+    }
+
+    #[test]
+    fn apt_lists_age_is_from_the_last_update_stamp_when_newer() {
+        let parse = |body: &str| {
+            parse_facts(
+                &[FactQuery::AptLists],
+                &format!("@@kiln:begin\n@@kiln:apt-lists\nnow 10000\n{body}@@kiln:end\n"),
+            )
+            .unwrap()
+            .apt_lists
+            .unwrap()
+        };
+        // apt dates lists by their Last-Modified: months old right after an update.
+        let after_update = parse("mtime 100\nmtime 200\nstamp 9990\n");
+        assert!(after_update.present);
+        assert_eq!(after_update.age_secs, Some(10));
+        // An old stamp does not hide newer lists.
+        assert_eq!(parse("mtime 9000\nstamp 5000\n").age_secs, Some(1000));
+        // A stamp without lists: lists are still absent.
+        let stamp_only = parse("stamp 9990\n");
+        assert!(!stamp_only.present);
+        assert_eq!(stamp_only.age_secs, Some(10));
     }
 
     #[test]

@@ -394,6 +394,10 @@ pub fn fact_script(queries: &[FactQuery]) -> String {
                     "\tstat -c 'mtime %Y' -- /var/lib/apt/lists/*_Packages \
                      /var/lib/apt/lists/*_Packages.* 2>/dev/null\n",
                 );
+                // The last successful `apt-get update` (kiln, Ansible and pyinfra touch it).
+                s.push_str(
+                    "\tstat -c 'stamp %Y' -- /var/lib/apt/periodic/update-success-stamp 2>/dev/null\n",
+                );
                 // Lists apt expects from the configured sources but does not have (a suite
                 // added since the last update, a fresh image with only `bookworm`).
                 s.push_str(

@@ -56,6 +56,7 @@ pub fn host_plan(
             .filter_map(|r| r.kind.path())
             .map(|p| p.trim_end_matches('/').to_string())
             .collect(),
+        apt: desired.apt,
         ..Predicted::default()
     };
     let mut conflicts = vec![];

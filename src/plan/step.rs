@@ -21,6 +21,9 @@ pub enum Step {
     /// One apt transaction for every package of the host; `name` or `name=version`.
     AptInstall {
         packages: Vec<String>,
+        /// Install Recommends too (`[apt] recommends = true`); default `--no-install-recommends`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recommends: bool,
     },
     AptRemove {
         packages: Vec<String>,

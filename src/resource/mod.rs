@@ -114,6 +114,8 @@ pub struct Predicted {
     /// Every path a resource of this host declares (present or absent): what a purging
     /// directory keeps.
     pub managed_paths: BTreeSet<String>,
+    /// Not a prediction: the environment's `[apt]` settings, which package plans need.
+    pub apt: crate::desired::AptSettings,
 }
 
 /// What a resource's plan function returns when state differs.

@@ -9,8 +9,8 @@ use crate::plan::{Action, AttrChange, Shown, Step};
 
 use super::{Planned, Predicted};
 
-/// Lists older than this are refreshed before an install (same default as Ansible's
-/// `cache_valid_time` in the benchmark workload).
+/// Lists older than this are refreshed before an install, unless the environment's
+/// `[apt] lists_max_age` says otherwise.
 pub const APT_LISTS_MAX_AGE_SECS: u64 = 24 * 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -53,7 +53,7 @@ impl Package {
                 !l.present
                     || l.missing > 0
                     || l.age_secs
-                        .map(|a| a > APT_LISTS_MAX_AGE_SECS)
+                        .map(|a| a > predicted.apt.lists_max_age_secs)
                         .unwrap_or(true)
             }
             None => true,
@@ -73,6 +73,7 @@ impl Package {
             }
             steps.push(Step::AptInstall {
                 packages: vec![spec],
+                recommends: predicted.apt.recommends,
             });
             let mut p = Planned::new(action, summary, steps);
             p.attributes = attrs;

@@ -14,6 +14,9 @@ pub struct EnvSpec {
     pub extends: Option<String>,
     #[serde(default)]
     pub ssh: SshSpec,
+    /// How packages are installed on every host of the environment.
+    #[serde(default)]
+    pub apt: AptSpec,
     #[serde(default)]
     pub hosts: IndexMap<String, HostSpec>,
     #[serde(default)]
@@ -52,6 +55,23 @@ pub struct SshSpec {
     /// How many hosts are worked on at once (default 16).
     #[serde(default)]
     pub parallel: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSpec {
+    /// apt's lists are refreshed before an install when the last successful
+    /// `apt-get update` is older than this many seconds (default 86400, one day), when a
+    /// list the sources call for is missing, or when a repository changed. Like Ansible's
+    /// `cache_valid_time` and pyinfra's `cache_time`, the age is read from
+    /// /var/lib/apt/periodic/update-success-stamp (kiln touches it after each update), else
+    /// from the newest list.
+    #[serde(default)]
+    pub lists_max_age: Option<u64>,
+    /// Install Recommends (default false: `--no-install-recommends`, the smaller server).
+    /// Ansible's and pyinfra's apt modules install them unless told otherwise.
+    #[serde(default)]
+    pub recommends: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

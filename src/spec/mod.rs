@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 
 use crate::error::{SpecError, SpecErrors};
-pub use env::{EnvSpec, HostSpec, Provider, RoleSpec, SecretRef, SshSpec};
+pub use env::{AptSpec, EnvSpec, HostSpec, Provider, RoleSpec, SecretRef, SshSpec};
 pub use module::{Module, ModuleSpec, ParamSpec, ParamType};
 pub use secret::{Redactor, SecretValue};
 pub use source::{Location, SourceFile};
