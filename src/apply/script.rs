@@ -52,15 +52,19 @@ kiln_apt() {
   apt-get -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
 }
 # apt-get update can hang for good on a connection its proxy closed (seen through
-# apt-cacher-ng): bounded, and retried.
+# apt-cacher-ng: the http method waits on apt-get with its socket in CLOSE-WAIT, and no
+# Acquire::http::Timeout applies): bounded, and retried. The first try gets 120 s, which a
+# healthy update needs a fraction of; a slow mirror gets 300 s on the next tries.
 kiln_apt_update() {
-  for kiln_try in 1 2 3; do
-    if timeout -k 5 300 apt-get -q -o Acquire::http::Timeout=60 update; then
+  kiln_try=0
+  for kiln_limit in 120 300 300; do
+    kiln_try=$((kiln_try + 1))
+    if timeout -k 5 "$kiln_limit" apt-get -q -o Acquire::http::Timeout=60 update; then
       # The time of the last good update, where Ansible and pyinfra look for it too.
       mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/update-success-stamp
       return 0
     fi
-    echo "apt-get update failed or timed out (try $kiln_try of 3)" >&2
+    echo "apt-get update failed or timed out after ${kiln_limit}s at most (try $kiln_try of 3)" >&2
     sleep 2
   done
   return 1
