@@ -171,24 +171,6 @@ pub fn down(cfg: &LabConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
     remove_shared_network_if_unused(&cfg.state_dir, log)
 }
 
-/// Removes the host `name` of `cfg` and creates it again blank, with a new root
-/// filesystem and a NEW host key (recorded in known_hosts), then waits for its SSH.
-/// This is what a disaster-recovery rebuild starts from.
-pub fn destroy_host(cfg: &LabConfig, name: &str, log: &mut dyn FnMut(&str)) -> Result<()> {
-    let cfg = normalize(cfg)?;
-    require_root()?;
-    let host = lab_hosts(&cfg)
-        .into_iter()
-        .find(|h| h.name == name)
-        .ok_or_else(|| anyhow!("lab env {:?} has no host named {name:?}", cfg.env))?;
-    log(&format!("destroying {}", host.label()));
-    collect_errors(in_parallel(std::slice::from_ref(&host), log, |h, say| {
-        remove_host(h, say)
-    }))?;
-    update_known_hosts(&cfg.known_hosts, &[host.address], &[])?;
-    bring_up(&cfg, Some(name), log)
-}
-
 /// Deletes the host `name` of `cfg` (container, root filesystem, network, known_hosts
 /// line) and leaves it missing: the state a lost server is in. `up` creates it again.
 pub fn delete_host(cfg: &LabConfig, name: &str, log: &mut dyn FnMut(&str)) -> Result<()> {
@@ -445,8 +427,6 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 // up
 // ---------------------------------------------------------------------------
 
-/// `up` and `destroy_host`: brings every host of cfg (or only the one named) to
-/// running and answering SSH.
 /// Every container's systemd takes inotify instances; with the kernel's default of 128 per
 /// user, the tenth or so container fails to boot ("Failed to allocate manager object: Too
 /// many open files"). Raise the limits (never lower them).
@@ -470,6 +450,7 @@ fn ensure_inotify_limits(log: &mut dyn FnMut(&str)) {
     }
 }
 
+/// `up`: brings every host of cfg (or only the one named) to running and answering SSH.
 fn bring_up(cfg: &LabConfig, only: Option<&str>, log: &mut dyn FnMut(&str)) -> Result<()> {
     require_root()?;
     ensure_machine_packages(log)?;
