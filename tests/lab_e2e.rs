@@ -66,6 +66,108 @@ fn up(lab: &Lab) -> Result<(), String> {
     )
 }
 
+/// The lab's hosts are like a cloud image's: lists debootstrap fetched for `bookworm`
+/// only, no update-success stamp. The plan must refresh the lists before the first
+/// install and say why; the packages apply then installs must be the candidates of the
+/// full sources (security and point-release updates included).
+fn fresh_host_refreshes_lists_first(lab: &Lab) -> Result<(), String> {
+    let r = lab.kiln(&["plan", ENV, "--format", "json", "--detailed-exitcode"]);
+    expect(r.code == 2, "plan of fresh hosts exits 2 (changes)", &r)?;
+    let plan: serde_json::Value =
+        serde_json::from_str(&r.stdout).map_err(|e| format!("plan json: {e}\n{}", r.all()))?;
+    let hosts = plan["hosts"].as_array().cloned().unwrap_or_default();
+    expect(hosts.len() == 2, "two hosts planned", &r)?;
+    for host in &hosts {
+        let changes = host["changes"].as_array().cloned().unwrap_or_default();
+        let first = changes.iter().find(|c| {
+            c["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["op"] == "apt_install"))
+        });
+        let Some(first) = first else {
+            return Err(format!(
+                "{}: no install planned\n{}",
+                host["host"], r.stdout
+            ));
+        };
+        let ops: Vec<&str> = first["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["op"].as_str())
+            .collect();
+        let reason = first["reason"].as_str().unwrap_or("");
+        if ops.first() != Some(&"apt_update")
+            || reason
+                != "apt lists: bookworm-updates, bookworm-security never fetched: refreshed first"
+        {
+            return Err(format!(
+                "{}: first install must refresh the lists and say why; steps {ops:?}, reason {reason:?}",
+                host["host"]
+            ));
+        }
+    }
+    let human = lab.kiln(&["plan", ENV]);
+    expect(
+        human.stdout.contains(
+            "(apt lists: bookworm-updates, bookworm-security never fetched: refreshed first)",
+        ),
+        "the human plan says why the lists are refreshed",
+        &human,
+    )?;
+    for host in ["web", "db1"] {
+        let r = lab.sh(
+            host,
+            "test ! -e /var/lib/apt/periodic/update-success-stamp && \
+             dpkg-query -W -f='${binary:Package} ${Version}\\n' | sort >/var/tmp/kiln-e2e-dpkg-before",
+        );
+        expect(
+            r.code == 0,
+            "fresh host has no stamp; package list saved",
+            &r,
+        )?;
+    }
+    Ok(())
+}
+
+/// After the first apply: every package apply installed or upgraded is at the candidate
+/// apt-cache policy gives with the host's full sources (nothing older than what -security
+/// or -updates offers), and the security suite's lists are on the host.
+fn installed_packages_are_the_candidates(lab: &Lab) -> Result<(), String> {
+    for host in ["web", "db1"] {
+        let r = lab.sh(
+            host,
+            "set -e; cd /var/tmp; \
+             dpkg-query -W -f='${binary:Package} ${Version}\\n' | sort >kiln-e2e-dpkg-after; \
+             comm -13 kiln-e2e-dpkg-before kiln-e2e-dpkg-after >kiln-e2e-dpkg-new; \
+             echo \"new $(wc -l <kiln-e2e-dpkg-new)\"; \
+             while read -r p v; do \
+               c=$(apt-cache policy \"$p\" | sed -n 's/^ *Candidate: //p'); \
+               [ \"$c\" = \"$v\" ] || echo \"OLD $p $v candidate $c\"; \
+             done <kiln-e2e-dpkg-new; \
+             ls /var/lib/apt/lists/ | grep -c 'bookworm-security_InRelease'; \
+             rm -f kiln-e2e-dpkg-before kiln-e2e-dpkg-after kiln-e2e-dpkg-new",
+        );
+        let new: usize = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("new "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        expect(
+            r.code == 0
+                && new > 0
+                && !r.stdout.contains("OLD ")
+                && r.stdout.trim_end().ends_with('1'),
+            &format!(
+                "{host}: every installed package is apt's candidate ({new} installed or upgraded)"
+            ),
+            &r,
+        )?;
+    }
+    Ok(())
+}
+
 fn first_apply_converges(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln(&["apply", ENV, "--yes"]);
     expect(r.code == 0, "first apply", &r)?;
@@ -414,7 +516,15 @@ fn main() {
     let lab = Lab::new(ENV, LABTEST_ENV);
     let scenarios: &[(&str, fn(&Lab) -> Result<(), String>)] = &[
         ("lab_up", up),
+        (
+            "fresh_host_refreshes_lists_first",
+            fresh_host_refreshes_lists_first,
+        ),
         ("first_apply_converges", first_apply_converges),
+        (
+            "installed_packages_are_the_candidates",
+            installed_packages_are_the_candidates,
+        ),
         ("second_apply_changes_nothing", second_apply_changes_nothing),
         (
             "hand_edit_is_drift_and_is_undone",

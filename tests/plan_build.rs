@@ -213,13 +213,25 @@ fn running_service() -> ServiceFact {
     }
 }
 
+/// Lists a tool refreshed `age` seconds ago (one Packages list, no sources to compare).
+fn lists_refreshed(age: u64) -> kiln::facts::AptListsFact {
+    let now = 1_000_000;
+    kiln::facts::AptListsFact {
+        now,
+        stamp: Some(now - age),
+        arch: "amd64".into(),
+        lists: [(
+            "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages".to_string(),
+            1,
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
 fn converged(host: &DesiredHost) -> HostFacts {
     let mut f = HostFacts {
-        apt_lists: Some(kiln::facts::AptListsFact {
-            present: true,
-            age_secs: Some(3600),
-            missing: 0,
-        }),
+        apt_lists: Some(lists_refreshed(3600)),
         ..HostFacts::default()
     };
     for r in &host.resources {
@@ -346,13 +358,7 @@ fn simulate(facts: &mut HostFacts, plan: &HostPlan, provides: &[(&str, &str)]) {
     for c in &plan.changes {
         for s in &c.steps {
             match s {
-                Step::AptUpdate => {
-                    facts.apt_lists = Some(kiln::facts::AptListsFact {
-                        present: true,
-                        age_secs: Some(0),
-                        missing: 0,
-                    })
-                }
+                Step::AptUpdate => facts.apt_lists = Some(lists_refreshed(0)),
                 Step::AptInstall { packages, .. } => {
                     for p in packages {
                         let name = p.split('=').next().unwrap();
@@ -894,10 +900,9 @@ fn sensitive_file_fingerprint_moves_with_ctime() {
     assert_ne!(a, b);
 }
 
-/// SRC BUG (see report): a package change's fingerprint covers `AptListsFact.age_secs`,
-/// which grows every second. A saved plan's package installs are then always refused as
-/// stale by `kiln apply plan.json` (`refuse_stale` in src/ops/apply.rs), although nothing
-/// relevant moved (the lists are as fresh as the plan assumed).
+/// A package change's fingerprint must not cover the lists' age, which grows every second:
+/// a saved plan's installs would always be refused as stale by `kiln apply plan.json`
+/// (`refuse_stale` in src/ops/apply.rs), although nothing relevant moved.
 #[test]
 fn package_fingerprint_is_stable_while_apt_lists_merely_age() {
     let (_spec, l) = base();
@@ -906,7 +911,7 @@ fn package_fingerprint_is_stable_while_apt_lists_merely_age() {
     let fp = |facts: &HostFacts| change(&l.plan(facts), "package:jq").fingerprint.clone();
     let a = fp(&facts);
     // Five seconds later the lists are still fresh: the plan is identical...
-    facts.apt_lists.as_mut().unwrap().age_secs = Some(3605);
+    facts.apt_lists.as_mut().unwrap().now += 5;
     let p = l.plan(&facts);
     assert_eq!(
         change(&p, "package:jq").steps,
@@ -1189,6 +1194,7 @@ fn human_plan_of_a_bare_host() {
     insta::assert_snapshot!(out, @r###"
     h1 (192.0.2.10)  7 changes
       + package:svcpkg  install svcpkg
+          (apt lists: not read from the host: refreshed first)
           version: (none) → (known after apply)
       + package:jq  install jq
           version: (none) → (known after apply)

@@ -57,11 +57,24 @@ fn installed(version: &str) -> PackageFact {
 }
 
 fn fresh_lists() -> Option<AptListsFact> {
-    Some(AptListsFact {
-        present: true,
-        age_secs: Some(600),
-        missing: 0,
-    })
+    Some(lists_aged(Some(600)))
+}
+
+/// Lists with one Packages list and no sources to compare with, refreshed `age` seconds
+/// ago by a tool (None: no update-success stamp).
+fn lists_aged(age: Option<u64>) -> AptListsFact {
+    let now = 1_000_000;
+    AptListsFact {
+        now,
+        stamp: age.map(|a| now - a),
+        arch: "amd64".into(),
+        lists: [(
+            "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages".to_string(),
+            1,
+        )]
+        .into(),
+        ..AptListsFact::default()
+    }
 }
 
 fn path_fact(kind: PathKind, owner: &str, group: &str, mode: &str) -> PathFact {
@@ -164,46 +177,19 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
         // a fresh image has no lists at all
         (
             Some(AptListsFact {
-                present: false,
-                age_secs: None,
-                missing: 0,
+                now: 5,
+                ..AptListsFact::default()
             }),
             true,
         ),
+        // lists, but no tool ever recorded an update: the image's lists
+        (Some(lists_aged(None)), true),
         // older than 24 h
-        (
-            Some(AptListsFact {
-                present: true,
-                age_secs: Some(24 * 3600 + 1),
-                missing: 0,
-            }),
-            true,
-        ),
-        (
-            Some(AptListsFact {
-                present: true,
-                age_secs: Some(3 * 24 * 3600),
-                missing: 0,
-            }),
-            true,
-        ),
+        (Some(lists_aged(Some(24 * 3600 + 1))), true),
+        (Some(lists_aged(Some(3 * 24 * 3600))), true),
         // exactly 24 h is not older than 24 h
-        (
-            Some(AptListsFact {
-                present: true,
-                age_secs: Some(24 * 3600),
-                missing: 0,
-            }),
-            false,
-        ),
-        (
-            Some(AptListsFact {
-                present: true,
-                age_secs: Some(0),
-                missing: 0,
-            }),
-            false,
-        ),
+        (Some(lists_aged(Some(24 * 3600))), false),
+        (Some(lists_aged(Some(0))), false),
     ];
     for (lists, want_update) in cases {
         let facts = HostFacts {
@@ -234,11 +220,7 @@ fn package_missing_updates_lists_only_when_missing_or_stale() {
 fn package_lists_max_age_and_recommends_come_from_the_environment() {
     let k = kind("type = 'package'\nname = 'curl'");
     let facts = HostFacts {
-        apt_lists: Some(AptListsFact {
-            present: true,
-            age_secs: Some(7200),
-            missing: 0,
-        }),
+        apt_lists: Some(lists_aged(Some(7200))),
         ..HostFacts::default()
     };
     // Two hours old: fresh for the default day.
@@ -1638,17 +1620,45 @@ path = "/etc/nginx/sites-enabled""#,
 #[test]
 fn a_suite_without_lists_refreshes_them_before_installing() {
     let k = kind("type = \"package\"\nname = \"nginx\"");
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let sources = format!(
+        "source list {} {}",
+        b64("/etc/apt/sources.list"),
+        b64("deb http://deb.debian.org/debian bookworm main\n\
+             deb http://deb.debian.org/debian-security bookworm-security main\n")
+    );
+    let mut lines = vec![
+        "now 1000".to_string(),
+        "stamp 990".into(),
+        "arch amd64".into(),
+        "list 900 deb.debian.org_debian_dists_bookworm_InRelease".into(),
+        "list 900 deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages".into(),
+        sources,
+    ];
+    let parse = |lines: &[String]| {
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        kiln::facts::apt_lists::parse(&refs).unwrap()
+    };
     let mut facts = HostFacts {
-        apt_lists: Some(AptListsFact {
-            present: true,
-            age_secs: Some(60),
-            missing: 2,
-        }),
+        apt_lists: Some(parse(&lines)),
         ..HostFacts::default()
     };
     let p = plan(&k, &facts).unwrap().expect("an install");
     assert_eq!(p.steps.first(), Some(&Step::AptUpdate), "{:?}", p.steps);
-    facts.apt_lists.as_mut().unwrap().missing = 0;
+    assert_eq!(
+        p.reason.as_deref(),
+        Some("apt lists: bookworm-security never fetched: refreshed first")
+    );
+    lines.push("list 900 deb.debian.org_debian-security_dists_bookworm-security_InRelease".into());
+    lines.push(
+        "list 900 deb.debian.org_debian-security_dists_bookworm-security_main_binary-amd64_Packages.lz4"
+            .into(),
+    );
+    facts.apt_lists = Some(parse(&lines));
     let p = plan(&k, &facts).unwrap().expect("an install");
     assert!(!p.steps.contains(&Step::AptUpdate), "{:?}", p.steps);
+    assert_eq!(p.reason, None);
 }

@@ -8,6 +8,7 @@
 //!
 //! Architecture invariant: no fact reader changes anything on the host.
 
+pub mod apt_lists;
 pub mod galera;
 pub mod parse;
 pub mod script;
@@ -85,17 +86,7 @@ impl PackageFact {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AptListsFact {
-    /// Whether any `*_Packages` list exists (a fresh image has none).
-    pub present: bool,
-    /// Seconds since the last successful `apt-get update` (its stamp file), else since
-    /// the newest list was written.
-    pub age_secs: Option<u64>,
-    /// Lists the configured sources call for that are not on the host.
-    #[serde(default)]
-    pub missing: u32,
-}
+pub use apt_lists::AptListsFact;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -216,13 +207,13 @@ impl HostFacts {
         use serde_json::to_value;
         let v = match query {
             FactQuery::Package { name } => to_value(self.packages.get(name)),
-            // Lists age every second; what a plan depends on is only whether they are
-            // present and fresh enough not to need a refresh.
+            // Lists age every second; what a plan depends on is only whether they need a
+            // refresh.
             FactQuery::AptLists => Ok(match &self.apt_lists {
                 Some(l) => serde_json::json!({
-                    "present": l.present,
-                    "complete": l.missing == 0,
-                    "fresh": l.age_secs.map(|a| a <= crate::resource::package::APT_LISTS_MAX_AGE_SECS).unwrap_or(false),
+                    "refresh": l
+                        .refresh_reason(crate::resource::package::APT_LISTS_MAX_AGE_SECS)
+                        .is_some(),
                 }),
                 None => serde_json::Value::Null,
             }),

@@ -27,11 +27,8 @@
 //!   call naming every package; names unknown to dpkg print nothing. The architecture
 //!   column is there so that a query such as `libc6:i386` can be told apart from
 //!   `libc6:amd64`.
-//! * `@@kiln:apt-lists` — `now <epoch seconds>` (from `date +%s`), then one
-//!   `mtime <epoch seconds>` line per `*_Packages` list in `/var/lib/apt/lists` (also the
-//!   compressed `*_Packages.lz4`/`.gz`/`.xz` forms that `Acquire::GzipIndexes` leaves).
-//!   No `mtime` line means there are no lists. One `missing-list` line per Packages list the
-//!   configured sources call for that is not there (`apt-get indextargets`).
+//! * `@@kiln:apt-lists` — raw lists, Release headers and sources for the controller to
+//!   compare; see [`crate::facts::apt_lists`].
 //! * `@@kiln:path <index> <path>` — either `missing` (nothing at the path, not even a
 //!   dangling symlink), or the lines of one `stat` call (`lstat`, symlinks are not
 //!   followed):
@@ -387,25 +384,7 @@ pub fn fact_script(queries: &[FactQuery]) -> String {
                 push_words(&mut s, names);
                 s.push_str(" 2>/dev/null\n");
             }
-            Section::AptLists => {
-                s.push_str("\tprintf 'now %s\\n' \"$(date +%s)\"\n");
-                // An unmatched glob stays literal; stat then fails quietly for it.
-                s.push_str(
-                    "\tstat -c 'mtime %Y' -- /var/lib/apt/lists/*_Packages \
-                     /var/lib/apt/lists/*_Packages.* 2>/dev/null\n",
-                );
-                // The last successful `apt-get update` (kiln, Ansible and pyinfra touch it).
-                s.push_str(
-                    "\tstat -c 'stamp %Y' -- /var/lib/apt/periodic/update-success-stamp 2>/dev/null\n",
-                );
-                // Lists apt expects from the configured sources but does not have (a suite
-                // added since the last update, a fresh image with only `bookworm`).
-                s.push_str(
-                    "\tapt-get indextargets --format '$(FILENAME)' 'Identifier: Packages' 2>/dev/null | \
-                     while read -r kiln_f; do [ -e \"$kiln_f\" ] || ls \"$kiln_f\".* >/dev/null 2>&1 || \
-                     printf 'missing-list\\n'; done\n",
-                );
-            }
+            Section::AptLists => s.push_str(super::apt_lists::SCRIPT),
             Section::Path {
                 path,
                 expect,

@@ -623,6 +623,10 @@ fn create_rootfs(
         sources.as_bytes(),
         0o644,
     )?;
+    // Like a cloud image: the lists debootstrap fetched (`bookworm` only) and no record of
+    // a successful update, so every first apply takes the path a fresh server takes (the
+    // lists are refreshed before the first install; see facts::apt_lists).
+    remove_file_if_exists(&tmp.join("var/lib/apt/periodic/update-success-stamp"))?;
     let proxy = format!("Acquire::http::Proxy \"http://{BRIDGE_IP}:{PROXY_PORT}\";\n");
     write_file(
         &tmp.join("etc/apt/apt.conf.d/01kiln-proxy"),

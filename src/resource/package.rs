@@ -43,20 +43,15 @@ impl Package {
         q
     }
 
-    /// Whether apt's lists must be refreshed before installing.
-    fn needs_update(facts: &HostFacts, predicted: &Predicted) -> bool {
+    /// Why apt's lists must be refreshed before installing, or `None` when they are
+    /// fresh and complete (decided from raw facts in [`crate::facts::apt_lists`]).
+    fn refresh_reason(facts: &HostFacts, predicted: &Predicted) -> Option<String> {
         if predicted.apt_sources_changed {
-            return true;
+            return Some("apt lists: a repository changed in this run".into());
         }
         match &facts.apt_lists {
-            Some(l) => {
-                !l.present
-                    || l.missing > 0
-                    || l.age_secs
-                        .map(|a| a > predicted.apt.lists_max_age_secs)
-                        .unwrap_or(true)
-            }
-            None => true,
+            Some(l) => l.refresh_reason(predicted.apt.lists_max_age_secs),
+            None => Some("apt lists: not read from the host".into()),
         }
     }
 
@@ -68,7 +63,11 @@ impl Package {
                 None => self.name.clone(),
             };
             let mut steps = vec![];
-            if Self::needs_update(facts, predicted) {
+            let refresh = Self::refresh_reason(facts, predicted);
+            if refresh.is_some() {
+                // Every install carries the step (apply runs one update for all of them,
+                // and a saved plan applied in part still refreshes first); the reason is
+                // told once, on the host's first install.
                 steps.push(Step::AptUpdate);
             }
             steps.push(Step::AptInstall {
@@ -77,6 +76,9 @@ impl Package {
             });
             let mut p = Planned::new(action, summary, steps);
             p.attributes = attrs;
+            if predicted.packages_installed.is_empty() {
+                p.reason = refresh.map(|r| format!("{r}: refreshed first"));
+            }
             Some(p)
         };
         match (self.state, &fact.version, &self.version) {
@@ -110,7 +112,10 @@ impl Package {
             .map(|mut p| {
                 // `rc`: removed on the host, its configuration files left behind.
                 if fact.status == "rc" {
-                    p.reason = Some("removed on the host (its configuration files remain)".into());
+                    p.reason = Some(join_reasons(
+                        "removed on the host (its configuration files remain)",
+                        p.reason.take(),
+                    ));
                 }
                 p
             }),
@@ -124,10 +129,18 @@ impl Package {
                 if fact.status.starts_with('h') {
                     why.push_str("; the package is held on the host (apt-mark hold)");
                 }
-                p.reason = Some(why);
+                p.reason = Some(join_reasons(&why, p.reason.take()));
                 p
             }),
             (PackageState::Present, Some(_), _) => None,
         }
+    }
+}
+
+/// A package's own reason first, then the lists' refresh when this change carries it.
+fn join_reasons(own: &str, refresh: Option<String>) -> String {
+    match refresh {
+        Some(r) => format!("{own}; {r}"),
+        None => own.to_string(),
     }
 }
