@@ -26,6 +26,7 @@ pub mod ops;
 pub mod plan;
 pub mod provider;
 pub mod resource;
+pub mod shell;
 pub mod spec;
 pub mod transport;
 pub mod ui;

@@ -356,9 +356,28 @@ fn secrets_scenario(lab: &Lab, env_file: &Path, original: &str) -> Result<(), St
         std::fs::copy(repo.join("modules").join(m), lab.path("modules").join(m))
             .map_err(|e| e.to_string())?;
     }
+    // The secret verbatim, through a filter into a file, and into a command's `run` and
+    // `unless` (the command sleeps so that `ps` on the host can be sampled while it runs).
     std::fs::write(
         lab.path("modules/secret-demo.toml"),
-        "[[resource]]\ntype = \"file\"\npath = \"/etc/kiln-secret-demo.conf\"\ncontent = \"password = {{ secrets.demo }}\\n\"\nmode = \"0600\"\n",
+        r#"[[resource]]
+type = "file"
+path = "/etc/kiln-secret-demo.conf"
+content = "password = {{ secrets.demo }}\n"
+mode = "0600"
+
+[[resource]]
+type = "file"
+path = "/etc/kiln-secret-upper.conf"
+content = "PASSWORD={{ secrets.demo | upper }}\n"
+mode = "0600"
+
+[[resource]]
+type = "command"
+name = "secret-demo"
+run = "umask 077 && printf '%s\n' '{{ secrets.demo | upper }}' > /etc/kiln-secret-cmd && sleep 3"
+unless = "grep -qx '{{ secrets.demo | upper }}' /etc/kiln-secret-cmd"
+"#,
     )
     .map_err(|e| e.to_string())?;
     let mut text = original.to_string();
@@ -382,14 +401,56 @@ fn secrets_scenario(lab: &Lab, env_file: &Path, original: &str) -> Result<(), St
     )?;
     outputs.push(r.all());
     outputs.push(std::fs::read_to_string(&plan).map_err(|e| e.to_string())?);
+    let mode = std::fs::metadata(&plan)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .map_err(|e| e.to_string())?;
+    if mode != 0o600 {
+        return Err(format!("saved plan has mode {mode:o}, not 600"));
+    }
     let r = lab.kiln_env(&["plan", ENV, "--format", "json"], &envs);
+    expect(r.code == 0, "json plan with secret exits 0", &r)?;
     outputs.push(r.all());
+    for format in ["json", "human", "markdown"] {
+        let r = lab.kiln_env(&["drift", ENV, "--format", format], &envs);
+        expect(r.code == 2, &format!("drift --format {format} exits 2"), &r)?;
+        outputs.push(r.all());
+    }
+    // Sample every process's arguments on the host while the plan is applied.
+    let sampler = lab.sh(
+        "db1",
+        "rm -f /var/tmp/kiln-ps; nohup sh -c 'i=0; while [ $i -lt 100 ]; do ps -eo args >>/var/tmp/kiln-ps; i=$((i+1)); sleep 0.1; done' >/dev/null 2>&1 </dev/null &",
+    );
+    expect(sampler.code == 0, "ps sampler started", &sampler)?;
     let r = lab.kiln_env(
         &["apply", plan.to_str().unwrap_or_default(), "--yes"],
         &envs,
     );
     expect(r.code == 0, "apply with secret", &r)?;
     outputs.push(r.all());
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let ps = lab.sh("db1", "cat /var/tmp/kiln-ps; rm -f /var/tmp/kiln-ps");
+    expect(
+        ps.stdout.contains("sleep 3") && ps.stdout.contains("KILN_UNIT"),
+        "ps sampled while the command ran",
+        &ps,
+    )?;
+    outputs.push(ps.stdout.clone());
+    let ran = lab.sh(
+        "db1",
+        "cat /etc/kiln-secret-cmd /etc/kiln-secret-upper.conf",
+    );
+    expect(
+        ran.stdout.matches(&secret.to_uppercase()).count() == 2,
+        "the command and the filtered file got the real value",
+        &ran,
+    )?;
+    let again = lab.kiln_env(&["plan", ENV, "--detailed-exitcode"], &envs);
+    expect(
+        again.code == 0,
+        "converged: the sensitive guard holds on the next plan",
+        &again,
+    )?;
+    outputs.push(again.all());
     let on_host = lab.sh(
         "db1",
         "cat /etc/kiln-secret-demo.conf; stat -c %a /etc/kiln-secret-demo.conf",
@@ -415,9 +476,26 @@ fn secrets_scenario(lab: &Lab, env_file: &Path, original: &str) -> Result<(), St
         &[("KILN_E2E_SECRET", "another-Secret-77")],
     );
     outputs.push(r.all());
+    let forms = |v: &str| {
+        use base64::Engine as _;
+        let sha = |t: &str| kiln::resource::file::sha256_hex(t.as_bytes());
+        vec![
+            v.to_string(),
+            v.to_uppercase(),
+            v.to_lowercase(),
+            base64::engine::general_purpose::STANDARD.encode(v),
+            base64::engine::general_purpose::STANDARD.encode(v.to_uppercase()),
+            sha(v),
+            sha(&v.to_uppercase()),
+        ]
+    };
     for o in &outputs {
-        if o.contains(secret) || o.contains("another-Secret-77") {
-            return Err(format!("a secret value appeared in output:\n{o}"));
+        for form in forms(secret).into_iter().chain(forms("another-Secret-77")) {
+            if o.contains(&form) {
+                return Err(format!(
+                    "{form:?} (a secret or a form of it) appeared in output:\n{o}"
+                ));
+            }
         }
     }
     Ok(())

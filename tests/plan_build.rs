@@ -1230,3 +1230,177 @@ fn human_plan_of_a_bare_host() {
     Plan: 6 to create, 0 to update, 0 to remove, 1 to run.
     "###);
 }
+
+// ---------------------------------------------------------------------------------------
+// (d2) taint: whatever a secret flows into is sensitive
+// ---------------------------------------------------------------------------------------
+
+const MODULE_TAINT: &str = r#"
+[[resource]]
+type = "file"
+path = "/etc/app/upper"
+content = "PASSWORD={{ secrets.s | upper }}\n"
+
+[[resource]]
+type = "file"
+path = "/etc/app/reversed"
+content = "{{ secrets.s | reverse }}{{ secrets.s | replace('-', '') }}\n"
+
+[[resource]]
+type = "file"
+path = "/etc/app/loop"
+content = "{% for c in secrets.s %}{{ c }}.{% endfor %}\n"
+
+[[resource]]
+type = "file"
+path = "/etc/app/length-only"
+content = "{{ secrets.s | length > 8 }}\n"
+
+[[resource]]
+type = "command"
+name = "set-password"
+run = "printf '%s' '{{ secrets.s | upper }}' | chpasswd-like"
+unless = "grep -q {{ secrets.s | lower }} /etc/app/state"
+
+[[resource]]
+type = "command"
+name = "public"
+run = "touch /etc/app/done"
+creates = "/etc/app/done"
+"#;
+
+fn taint_spec(module: &str) -> Spec {
+    std::env::set_var(SECRET_VAR, SECRET_VALUE);
+    Spec::new(&[("environments/s.toml", ENV_S), ("modules/app.toml", module)])
+}
+
+/// Forms of the secret that must never be shown: the value, through filters, its digests.
+fn secret_forms() -> Vec<String> {
+    use base64::Engine as _;
+    vec![
+        SECRET_VALUE.into(),
+        SECRET_VALUE.to_uppercase(),
+        SECRET_VALUE.to_lowercase(),
+        SECRET_VALUE.chars().rev().collect(),
+        SECRET_VALUE.replace('-', ""),
+        base64::engine::general_purpose::STANDARD.encode(SECRET_VALUE),
+        sha256_hex(SECRET_VALUE.as_bytes()),
+        sha256_hex(SECRET_VALUE.to_uppercase().as_bytes()),
+    ]
+}
+
+#[test]
+fn content_derived_from_a_secret_through_filters_is_sensitive() {
+    let l = taint_spec(MODULE_TAINT).load("s");
+    let plan = l.plan(&HostFacts::default());
+    assert!(plan.error.is_none(), "{:?}", plan.error);
+    for id in [
+        "file:/etc/app/upper",
+        "file:/etc/app/reversed",
+        "file:/etc/app/loop",
+    ] {
+        let c = change(&plan, id);
+        assert!(c.sensitive, "{id} depends on the secret");
+        assert!(c.diff.is_none(), "{id}");
+    }
+    // Only the truth of a comparison on the secret's length: nothing of the value.
+    assert!(!change(&plan, "file:/etc/app/length-only").sensitive);
+    assert!(!change(&plan, "command:public").sensitive);
+
+    let json = serde_json::to_string_pretty(&plan).unwrap();
+    let human =
+        kiln::plan::render::render_plan(&make_plan(&l, plan.clone()), &kiln::ui::Paint::plain());
+    for form in secret_forms() {
+        assert!(!json.contains(&form), "{form} in plan JSON:\n{json}");
+        assert!(!human.contains(&form), "{form} in the human plan:\n{human}");
+    }
+}
+
+#[test]
+fn a_command_whose_text_depends_on_a_secret_is_sealed_and_its_guard_stored_without_text() {
+    let l = taint_spec(MODULE_TAINT).load("s");
+    let plan = l.plan(&HostFacts::default());
+    let c = change(&plan, "command:set-password");
+    assert!(c.sensitive);
+    assert_eq!(
+        c.reason.as_deref(),
+        Some("its `unless` guard failed (sensitive)")
+    );
+    let run = match &l
+        .host()
+        .resources
+        .iter()
+        .find(|r| r.id == c.resource)
+        .unwrap()
+        .kind
+    {
+        Kind::Command(cmd) => cmd.run.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        run.contains(&SECRET_VALUE.to_uppercase()),
+        "rendered with the value"
+    );
+    match &c.steps[..] {
+        [Step::SensitiveShell {
+            resource,
+            seal,
+            creates: None,
+        }] => {
+            assert_eq!(resource, "command:set-password");
+            assert_eq!(seal, &kiln::plan::seal::seal(SEAL_KEY, run.as_bytes()));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The guard is stored by its resource, without its text.
+    let guard = c
+        .facts
+        .iter()
+        .find(|q| matches!(q, FactQuery::Guard { .. }))
+        .expect("the guard query");
+    assert_eq!(
+        guard,
+        &FactQuery::Guard {
+            command: String::new(),
+            sensitive_of: Some("command:set-password".into()),
+        }
+    );
+    assert_eq!(guard.key(), "guard@command:set-password");
+    // A public command keeps its text.
+    assert!(matches!(
+        &change(&plan, "command:public").steps[..],
+        [Step::Shell { command, .. }] if command == "touch /etc/app/done"
+    ));
+}
+
+#[test]
+fn a_secret_in_a_name_or_a_creates_path_is_refused() {
+    for (module, key) in [
+        (
+            "[[resource]]\ntype = \"file\"\npath = \"/etc/{{ secrets.s }}\"\ncontent = \"x\"\n",
+            "resource[0]",
+        ),
+        (
+            "[[resource]]\ntype = \"command\"\nname = \"c\"\nrun = \"true\"\ncreates = \"/var/{{ secrets.s | upper }}\"\n",
+            "resource[0].creates",
+        ),
+        (
+            "[[resource]]\ntype = \"package\"\nname = \"{{ secrets.s | lower }}\"\n",
+            "resource[0]",
+        ),
+    ] {
+        let spec = taint_spec(module);
+        let mut env = Environment::load(&spec.env_path("s")).unwrap();
+        env.resolve_secrets().unwrap();
+        let hosts = env.select_hosts(None).unwrap();
+        let err = desired::expand(&env, &hosts, None)
+            .map(|_| ())
+            .expect_err("a secret in a shown setting is refused")
+            .to_string();
+        assert!(err.contains("secret"), "{err}");
+        assert!(err.contains(key), "{key} named: {err}");
+        for form in secret_forms() {
+            assert!(!err.contains(&form), "{form} in the error: {err}");
+        }
+    }
+}

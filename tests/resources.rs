@@ -1538,6 +1538,7 @@ fn resources_are_built_from_struct_literals_too() {
         run: "true".into(),
         creates: None,
         unless: None,
+        sensitive: false,
     });
     assert_eq!(k.id(), "command:c");
     let k = Kind::Service(Service {

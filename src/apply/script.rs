@@ -402,18 +402,15 @@ fn step_shell(
                 );
             }
         }
-        Step::Shell { command, creates } => match creates {
-            Some(c) => {
-                let _ = writeln!(
-                    s,
-                    "  if [ ! -e {} ]; then ( cd / && {command}\n  ) </dev/null || exit $?; fi",
-                    q(c)
-                );
-            }
-            None => {
-                let _ = writeln!(s, "  ( cd / && {command}\n  ) </dev/null || exit $?");
-            }
-        },
+        Step::Shell { command, creates } => shell_unit(s, command, creates.as_deref()),
+        Step::SensitiveShell {
+            resource, creates, ..
+        } => {
+            let command = sensitive
+                .get(resource)
+                .ok_or_else(|| format!("no command for sensitive {resource}"))?;
+            shell_unit(s, command, creates.as_deref())
+        }
         Step::JournalHandler { handler } => {
             let _ = writeln!(s, "  : > \"$K/pending/\"{} || exit $?", q(handler));
         }
@@ -425,6 +422,21 @@ fn step_shell(
         }
     }
     Ok(())
+}
+
+/// A user's command as its own unit ([`crate::shell::user_unit`]): a syntax error fails
+/// this step alone, and its text is in no process argument. It gets neither stdin nor the
+/// lock's descriptor: a daemon the command leaves behind does not hold the host's lock.
+fn shell_unit(s: &mut String, command: &str, creates: Option<&str>) {
+    let guard = match creates {
+        Some(c) => format!("[ -e {} ] || ", sh_quote(c)),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        s,
+        "  {guard}{} </dev/null 9>&- || exit $?",
+        crate::shell::user_unit(command)
+    );
 }
 
 /// Progress events parsed from the script's stdout markers.

@@ -41,6 +41,9 @@ pub struct Check {
     pub run: String,
     pub timeout_secs: u64,
     pub retries: u32,
+    /// The command depends on a secret: never shown, never in a process argument.
+    #[serde(default)]
+    pub sensitive: bool,
 }
 
 /// How to reach a host, resolved from the spec.
@@ -135,11 +138,20 @@ pub fn expand(
     lab_key: Option<PathBuf>,
 ) -> Result<Desired, SpecErrors> {
     let renderer = Renderer::new(env);
+    let canaries = (!env.secrets.is_empty()).then(|| Renderer::with_canaries(env));
     let mut errors = vec![];
     let mut out = vec![];
     for name in hosts {
         match expand_host(env, &renderer, name, lab_key.clone()) {
-            Ok(h) => out.push(h),
+            Ok(mut h) => {
+                if let Some(c) = &canaries {
+                    let shadow = expand_host(env, c, name, lab_key.clone()).ok();
+                    if let Err(mut e) = taint(env, &mut h, shadow.as_ref()) {
+                        errors.append(&mut e);
+                    }
+                }
+                out.push(h)
+            }
             Err(mut e) => errors.append(&mut e.0),
         }
     }
@@ -207,6 +219,7 @@ fn expand_host(
                         run,
                         timeout_secs: c.timeout.unwrap_or(30),
                         retries: c.retries.unwrap_or(0),
+                        sensitive: false,
                     }),
                     Err(e) => errors.push(e),
                 }
@@ -312,6 +325,85 @@ fn expand_host(
         resources,
         checks,
     })
+}
+
+/// Marks what depends on a secret as sensitive: taint by difference. The host was
+/// expanded twice, with the real secrets and with canaries of them (same form, every
+/// letter and digit different); whatever renders differently depends on a secret, through
+/// any filter, concatenation or loop — unlike a search for the value, which `upper` or
+/// `b64encode` defeats. File and unit content and command text become sensitive (never
+/// shown, sealed in saved plans, sent only in the script on stdin); a secret in anything
+/// kiln must show (a resource's name, a path, a package) is refused.
+///
+/// When the canary expansion fails (a template that checks a secret's exact value) or
+/// gives other resources (`when`/`for_each` on a secret), what depends on a secret cannot
+/// be told apart: every file, unit, command and check of the host is taken as sensitive.
+fn taint(
+    env: &Environment,
+    host: &mut DesiredHost,
+    shadow: Option<&DesiredHost>,
+) -> Result<(), Vec<SpecError>> {
+    let same_shape = shadow.is_some_and(|s| {
+        s.resources.len() == host.resources.len()
+            && s.checks.len() == host.checks.len()
+            && s.resources
+                .iter()
+                .zip(&host.resources)
+                .all(|(a, b)| a.origin == b.origin)
+    });
+    let Some(shadow) = shadow.filter(|_| same_shape) else {
+        for r in &mut host.resources {
+            r.kind.mark_sensitive();
+        }
+        for c in &mut host.checks {
+            c.sensitive = true;
+        }
+        return Ok(());
+    };
+    let mut errors = vec![];
+    for (r, s) in host.resources.iter_mut().zip(&shadow.resources) {
+        if r.id != s.id {
+            errors.push(SpecError::at_key(
+                &env.modules[&r.module].source,
+                &r.origin.key,
+                "this resource's name depends on a secret, and kiln shows names in every plan; \
+                 keep secrets to file and unit content and command text",
+            ));
+            continue;
+        }
+        if let (Kind::Command(a), Kind::Command(b)) = (&r.kind, &s.kind) {
+            if a.creates != b.creates {
+                errors.push(SpecError::at_key(
+                    &env.modules[&r.module].source,
+                    &format!("{}.creates", r.origin.key),
+                    "`creates` depends on a secret; kiln shows this path in plans",
+                ));
+                continue;
+            }
+        }
+        let differs = serde_json::to_value(&r.kind).ok() != serde_json::to_value(&s.kind).ok();
+        if differs && !r.kind.mark_sensitive() {
+            errors.push(SpecError::at_key(
+                &env.modules[&r.module].source,
+                &r.origin.key,
+                format!(
+                    "`{}` depends on a secret in a setting kiln shows in plans; \
+                     only file and unit content and command text may carry secrets",
+                    r.id
+                ),
+            ));
+        }
+    }
+    for (c, s) in host.checks.iter_mut().zip(&shadow.checks) {
+        if c.run != s.run {
+            c.sensitive = true;
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Splits an `after` reference into (host, resource id).

@@ -24,6 +24,16 @@ pub fn with_item(ctx: &Value, item: Value) -> Value {
 
 impl Renderer {
     pub fn new(env: &Environment) -> Renderer {
+        Renderer::with_secrets(env, |v| v.to_string())
+    }
+
+    /// A renderer whose secrets are canaries (see [`crate::spec::secret::canary`]): what
+    /// renders differently with it depends on a secret.
+    pub fn with_canaries(env: &Environment) -> Renderer {
+        Renderer::with_secrets(env, crate::spec::secret::canary)
+    }
+
+    fn with_secrets(env: &Environment, value: impl Fn(&str) -> String) -> Renderer {
         let mut jinja = minijinja::Environment::new();
         jinja.set_undefined_behavior(UndefinedBehavior::Strict);
         jinja.set_keep_trailing_newline(true);
@@ -47,7 +57,7 @@ impl Renderer {
         let secrets: serde_json::Map<String, serde_json::Value> = env
             .secrets
             .iter()
-            .map(|(k, v)| (k.clone(), json!(v.expose())))
+            .map(|(k, v)| (k.clone(), json!(value(v.expose()))))
             .collect();
         let base = json!({
             "env": { "name": env.name },

@@ -41,7 +41,13 @@ pub enum FactQuery {
     /// systemd LoadState / ActiveState / UnitFileState.
     Service { name: String },
     /// Exit status of a read-only guard command (`unless` of a command resource).
-    Guard { command: String },
+    Guard {
+        command: String,
+        /// The resource whose guard this is, when the command depends on a secret: the
+        /// query is then keyed by that resource, and stored in plans without its text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sensitive_of: Option<String>,
+    },
     /// Names of the entries of a directory (for `directory` with `purge = true`).
     DirList { path: String },
     /// Handlers owed by an earlier, interrupted run (journalled on the host).
@@ -64,7 +70,11 @@ impl FactQuery {
             FactQuery::User { name } => format!("user:{name}"),
             FactQuery::Group { name } => format!("group:{name}"),
             FactQuery::Service { name } => format!("service:{name}"),
-            FactQuery::Guard { command } => format!("guard:{command}"),
+            FactQuery::Guard {
+                sensitive_of: Some(id),
+                ..
+            } => format!("guard@{id}"),
+            FactQuery::Guard { command, .. } => format!("guard:{command}"),
             FactQuery::DirList { path } => format!("dir:{path}"),
             FactQuery::Pending => "pending".into(),
             FactQuery::Galera { cluster, .. } => format!("galera:{cluster}"),
@@ -221,7 +231,7 @@ impl HostFacts {
             FactQuery::User { name } => to_value(self.users.get(name)),
             FactQuery::Group { name } => to_value(self.groups.get(name)),
             FactQuery::Service { name } => to_value(self.services.get(name)),
-            FactQuery::Guard { command } => to_value(self.guards.get(command)),
+            FactQuery::Guard { command, .. } => to_value(self.guards.get(command)),
             FactQuery::DirList { path } => to_value(self.dirs.get(path)),
             FactQuery::Pending => to_value(&self.pending),
             FactQuery::Galera { cluster, .. } => to_value(self.galera.get(cluster)),

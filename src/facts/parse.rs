@@ -650,9 +650,11 @@ mod tests {
             },
             FactQuery::Guard {
                 command: "test -d /tmp/kiln-fixture/dir".into(),
+                sensitive_of: None,
             },
             FactQuery::Guard {
                 command: "grep -q nomatch /tmp/kiln-fixture/plain.conf".into(),
+                sensitive_of: None,
             },
         ]
     }
@@ -870,7 +872,7 @@ mod tests {
                 FactQuery::User { name } => facts.users.contains_key(name),
                 FactQuery::Group { name } => facts.groups.contains_key(name),
                 FactQuery::Service { name } => facts.services.contains_key(name),
-                FactQuery::Guard { command } => facts.guards.contains_key(command),
+                FactQuery::Guard { command, .. } => facts.guards.contains_key(command),
                 FactQuery::DirList { path } => facts.dirs.contains_key(path),
                 FactQuery::Pending => true,
                 FactQuery::Galera { cluster, .. } => facts.galera.contains_key(cluster),
@@ -973,6 +975,7 @@ mod tests {
         ));
         let queries = [FactQuery::Guard {
             command: "true".into(),
+            sensitive_of: None,
         }];
         let output = "@@kiln:begin\n@@kiln:guard 0\nhello\nstatus 0\n@@kiln:end\n";
         let err = parse_facts(&queries, output).unwrap_err();
@@ -1053,9 +1056,11 @@ mod tests {
             },
             FactQuery::Guard {
                 command: format!("test -d {}", crate::facts::script::sh_quote(&at("sub dir"))),
+                sensitive_of: None,
             },
             FactQuery::Guard {
                 command: "exit 1".into(),
+                sensitive_of: None,
             },
             FactQuery::Pending,
         ];

@@ -48,11 +48,12 @@
 //!   `systemctl show -p Id,LoadState,ActiveState,UnitFileState --no-pager -- u1 u2 ...`,
 //!   `Key=Value` lines in one blank-line-separated block per unit in argument order. Empty
 //!   when systemctl is missing or fails (no systemd as PID 1).
-//! * `@@kiln:guard <index>` — `status <exit status>` of the guard command, run as
-//!   `sh -c '<command>' </dev/null >/dev/null 2>&1`. A separate `sh` rather than a
-//!   subshell means a guard with a syntax error fails alone instead of aborting the whole
-//!   fact script, and it does not inherit this script's `set -u` or variables. The command
-//!   is not echoed in the marker because it may carry secrets.
+//! * `@@kiln:guard <index>` — `status <exit status>` of the guard command, run as a user
+//!   unit ([`crate::shell::user_unit`]: its own `sh`, the text in no process argument)
+//!   with `</dev/null >/dev/null 2>&1`. A separate `sh` rather than a subshell means a
+//!   guard with a syntax error fails alone instead of aborting the whole fact script, and
+//!   it does not inherit this script's `set -u` or variables. The command is not echoed
+//!   in the marker because it may carry secrets.
 //! * `@@kiln:pending` — present when asked for: one `handler <file name>` line per
 //!   regular file in `/var/lib/kiln/pending/` (dot-files and names with a newline are
 //!   skipped; a missing directory means none).
@@ -259,7 +260,7 @@ pub(crate) fn plan_sections(normalized: &[FactQuery]) -> Vec<Section<'_>> {
                     sections.push(Section::Services(names));
                 }
             }
-            FactQuery::Guard { command } => sections.push(Section::Guard { index, command }),
+            FactQuery::Guard { command, .. } => sections.push(Section::Guard { index, command }),
             FactQuery::DirList { path } => sections.push(Section::DirList { index, path }),
             FactQuery::Pending => sections.push(Section::Pending),
             FactQuery::Galera { cluster, config } => sections.push(Section::Galera {
@@ -416,8 +417,8 @@ pub fn fact_script(queries: &[FactQuery]) -> String {
                 s.push_str(" 2>/dev/null\n");
             }
             Section::Guard { command, .. } => {
-                s.push_str("\tsh -c ");
-                s.push_str(&sh_quote(command));
+                s.push('\t');
+                s.push_str(&crate::shell::user_unit(command));
                 s.push_str(" </dev/null >/dev/null 2>&1\n");
                 s.push_str("\tprintf 'status %s\\n' \"$?\"\n");
             }
@@ -648,6 +649,7 @@ mod tests {
             },
             FactQuery::Guard {
                 command: "test -e '/x' && echo \"$(id)\"".into(),
+                sensitive_of: None,
             },
             FactQuery::Pending,
         ]);
@@ -700,12 +702,15 @@ mod tests {
         let out = run_sh(&fact_script(&[
             FactQuery::Guard {
                 command: "if then (".into(),
+                sensitive_of: None,
             },
             FactQuery::Guard {
                 command: "true".into(),
+                sensitive_of: None,
             },
             FactQuery::Guard {
                 command: "cat; exit 3".into(),
+                sensitive_of: None,
             },
         ]));
         assert_eq!(

@@ -130,8 +130,9 @@ async fn refuse_stale(
         .hosts
         .iter()
         .map(|h| {
-            // Sensitive paths were stored without their expected hash; take the full query
-            // from the re-rendered desired state (its seal is checked before apply).
+            // Sensitive paths were stored without their expected hash, sensitive guards
+            // without their text; take the full query from the re-rendered desired state
+            // (its seal is checked before apply).
             let full = crate::plan::build::host_queries(h);
             let mut q: Vec<FactQuery> = plan
                 .hosts
@@ -141,6 +142,10 @@ async fn refuse_stale(
                 .map(|q| match &q {
                     FactQuery::Path {
                         sensitive: true, ..
+                    }
+                    | FactQuery::Guard {
+                        sensitive_of: Some(_),
+                        ..
                     } => full
                         .iter()
                         .find(|f| f.key() == q.key())
@@ -197,10 +202,14 @@ fn sensitive_contents(
     let desired = loaded.desired.host(host).context("host not in the spec")?;
     for c in &plan.changes {
         for s in &c.steps {
-            if let Step::WriteFile {
-                content: Content::Sensitive { resource, seal },
-                ..
-            } = s
+            let (resource, seal) = match s {
+                Step::WriteFile {
+                    content: Content::Sensitive { resource, seal },
+                    ..
+                }
+                | Step::SensitiveShell { resource, seal, .. } => (resource, seal),
+                _ => continue,
+            };
             {
                 let text = desired
                     .resources
@@ -209,6 +218,7 @@ fn sensitive_contents(
                     .and_then(|r| match &r.kind {
                         Kind::File(f) => f.content.clone(),
                         Kind::Unit(u) => u.content.clone(),
+                        Kind::Command(c) => Some(c.run.clone()),
                         _ => None,
                     });
                 match text {

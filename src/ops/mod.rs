@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::sync::Semaphore;
 
 use crate::desired::{self, Desired};
@@ -244,24 +244,9 @@ pub fn holder() -> String {
     )
 }
 
+/// Writes a file kiln makes on this machine (a saved plan, a timeline) atomically and
+/// readable by its owner only: saved plans name hosts, paths and seals, and nothing kiln
+/// writes here is meant for other users.
 pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        use std::io::Write;
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    crate::plan::seal::write_private(path, data)
 }

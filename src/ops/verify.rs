@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::{load, make_plan, Connections};
-use crate::facts::script::sh_quote;
 use crate::plan::render::render_plan;
 use crate::ui::Paint;
 
@@ -18,10 +17,10 @@ pub fn checks_script(checks: &[crate::desired::Check]) -> String {
     for (i, c) in checks.iter().enumerate() {
         let _ = writeln!(
             s,
-            "tries={tries}\nwhile :; do out=$(timeout {t} sh -c {cmd} 2>&1 </dev/null); rc=$?; [ $rc -eq 0 ] && break; tries=$((tries-1)); [ $tries -le 0 ] && break; sleep 1; done\nprintf '@@kiln:check {i} %s\\n' $rc\n[ $rc -ne 0 ] && printf '%s\\n' \"$out\" | tail -n 8 | sed 's/^/@@kiln:log {i} /'",
+            "tries={tries}\nwhile :; do out=$({unit} 2>&1 </dev/null); rc=$?; [ $rc -eq 0 ] && break; tries=$((tries-1)); [ $tries -le 0 ] && break; sleep 1; done\nprintf '@@kiln:check {i} %s\\n' $rc\n[ $rc -ne 0 ] && printf '%s\\n' \"$out\" | tail -n 8 | sed 's/^/@@kiln:log {i} /'",
             tries = c.retries + 1,
-            t = c.timeout_secs,
-            cmd = sh_quote(&c.run),
+            // `timeout` runs the unit's own `sh`; the check's text is in no argument.
+            unit = crate::shell::user_unit(&c.run).replacen(" sh -c ", &format!(" timeout {} sh -c ", c.timeout_secs), 1),
         );
     }
     s.push_str("exit 0\n");

@@ -187,7 +187,7 @@ pub fn host_plan(
 }
 
 /// The query as stored in a plan: a sensitive file's expected hash is dropped (a plain
-/// sha256 of a short secret is brute-forced in seconds). Apply re-derives it from the
+/// sha256 of a short secret is brute-forced in seconds), and a sensitive guard's text. Apply re-derives it from the
 /// re-rendered content when it checks for staleness.
 pub fn scrub(q: FactQuery) -> FactQuery {
     match q {
@@ -199,6 +199,14 @@ pub fn scrub(q: FactQuery) -> FactQuery {
             path,
             expect_sha256: None,
             sensitive: true,
+        },
+        // A sensitive guard is stored by the resource it belongs to, without its text.
+        FactQuery::Guard {
+            sensitive_of: Some(id),
+            ..
+        } => FactQuery::Guard {
+            command: String::new(),
+            sensitive_of: Some(id),
         },
         other => other,
     }
@@ -222,6 +230,11 @@ fn seal_step(step: Step, resource: &str, sensitive: bool, key: &[u8]) -> Step {
             owner,
             group,
             mode,
+        },
+        Step::Shell { command, creates } if sensitive => Step::SensitiveShell {
+            resource: resource.to_string(),
+            seal: super::seal::seal(key, command.as_bytes()),
+            creates,
         },
         other => other,
     }

@@ -106,6 +106,14 @@ pub enum Step {
         command: String,
         creates: Option<String>,
     },
+    /// A guarded command whose text depends on a secret: never in a plan. Apply renders
+    /// it again from the spec and runs it only if it carries the same seal (see
+    /// `plan::seal`).
+    SensitiveShell {
+        resource: String,
+        seal: String,
+        creates: Option<String>,
+    },
     /// Record that `handler` (`reload@unit`) is owed, before the change that causes it.
     JournalHandler {
         handler: String,

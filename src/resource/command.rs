@@ -18,9 +18,17 @@ pub struct Command {
     pub creates: Option<String>,
     #[serde(default)]
     pub unless: Option<String>,
+    /// `run` or `unless` depends on a secret (set by kiln when it does; may be set by
+    /// hand): neither is shown in plans or reports, nor stored in saved plans.
+    #[serde(default)]
+    pub sensitive: bool,
 }
 
 impl Command {
+    pub fn id(&self) -> String {
+        format!("command:{}", self.name)
+    }
+
     pub fn facts(&self) -> Vec<FactQuery> {
         let mut q = vec![];
         if let Some(p) = &self.creates {
@@ -31,7 +39,10 @@ impl Command {
             });
         }
         if let Some(c) = &self.unless {
-            q.push(FactQuery::Guard { command: c.clone() });
+            q.push(FactQuery::Guard {
+                command: c.clone(),
+                sensitive_of: self.sensitive.then(|| self.id()),
+            });
         }
         q
     }
@@ -49,6 +60,7 @@ impl Command {
         }
         let why = match (&self.creates, &self.unless) {
             (Some(p), _) => format!("{p} does not exist"),
+            (None, Some(_)) if self.sensitive => "its `unless` guard failed (sensitive)".into(),
             (None, Some(c)) => format!("`{c}` failed"),
             (None, None) => "no guard".into(),
         };
@@ -61,6 +73,8 @@ impl Command {
             }],
         );
         p.reason = Some(why);
+        // The plan builder seals the step's text (Step::SensitiveShell).
+        p.sensitive = self.sensitive;
         Some(p)
     }
 }

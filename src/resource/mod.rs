@@ -269,6 +269,18 @@ impl Kind {
         }
     }
 
+    /// Marks the resource sensitive because it depends on a secret (see `desired::taint`);
+    /// false for kinds whose every setting is shown in plans, where a secret is refused.
+    pub fn mark_sensitive(&mut self) -> bool {
+        match self {
+            Kind::File(f) => f.sensitive = true,
+            Kind::Unit(u) => u.sensitive = true,
+            Kind::Command(c) => c.sensitive = true,
+            _ => return false,
+        }
+        true
+    }
+
     /// Paths this resource manages (for implicit directory → content edges).
     pub fn path(&self) -> Option<&str> {
         match self {

@@ -24,6 +24,25 @@ impl fmt::Debug for SecretValue {
     }
 }
 
+/// A stand-in for a secret value, for finding what a secret flows into (see
+/// `desired::taint`): the same length and character classes, every letter and digit
+/// different (a→b, z→a, 9→0 …), other characters kept. Templates that check a secret's
+/// form (length, a PEM header's dashes) accept the canary as they accept the value; any
+/// output that depends on the value's characters — through `upper`, `b64encode`, a
+/// concatenation, a loop — comes out different.
+pub fn canary(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| match c {
+            'a'..='y' | 'A'..='Y' | '0'..='8' => (c as u8 + 1) as char,
+            'z' => 'a',
+            'Z' => 'A',
+            '9' => '0',
+            other => other,
+        })
+        .collect()
+}
+
 /// Replaces every known secret value in a text with `(sensitive)`.
 #[derive(Clone, Default, Debug)]
 pub struct Redactor {
@@ -60,6 +79,17 @@ impl Redactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canary_differs_in_every_letter_and_digit_and_keeps_the_form() {
+        let v = "Hunter2-zZ9_$";
+        let c = canary(v);
+        assert_eq!(c, "Ivoufs3-aA0_$");
+        assert_eq!(c.len(), v.len());
+        for (a, b) in v.chars().zip(c.chars()) {
+            assert_eq!(a.is_ascii_alphanumeric(), a != b);
+        }
+    }
 
     #[test]
     fn redacts_and_hides_debug() {
