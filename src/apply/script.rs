@@ -39,9 +39,20 @@ kiln_write() {
   if ! { chown "$2:$3" "$t" && chmod "$4" "$t"; }; then rm -f "$t"; return 1; fi
   sync "$t" 2>/dev/null || true
   if [ -e "$1" ] || [ -L "$1" ]; then
-    mkdir -p "$K/backup$d" && cp -a "$1" "$K/backup$1" || { rm -f "$t"; return 1; }
+    if ! { mkdir -p "$K/backup$d" && cp -a "$1" "$K/backup$1"; }; then rm -f "$t"; return 1; fi
   fi
   mv -f "$t" "$1"
+}
+# Owner and mode go on the path itself, never through a symlink: whoever can replace the
+# path with a link could otherwise point a root chown/chmod at /etc/shadow. $1 path,
+# $2 owner, $3 group (both empty: unchanged), $4 mode (empty: unchanged).
+kiln_attrs() {
+  if [ -L "$1" ]; then
+    printf 'kiln: %s is a symlink; its owner and mode are not changed through it\n' "$1" >&2
+    return 1
+  fi
+  if [ -n "$2" ]; then chown -- "$2:$3" "$1" || return 1; fi
+  if [ -n "$4" ]; then chmod -- "$4" "$1" || return 1; fi
 }
 kiln_remove() {
   if [ -e "$1" ] || [ -L "$1" ]; then
@@ -251,11 +262,19 @@ fn step_shell(
             group,
             mode,
         } => {
-            if let (Some(o), Some(g)) = (owner, group) {
-                let _ = writeln!(s, "  chown {}:{} {} || exit $?", q(o), q(g), q(path));
-            }
-            if let Some(m) = mode {
-                let _ = writeln!(s, "  chmod {} {} || exit $?", q(m), q(path));
+            let (o, g) = match (owner, group) {
+                (Some(o), Some(g)) => (o.as_str(), g.as_str()),
+                _ => ("", ""),
+            };
+            if !o.is_empty() || mode.is_some() {
+                let _ = writeln!(
+                    s,
+                    "  kiln_attrs {} {} {} {} || exit $?",
+                    q(path),
+                    q(o),
+                    q(g),
+                    q(mode.as_deref().unwrap_or(""))
+                );
             }
         }
         Step::MakeDir {
@@ -266,7 +285,7 @@ fn step_shell(
         } => {
             let _ = writeln!(
                 s,
-                "  mkdir -p {p} && chown {o}:{g} {p} && chmod {m} {p} || exit $?",
+                "  mkdir -p -- {p} && kiln_attrs {p} {o} {g} {m} || exit $?",
                 p = q(path),
                 o = q(owner),
                 g = q(group),

@@ -48,7 +48,7 @@ pub const SCRIPT: &str = r#"	printf 'now %s\n' "$(date +%s)"
 	find "$kiln_ld" -maxdepth 1 -type f ! -name '*[[:space:][:cntrl:]]*' -printf 'list %T@ %f\n' 2>/dev/null
 	(cd "$kiln_ld" 2>/dev/null && find . -maxdepth 1 -type f -name '*Release' ! -name '*[[:space:][:cntrl:]]*' -exec grep -H -m2 -E '^(Architectures|Components):' -- {} + 2>/dev/null | sed 's|^\./|release |')
 	for kiln_f in "$kiln_sl" "$kiln_sp"/*.list "$kiln_sp"/*.sources; do
-		[ -f "$kiln_f" ] && [ -r "$kiln_f" ] || continue
+		if [ ! -f "$kiln_f" ] || [ ! -r "$kiln_f" ]; then continue; fi
 		case $kiln_f in *.sources) kiln_k=sources ;; *) kiln_k=list ;; esac
 		printf 'source %s %s %s\n' "$kiln_k" "$(printf '%s' "$kiln_f" | base64 -w0)" "$(base64 -w0 <"$kiln_f" 2>/dev/null)"
 	done

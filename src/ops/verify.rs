@@ -17,7 +17,7 @@ pub fn checks_script(checks: &[crate::desired::Check]) -> String {
     for (i, c) in checks.iter().enumerate() {
         let _ = writeln!(
             s,
-            "tries={tries}\nwhile :; do out=$({unit} 2>&1 </dev/null); rc=$?; [ $rc -eq 0 ] && break; tries=$((tries-1)); [ $tries -le 0 ] && break; sleep 1; done\nprintf '@@kiln:check {i} %s\\n' $rc\n[ $rc -ne 0 ] && printf '%s\\n' \"$out\" | tail -n 8 | sed 's/^/@@kiln:log {i} /'",
+            "tries={tries}\nwhile :; do out=$({unit} 2>&1 </dev/null); rc=$?; [ \"$rc\" -eq 0 ] && break; tries=$((tries-1)); [ \"$tries\" -le 0 ] && break; sleep 1; done\nprintf '@@kiln:check {i} %s\\n' \"$rc\"\n[ \"$rc\" -ne 0 ] && printf '%s\\n' \"$out\" | tail -n 8 | sed 's/^/@@kiln:log {i} /'",
             tries = c.retries + 1,
             // `timeout` runs the unit's own `sh`; the check's text is in no argument.
             unit = crate::shell::user_unit(&c.run).replacen(" sh -c ", &format!(" timeout {} sh -c ", c.timeout_secs), 1),
