@@ -1619,6 +1619,38 @@ path = "/etc/nginx/sites-enabled""#,
 }
 
 #[test]
+fn a_name_kiln_cannot_carry_exactly_is_purged_on_the_host() {
+    let k = kind(
+        r#"type = "directory"
+path = "/srv/media"
+purge = true"#,
+    );
+    let mut facts = HostFacts::default();
+    facts.paths.insert(
+        "/srv/media".into(),
+        path_fact(PathKind::Directory, "root", "root", "0755"),
+    );
+    // `caf\xe9.jpg` (Latin-1) arrives as `caf\u{FFFD}.jpg`: removing that path would
+    // miss the file. The purge is decided by the host's glob against the kept names.
+    facts.dirs.insert(
+        "/srv/media".into(),
+        Some(vec!["caf\u{FFFD}.jpg".into(), "keep.jpg".into()]),
+    );
+    let predicted = Predicted {
+        managed_paths: ["/srv/media/keep.jpg".to_string()].into_iter().collect(),
+        ..Predicted::default()
+    };
+    let p = k.plan(&facts, &predicted).unwrap().expect("a purge");
+    assert_eq!(
+        p.steps,
+        vec![Step::PurgeDir {
+            path: "/srv/media".into(),
+            keep: vec!["keep.jpg".into()],
+        }]
+    );
+}
+
+#[test]
 fn a_suite_without_lists_refreshes_them_before_installing() {
     let k = kind("type = \"package\"\nname = \"nginx\"");
     let b64 = |s: &str| {

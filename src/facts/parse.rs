@@ -556,12 +556,19 @@ fn parse_guard(section: &RawSection<'_>) -> Result<bool, FactParseError> {
         .ok_or_else(|| missing_line(section, "status"))
 }
 
+/// Stands for a directory entry whose name cannot travel exactly as text (it holds a
+/// newline, or bytes that are not UTF-8 and were decoded as U+FFFD).
+pub const UNNAMEABLE: &str = "\u{FFFD}";
+
 fn parse_dir(section: &RawSection<'_>) -> Result<Option<Vec<String>>, FactParseError> {
     let mut state: Option<bool> = None;
     let mut entries = Vec::new();
     for &(line, text) in &section.body {
         match key_value(text) {
-            ("", "") | ("odd", _) => {}
+            ("", "") => {}
+            // A name with a newline: kept as one kiln cannot name exactly (U+FFFD, like a
+            // name that is not UTF-8), so that a purge is decided on the host.
+            ("odd", _) => entries.push(UNNAMEABLE.to_string()),
             ("state", "dir") => state = Some(true),
             ("state", "none") => state = Some(false),
             ("entry", name) if !name.is_empty() => entries.push(name.to_string()),

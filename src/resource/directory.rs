@@ -67,9 +67,15 @@ impl Directory {
         // Packages installed in this run (by this module) may put files here that no fact
         // can show yet (nginx's `default` site): then the purge is decided on the host,
         // after the installs, against the declared names.
+        // So is a purge of a name kiln cannot carry exactly (not UTF-8, or with a newline):
+        // the host's own glob removes it byte for byte.
         let dynamic = self.purge
             && (predicted.modules_installing.contains(&predicted.module)
-                || !matches!(facts.dirs.get(&self.path), Some(Some(_))));
+                || !matches!(facts.dirs.get(&self.path), Some(Some(_)))
+                || self
+                    .unmanaged(facts, predicted)
+                    .iter()
+                    .any(|n| n.contains(crate::facts::parse::UNNAMEABLE)));
         if dynamic {
             let base = self.path.trim_end_matches('/');
             let prefix = format!("{base}/");

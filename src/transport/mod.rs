@@ -48,6 +48,21 @@ pub fn remote_command(user: &str, timeout: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn output_that_is_not_utf8_is_read_line_by_line_not_refused() {
+        let stdout: &[u8] = b"@@kiln:begin\nentry caf\xe9.jpg\nentry ok\n";
+        let stderr: &[u8] = b"warn \xff\n";
+        let mut seen = vec![];
+        let sink = std::sync::Mutex::new(&mut seen);
+        let on_line = |l: &str| sink.lock().unwrap().push(l.to_string());
+        let (out, err) = super::pump(tokio::io::sink(), stdout, stderr, "", Some(&on_line))
+            .await
+            .expect("not an error");
+        assert_eq!(out, "@@kiln:begin\nentry caf\u{FFFD}.jpg\nentry ok\n");
+        assert_eq!(err, "warn \u{FFFD}\n");
+        assert_eq!(seen.len(), 3);
+    }
+
     #[test]
     fn remote_command_has_timeout_and_sudo_for_non_root() {
         assert_eq!(
@@ -83,10 +98,22 @@ where
         drop(stdin);
         r
     };
+    // Remote output is bytes: a file name in Latin-1 must not fail the whole host. Each
+    // line is decoded on its own, invalid sequences shown as U+FFFD; the fact parser
+    // treats a name holding U+FFFD as one it cannot name exactly (see `facts::parse`).
     let reader = async {
         let mut out = String::new();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        while let Some(line) = lines.next_line().await? {
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf).await? == 0 {
+                break;
+            }
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            }
+            let line = String::from_utf8_lossy(&buf);
             if let Some(f) = on_line {
                 f(&line);
             }
@@ -96,8 +123,11 @@ where
         Ok::<_, std::io::Error>(out)
     };
     let err_reader = async {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).await.map(|_| s)
+        let mut b = Vec::new();
+        stderr
+            .read_to_end(&mut b)
+            .await
+            .map(|_| String::from_utf8_lossy(&b).into_owned())
     };
     let (w, out, err) = tokio::join!(writer, reader, err_reader);
     if let Err(e) = w {

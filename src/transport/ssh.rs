@@ -38,13 +38,45 @@ pub struct SshTransport {
 }
 
 /// A short control directory: socket paths over ~104 bytes fail, and $TMPDIR can be long.
+///
+/// /tmp is shared: another user could create `/tmp/kiln-UID` first (or a symlink by that
+/// name) and read or replace the SSH control sockets. The directory is created with mode
+/// 0700 in one step; when it exists it must be a real directory owned by this user and
+/// closed to others, else kiln refuses to use it.
 pub fn control_dir() -> Result<PathBuf> {
     let uid = unsafe_uid();
     let dir = PathBuf::from(format!("/tmp/kiln-{uid}"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).ok();
+    checked_private_dir(&dir, uid)?;
     Ok(dir)
+}
+
+/// Creates `dir` (mode 0700) or checks that the existing one is safe to use.
+pub fn checked_private_dir(dir: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if !meta.file_type().is_dir() {
+        anyhow::bail!(
+            "{} exists and is not a directory (a symlink?); kiln keeps its SSH control \
+             sockets there and will not use it: remove it",
+            dir.display()
+        );
+    }
+    if meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is owned by uid {} with mode {:o}; kiln needs it owned by uid {uid} and closed \
+             to others (mode 700) for its SSH control sockets: remove it",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 fn unsafe_uid() -> u32 {
@@ -166,5 +198,41 @@ impl Transport for SshTransport {
 
     fn describe(&self) -> String {
         self.target.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_control_directory_must_be_ours_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = super::unsafe_uid();
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("fresh");
+        super::checked_private_dir(&fresh, uid).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // Reused as it is.
+        super::checked_private_dir(&fresh, uid).unwrap();
+        // Open to others: refused, not silently fixed.
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = super::checked_private_dir(&open, uid)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mode 777"), "{e}");
+        // Someone else's: refused.
+        let e = super::checked_private_dir(&fresh, uid + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("owned by uid"), "{e}");
+        // A symlink planted by that name: refused.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let e = super::checked_private_dir(&link, uid)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a directory"), "{e}");
     }
 }

@@ -222,6 +222,24 @@ def pick(s3, cfg, which):
     return which
 
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+def check_manifest_names(manifest):
+    """A manifest names the files restore writes into its work directory and loads: only
+    plain names (no `/`, no `..`, no leading dot or dash) are accepted, so a tampered or
+    corrupt manifest cannot make restore write or read outside that directory."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise Refused("manifest has no file list")
+    for name in files:
+        if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+            raise Refused("manifest names the file %r: not a plain file name; refusing" % (name,))
+    for db, meta in (manifest.get("databases") or {}).items():
+        if not isinstance(meta, dict) or meta.get("file") not in files:
+            raise Refused("manifest: database %r names a file that is not in its file list" % (db,))
+
+
 def fetch(s3, cfg, stamp, workdir):
     """Downloads a backup and checks it: the manifest against its sha256, every file
     against the manifest. Raises Refused on any difference."""
@@ -239,6 +257,7 @@ def fetch(s3, cfg, stamp, workdir):
         raise Refused("manifest of %s is not JSON: %s" % (stamp, e))
     if manifest.get("timestamp") != stamp:
         raise Refused("manifest of %s names backup %r" % (stamp, manifest.get("timestamp")))
+    check_manifest_names(manifest)
     for name, meta in sorted(manifest["files"].items()):
         path = os.path.join(workdir, name)
         s3.get_file(cfg["bucket"], base + name, path)

@@ -77,5 +77,26 @@ class Compare(unittest.TestCase):
         self.assertIn("app.c: not in the backup", p[1])
 
 
+class ManifestNames(unittest.TestCase):
+    def manifest(self, files, dbs=None):
+        return {"files": {n: {"sha256": "0", "size": 0} for n in files},
+                "databases": dbs or {}}
+
+    def test_plain_names_pass(self):
+        kb.check_manifest_names(self.manifest(
+            ["app.sql.gz", "users.sql.gz"], {"app": {"file": "app.sql.gz"}}))
+
+    def test_absolute_climbing_and_odd_names_are_refused(self):
+        for bad in ["/etc/passwd", "../x", "a/../../b", "sub/dir.gz", "..", ".hidden",
+                    "-rf", "a\nb", ""]:
+            with self.assertRaises(kb.Refused, msg=bad):
+                kb.check_manifest_names(self.manifest([bad]))
+
+    def test_a_database_file_must_be_listed(self):
+        with self.assertRaises(kb.Refused):
+            kb.check_manifest_names(self.manifest(
+                ["app.sql.gz"], {"app": {"file": "../../etc/shadow"}}))
+
+
 if __name__ == "__main__":
     unittest.main()
