@@ -51,6 +51,10 @@ pub enum Command {
         /// Hosts applied at once.
         #[arg(long)]
         parallel: Option<usize>,
+        /// Seconds to wait for a host's lock that another run holds (an orphan of a lost
+        /// connection gives it up at its next step), before failing that host.
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        lock_timeout: u64,
     },
     /// Plan several environments (all by default) for CI: exit 0 clean, 2 drift, 1 error.
     Drift {
@@ -200,11 +204,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             yes,
             limit,
             parallel,
+            lock_timeout,
         } => rt.block_on(ops::apply::run(ops::apply::ApplyArgs {
             target,
             yes,
             limit,
             parallel,
+            lock_timeout,
         })),
         Command::Drift { envs, format } => rt.block_on(ops::drift::run(envs, format)),
         Command::Verify { env, limit } => rt.block_on(ops::verify::run(&env, limit.as_deref())),

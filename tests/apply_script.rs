@@ -418,7 +418,10 @@ fn script_with_every_step_passes_sh_n() {
         s.contains("printf '%s\\n' 'it'\\''s me; $(whoami)' > \"$K/lock.holder\""),
         "{s}"
     );
-    assert!(s.trim_end().ends_with("printf '@@kiln:done\\n'"));
+    assert!(s.contains("printf '@@kiln:done\\n'\n}\n"));
+    // The body is one function, called only once all of it was read.
+    assert!(s.starts_with("kiln_apply() {\n"));
+    assert!(s.ends_with("}\nkiln_apply </dev/null\n"));
 }
 
 #[test]
@@ -822,13 +825,86 @@ async fn local_run_refuses_when_the_lock_is_held() {
         .unwrap();
     holder.kill().await.unwrap();
     assert_eq!(out.status, Some(EXIT_LOCKED), "{}", out.stdout);
-    let first = out.stdout.lines().next().unwrap_or_default();
+    let markers: Vec<Marker> = out.stdout.lines().filter_map(parse_marker).collect();
     assert!(
-        matches!(parse_marker(first), Some(Marker::Locked(_))),
+        matches!(&markers[..], [Marker::Waiting(_), Marker::Locked(_)]),
         "{}",
         out.stdout
     );
     assert!(!f.exists());
+}
+
+#[tokio::test]
+async fn a_run_waits_for_a_lock_released_within_its_lock_timeout() {
+    let _g = RUN_LOCK.lock().await;
+    // Another run (an orphan of a lost connection, say) holds the lock for one second.
+    let mut holder = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec 9>>/var/lib/kiln/lock; flock 9 && echo held && exec sleep 1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("held"));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("f");
+    let changes = vec![change(
+        "file:f",
+        Action::Create,
+        vec![write(f.to_str().unwrap(), "x", "0644")],
+    )];
+    let s = kiln::apply::script::apply_script_waiting(
+        &indexed(&changes),
+        "kiln test",
+        &BTreeMap::new(),
+        20,
+    )
+    .unwrap();
+    let out = LocalTransport
+        .run(&s, Duration::from_secs(30), None)
+        .await
+        .unwrap();
+    let _ = holder.wait().await;
+    assert_eq!(out.status, Some(0), "{}", out.stdout);
+    assert!(out.stdout.starts_with("@@kiln:waiting "), "{}", out.stdout);
+    assert!(f.exists());
+}
+
+#[tokio::test]
+async fn a_script_cut_short_in_transit_runs_nothing() {
+    let _g = RUN_LOCK.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let changes = vec![
+        change(
+            "file:a",
+            Action::Create,
+            vec![write(a.to_str().unwrap(), "x", "0644")],
+        ),
+        change(
+            "file:b",
+            Action::Create,
+            vec![write(b.to_str().unwrap(), &"y".repeat(4000), "0644")],
+        ),
+    ];
+    let s = script(&changes);
+    // Cut in the middle of the second file's heredoc.
+    let cut = &s[..s.rfind("KILN_EOF").unwrap() - 100];
+    let out = LocalTransport
+        .run(cut, Duration::from_secs(30), None)
+        .await
+        .unwrap();
+    assert_ne!(out.status, Some(0));
+    assert!(
+        !a.exists() && !b.exists(),
+        "a cut script ran: {}",
+        out.stdout
+    );
 }
 
 /// The generated apply script, judged by shellcheck as a user's auditor would (POSIX sh,

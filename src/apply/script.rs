@@ -23,9 +23,14 @@ export DEBIAN_FRONTEND=noninteractive LC_ALL=C PATH=/usr/local/sbin:/usr/local/b
 K=/var/lib/kiln
 mkdir -p "$K/pending" "$K/backup" || exit 70
 exec 9>>"$K/lock"
+# Another run holds the lock (or an orphan of a lost connection, which stops at its next
+# step boundary): say who, wait up to the lock timeout, then give up naming the holder.
 if ! flock -n 9; then
-  printf '@@kiln:locked %s\n' "$(cat "$K/lock.holder" 2>/dev/null || echo unknown)"
-  exit 75
+  printf '@@kiln:waiting %s\n' "$(cat "$K/lock.holder" 2>/dev/null || echo unknown)"
+  if ! flock -w "$kiln_lock_wait" 9; then
+    printf '@@kiln:locked %s\n' "$(cat "$K/lock.holder" 2>/dev/null || echo unknown)"
+    exit 75
+  fi
 fi
 L=$(mktemp "$K/log.XXXXXX") || exit 70
 trap 'rm -f "$L"' EXIT
@@ -100,7 +105,28 @@ pub fn apply_script(
     holder: &str,
     sensitive: &BTreeMap<String, String>,
 ) -> Result<String, String> {
-    let mut s = String::from(PRELUDE);
+    apply_script_waiting(changes, holder, sensitive, 0)
+}
+
+/// [`apply_script`] that waits up to `lock_wait_secs` for a host lock another run holds.
+///
+/// The whole script is one function, called once it has been read: the shell parses all
+/// of it before running any of it, so a script cut short in transit runs nothing (not a
+/// half-read heredoc), and every command's stdin is /dev/null. When the controller goes
+/// away mid-run (a lost connection), the next progress marker the script prints hits a
+/// closed pipe and the shell dies there: the orphan stops at a step boundary and its lock
+/// is released by the kernel.
+pub fn apply_script_waiting(
+    changes: &[(usize, &Change)],
+    holder: &str,
+    sensitive: &BTreeMap<String, String>,
+    lock_wait_secs: u64,
+) -> Result<String, String> {
+    let mut s = format!(
+        "kiln_apply() {{
+kiln_lock_wait={lock_wait_secs}
+{PRELUDE}"
+    );
     let _ = writeln!(
         s,
         "printf '%s\\n' {} > \"$K/lock.holder\"",
@@ -180,6 +206,7 @@ pub fn apply_script(
         i += 1;
     }
     let _ = writeln!(s, "rm -f \"$K/lock.holder\"\nprintf '@@kiln:done\\n'");
+    s.push_str("}\nkiln_apply </dev/null\n");
     Ok(s)
 }
 
@@ -466,6 +493,8 @@ pub enum Marker {
     Fail(usize, i32),
     Log(usize, String),
     Locked(String),
+    /// The lock is held (by the named run); the script waits for it.
+    Waiting(String),
     Done,
 }
 
@@ -487,6 +516,7 @@ pub fn parse_marker(line: &str) -> Option<Marker> {
             Some(Marker::Log(n.parse().ok()?, text.to_string()))
         }
         "locked" => Some(Marker::Locked(arg.to_string())),
+        "waiting" => Some(Marker::Waiting(arg.to_string())),
         "done" => Some(Marker::Done),
         _ => None,
     }

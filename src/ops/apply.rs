@@ -13,7 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{watch, Semaphore};
 
 use super::{gather, load, make_plan, ssh_options, Connections, Loaded};
-use crate::apply::script::{apply_script, parse_marker, Marker, EXIT_LOCKED};
+use crate::apply::script::{apply_script_waiting, parse_marker, Marker, EXIT_LOCKED};
 use crate::facts::FactQuery;
 use crate::plan::build::fingerprint;
 use crate::plan::render::render_plan;
@@ -32,6 +32,9 @@ pub struct ApplyArgs {
     pub yes: bool,
     pub limit: Option<String>,
     pub parallel: Option<usize>,
+    /// Seconds to wait for a host's lock held by another run (or by the orphan of a lost
+    /// connection) before failing that host.
+    pub lock_timeout: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +92,14 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
     }
     // Hosts' own changes first (packages, configuration), then cluster steps in order.
     let host_plan = super::galera::host_changes_only(&plan);
-    let outcomes = execute(&loaded, &host_plan, &mut conns, args.parallel).await?;
+    let outcomes = execute(
+        &loaded,
+        &host_plan,
+        &mut conns,
+        args.parallel,
+        args.lock_timeout,
+    )
+    .await?;
     print_summary(&outcomes, &paint);
     let failed_hosts = outcomes
         .iter()
@@ -239,6 +249,7 @@ pub async fn execute(
     plan: &Plan,
     conns: &mut Connections,
     parallel: Option<usize>,
+    lock_timeout: u64,
 ) -> Result<Vec<HostOutcome>> {
     let key = crate::plan::seal::load_key()?;
     let parallel = parallel
@@ -338,7 +349,7 @@ pub async fn execute(
                 },
             };
             let indexed: Vec<(usize, &crate::plan::Change)> = hp.changes.iter().enumerate().collect();
-            let script = match apply_script(&indexed, &holder, &sensitive) {
+            let script = match apply_script_waiting(&indexed, &holder, &sensitive, lock_timeout) {
                 Ok(s) => s,
                 Err(e) => return fail(e, 0),
             };
@@ -346,6 +357,7 @@ pub async fn execute(
             let progress = Mutex::new(0usize);
             let on_line = |line: &str| match parse_marker(line) {
                 Some(Marker::Begin(n)) => bar.set_message(resources.get(n).cloned().unwrap_or_default()),
+                Some(Marker::Waiting(h)) => bar.set_message(format!("waiting up to {lock_timeout} s for the lock: {}", h.trim())),
                 Some(Marker::Ok(_)) => {
                     let mut p = progress.lock().expect("progress lock");
                     *p += 1;
@@ -369,12 +381,12 @@ pub async fn execute(
                             Marker::Log(_, l) => log.push(l),
                             Marker::Locked(h) => locked = Some(h),
                             Marker::Done => done = true,
-                            Marker::Begin(_) => {}
+                            Marker::Begin(_) | Marker::Waiting(_) => {}
                         }
                     }
                     let secs = start.elapsed().as_secs_f64();
                     if let Some(h) = locked.filter(|_| out.status == Some(EXIT_LOCKED)) {
-                        fail(format!("another run holds this host's lock: {}", h.trim()), 0)
+                        fail(format!("another run held this host's lock for all of --lock-timeout {lock_timeout} s: {}", h.trim()), 0)
                     } else if let Some((n, rc)) = failed {
                         let what = resources.get(n).cloned().unwrap_or_default();
                         let detail = redactor.redact(&log.join("\n"));

@@ -189,6 +189,7 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
         yes: true,
         limit: None,
         parallel: None,
+        lock_timeout: 10,
     })
     .await?;
     phases.push(Phase {
