@@ -1016,7 +1016,7 @@ async fn a_broken_user_command_fails_its_step_alone_and_a_daemon_it_leaves_does_
     // A command that leaves a daemon behind: the next run gets the lock at once.
     let daemon = format!(
         "nohup sleep 30 >/dev/null 2>&1 & echo $! > {}",
-        kiln::facts::script::sh_quote(pidfile.to_str().unwrap())
+        kiln::shell::quote(pidfile.to_str().unwrap())
     );
     let changes = vec![change("command:daemon", Action::Run, vec![shell(&daemon)])];
     let r = run(&script(&changes)).await;

@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::facts::script::sh_quote;
+use crate::shell::quote as sh_quote;
 
 /// Where kiln records the digest of the databases and users it last ensured.
 pub const SCHEMA_DIR: &str = "/var/lib/kiln/galera";

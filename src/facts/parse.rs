@@ -1062,7 +1062,7 @@ mod tests {
                 name: service.into(),
             },
             FactQuery::Guard {
-                command: format!("test -d {}", crate::facts::script::sh_quote(&at("sub dir"))),
+                command: format!("test -d {}", crate::shell::quote(&at("sub dir"))),
                 sensitive_of: None,
             },
             FactQuery::Guard {

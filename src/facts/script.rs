@@ -60,6 +60,7 @@
 //! * `@@kiln:end` — always last; its absence means the output was truncated.
 
 use crate::facts::FactQuery;
+use crate::shell::quote as sh_quote;
 
 /// Largest file (bytes) whose differing content is sent back for a diff.
 pub const MAX_CONTENT_BYTES: u64 = 262_144;
@@ -69,27 +70,6 @@ pub const PENDING_DIR: &str = "/var/lib/kiln/pending";
 
 /// Every marker line starts with this prefix.
 pub const MARKER_PREFIX: &str = "@@kiln:";
-
-/// Quotes `s` as one shell word with single quotes, so that `sh` passes it through
-/// byte for byte: quotes, spaces, newlines, `$()` and backslashes included. A single quote
-/// cannot appear inside single quotes, so each one closes the quoted string, adds an
-/// escaped quote and reopens it.
-///
-/// NUL bytes cannot be passed to any command through a shell; callers must reject such
-/// strings before they get here.
-pub fn sh_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
 
 /// Sorts and deduplicates `queries` into the order of the script's sections. Both the
 /// script and the parser use this list, and the marker indexes refer to it.
@@ -291,61 +271,7 @@ fn printable(name: &str) -> String {
 /// Shell helpers shared by all sections. `kiln_path` prints one path's section body; it
 /// keeps the sha256 of a sensitive file in a shell variable and only ever prints whether
 /// it matched.
-const PRELUDE: &str = r#"# kiln fact script: reads facts, changes nothing.
-set -u
-kiln_nl='
-'
-kiln_path() {
-	# $1 = path, $2 = expected sha256 or empty, $3 = 1 when the file is sensitive.
-	if [ ! -e "$1" ] && [ ! -L "$1" ]; then
-		echo missing
-		return 0
-	fi
-	if ! kiln_st=$(stat --printf='size %s\nmode %f\nuid %u\ngid %g\nowner %U\ngroup %G\nctime %.9Z\n' -- "$1" 2>/dev/null); then
-		echo unreadable
-		return 0
-	fi
-	printf '%s\n' "$kiln_st"
-	if [ -L "$1" ]; then
-		printf 'target %s\n' "$(readlink -n -- "$1" 2>/dev/null | base64 -w0 2>/dev/null)"
-	elif [ -f "$1" ]; then
-		if ! kiln_h=$(sha256sum 2>/dev/null <"$1"); then
-			echo unreadable
-			return 0
-		fi
-		kiln_h=${kiln_h%% *}
-		if [ "$3" != 1 ]; then
-			printf 'sha256 %s\n' "$kiln_h"
-		fi
-		if [ -n "$2" ]; then
-			if [ "$kiln_h" = "$2" ]; then
-				echo 'matches yes'
-			else
-				echo 'matches no'
-				kiln_size=${kiln_st#size }
-				kiln_size=${kiln_size%%"$kiln_nl"*}
-				if [ "$3" != 1 ] && [ "$kiln_size" -le __MAX_CONTENT__ ] && kiln_c=$(base64 -w0 2>/dev/null <"$1"); then
-					printf 'content %s\n' "$kiln_c"
-				fi
-			fi
-		fi
-	fi
-	# Forget the hash, so that nothing later in the script can print it by mistake.
-	kiln_h=
-}
-kiln_user() {
-	if kiln_e=$(getent passwd -- "$1" 2>/dev/null); then
-		printf 'passwd %s\n' "$kiln_e"
-		printf 'groups %s\n' "$(id -nG -- "$1" 2>/dev/null)"
-	fi
-}
-kiln_group() {
-	if kiln_e=$(getent group -- "$1" 2>/dev/null); then
-		printf 'group %s\n' "$kiln_e"
-	fi
-}
-kiln_facts() {
-"#;
+use crate::shell::FACTS_PRELUDE as PRELUDE;
 
 /// Builds the one script that reads every fact in `queries`; see the module
 /// documentation for the output format. The queries are sorted and deduplicated first

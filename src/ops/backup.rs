@@ -137,10 +137,7 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         println!("nothing restored");
         return Ok(1);
     }
-    let mut tool_args = format!(
-        "restore --from {}",
-        crate::facts::script::sh_quote(&args.from)
-    );
+    let mut tool_args = format!("restore --from {}", crate::shell::quote(&args.from));
     if args.no_media {
         tool_args.push_str(" --no-media");
     }

@@ -1,6 +1,7 @@
-//! Shell text that kiln sends to hosts. This is the start of the typed layer issue 11
-//! asks for: today it holds how a user's own shell (`run`, `unless`, a module's `check`)
-//! becomes one isolated unit. Quoting of operands still lives in `facts::script::sh_quote`.
+//! Shell text that kiln sends to hosts: quoting of operands ([`quote`]), the shared
+//! preludes (plain `.sh` files beside this one, loaded with `include_str!`, so that
+//! shellcheck reads them as they are), and how a user's own shell (`run`, `unless`, a
+//! module's `check`) becomes one isolated unit ([`user_unit`]).
 //!
 //! Architecture Invariant: a user's command text never appears in a generated script as
 //! shell syntax nor in any process argument. It travels base64-encoded inside the script
@@ -11,6 +12,33 @@
 //! only the constant wrapper, never the text (which may carry a secret).
 
 use base64::Engine as _;
+
+/// The apply script's prelude: lock, atomic write, attributes, apt (see `apply::script`).
+pub const APPLY_PRELUDE: &str = include_str!("apply_prelude.sh");
+
+/// The fact script's helpers (see `facts::script`).
+pub const FACTS_PRELUDE: &str = include_str!("facts_prelude.sh");
+
+/// Quotes `s` as one shell word with single quotes, so that `sh` passes it through
+/// byte for byte: quotes, spaces, newlines, `$()` and backslashes included. A single quote
+/// cannot appear inside single quotes, so each one closes the quoted string, adds an
+/// escaped quote and reopens it.
+///
+/// NUL bytes cannot be passed to any command through a shell; callers must reject such
+/// strings before they get here.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
 
 /// The constant program of every user unit's `sh -c`: take the text from the
 /// environment, drop the variable (so the command's own children do not inherit it), run
