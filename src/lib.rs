@@ -13,6 +13,9 @@
 //! 5. [`apply`] — the plan's steps become one script per host: locked, atomic, journalled.
 //! 6. verify — re-plan must be empty, then health checks ([`ops::verify`]).
 //!
+//! Every byte of shell kiln sends is built with [`shell`]: quoted operands, the preludes,
+//! and users' own commands as isolated units.
+//!
 //! I/O lives only in [`ops`], [`transport`] and [`provider`]; `spec`, `desired`, `resource`
 //! and `plan` never touch a host.
 
