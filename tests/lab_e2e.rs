@@ -501,6 +501,120 @@ unless = "grep -qx '{{ secrets.demo | upper }}' /etc/kiln-secret-cmd"
     Ok(())
 }
 
+/// A connection lost mid-apply (the SSH master killed while a step runs): the orphaned
+/// script on the host stops at its next step boundary, the re-run waits for its lock
+/// (naming the holder) instead of failing, and converges.
+fn lost_connection_mid_apply_then_rerun_converges(lab: &Lab) -> Result<(), String> {
+    let env_file = lab.path(&format!("environments/{ENV}.toml"));
+    let original = std::fs::read_to_string(&env_file).map_err(|e| e.to_string())?;
+    let result = lost_connection_scenario(lab, &env_file, &original);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(&env_file, original).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(lab.path("modules"))
+        .or_else(|_| std::fs::remove_file(lab.path("modules")));
+    std::os::unix::fs::symlink(repo.join("modules"), lab.path("modules"))
+        .map_err(|e| e.to_string())?;
+    let _ = lab.sh(
+        "db1",
+        "rm -f /var/tmp/kiln-slow-done /var/tmp/kiln-after-slow",
+    );
+    result
+}
+
+fn lost_connection_scenario(lab: &Lab, env_file: &Path, original: &str) -> Result<(), String> {
+    std::fs::remove_file(lab.path("modules")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(lab.path("modules")).map_err(|e| e.to_string())?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for m in ["base.toml", "web-hello.toml"] {
+        std::fs::copy(repo.join("modules").join(m), lab.path("modules").join(m))
+            .map_err(|e| e.to_string())?;
+    }
+    std::fs::write(
+        lab.path("modules/slow.toml"),
+        r#"[[resource]]
+type = "command"
+name = "slow"
+run = "sleep 8 && touch /var/tmp/kiln-slow-done"
+creates = "/var/tmp/kiln-slow-done"
+
+[[resource]]
+type = "command"
+name = "after-slow"
+run = "touch /var/tmp/kiln-after-slow"
+creates = "/var/tmp/kiln-after-slow"
+after = ["command:slow"]
+"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let text = original.replace("modules = [\"base\"]", "modules = [\"base\", \"slow\"]");
+    std::fs::write(env_file, text).map_err(|e| e.to_string())?;
+
+    let mut first = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(lab.path(""))
+        .env("NO_COLOR", "1")
+        .env("KILN_ROOT", lab.path(""))
+        .args(["apply", ENV, "--yes", "--limit", "db1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // Wait until the slow step runs on the host, then cut the connection: kill the SSH
+    // master kiln started for db1 (found by its control socket under /tmp/kiln-UID and
+    // the host's address), by pid.
+    let t = Instant::now();
+    let mut running = false;
+    while t.elapsed().as_secs() < 60 {
+        let r = lab.sh("db1", "pgrep -f \"sleep 8\" >/dev/null && echo running");
+        if r.stdout.contains("running") {
+            running = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !running {
+        let _ = first.kill();
+        return Err("the slow step never started on db1".into());
+    }
+    let masters = common::local(
+        "sh",
+        &["-c", "pgrep -f 'ssh.*-M.*10\\.233\\.0\\.22|ssh.*10\\.233\\.0\\.22.*-M' || pgrep -f 'ssh.*kiln-.*10\\.233\\.0\\.22'"],
+    );
+    let pids: Vec<&str> = masters.stdout.split_whitespace().collect();
+    if pids.is_empty() {
+        let _ = first.kill();
+        return Err(format!("no SSH master for db1 found:\n{}", masters.all()));
+    }
+    for pid in &pids {
+        let _ = Command::new("kill").arg(pid).status();
+    }
+    let out = first.wait_with_output().map_err(|e| e.to_string())?;
+    let first_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        return Err(format!("the cut apply reported success:\n{first_out}"));
+    }
+    // The re-run starts while the orphan still sleeps: it waits for the lock, then finds
+    // `slow` done (its `creates` is re-checked on the host) and runs the rest.
+    let r = lab.kiln(&["apply", ENV, "--yes", "--limit", "db1"]);
+    expect(
+        r.code == 0
+            && r.stderr
+                .contains("waiting up to 10 s for the lock held by kiln by"),
+        "the re-run waited for the orphan's lock, naming its holder, and applied",
+        &r,
+    )?;
+    let done = lab.sh(
+        "db1",
+        "test -e /var/tmp/kiln-slow-done && test -e /var/tmp/kiln-after-slow && echo both",
+    );
+    expect(done.stdout.contains("both"), "both commands done", &done)?;
+    let again = lab.kiln(&["plan", ENV, "--detailed-exitcode", "--limit", "db1"]);
+    expect(again.code == 0, "converged after the re-run", &again)
+}
+
 fn pending_handler_from_interrupted_run_is_replayed(lab: &Lab) -> Result<(), String> {
     lab.sh("web", "touch /var/lib/kiln/pending/reload@nginx.service");
     let r = lab.kiln(&["plan", ENV, "--detailed-exitcode", "--limit", "web"]);
@@ -523,12 +637,15 @@ fn locked_host_fails_alone(lab: &Lab) -> Result<(), String> {
     lab.sh("db1", "echo x >> /etc/motd");
     let holder = lab.sh("web", "echo 'kiln by someone@elsewhere pid 1' > /var/lib/kiln/lock.holder; (flock /var/lib/kiln/lock sleep 30 </dev/null >/dev/null 2>&1 &) ; sleep 0.5");
     expect(holder.code == 0, "lock taken", &holder)?;
-    let r = lab.kiln(&["apply", ENV, "--yes"]);
+    let r = lab.kiln(&["apply", ENV, "--yes", "--lock-timeout", "2"]);
     expect(
         r.code == 1
-            && r.stdout.contains("another run holds this host's lock")
-            && r.stdout.contains("someone@elsewhere"),
-        "web refused with holder named",
+            && r.stdout
+                .contains("another run held this host's lock for all of --lock-timeout 2 s")
+            && r.stdout.contains("someone@elsewhere")
+            && r.stderr
+                .contains("web: waiting up to 2 s for the lock held by kiln by someone@elsewhere"),
+        "web waited, then refused with the holder named",
         &r,
     )?;
     let db = lab.sh("db1", "grep -c '^x$' /etc/motd");
@@ -619,6 +736,10 @@ fn main() {
             pending_handler_from_interrupted_run_is_replayed,
         ),
         ("locked_host_fails_alone", locked_host_fails_alone),
+        (
+            "lost_connection_mid_apply_then_rerun_converges",
+            lost_connection_mid_apply_then_rerun_converges,
+        ),
         ("verify_passes", verify_passes),
     ];
     let filter: Vec<String> = std::env::args()

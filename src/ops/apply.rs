@@ -357,7 +357,11 @@ pub async fn execute(
             let progress = Mutex::new(0usize);
             let on_line = |line: &str| match parse_marker(line) {
                 Some(Marker::Begin(n)) => bar.set_message(resources.get(n).cloned().unwrap_or_default()),
-                Some(Marker::Waiting(h)) => bar.set_message(format!("waiting up to {lock_timeout} s for the lock: {}", h.trim())),
+                Some(Marker::Waiting(h)) => {
+                    let msg = format!("waiting up to {lock_timeout} s for the lock held by {}", h.trim());
+                    bar.suspend(|| eprintln!("{}: {msg}", hp.host));
+                    bar.set_message(msg);
+                }
                 Some(Marker::Ok(_)) => {
                     let mut p = progress.lock().expect("progress lock");
                     *p += 1;
