@@ -396,3 +396,18 @@ content = "{{ fail('this module needs a greeting') }}"
         &["modules/m.toml", "this module needs a greeting"],
     );
 }
+
+#[test]
+fn clone_of_a_source_that_does_not_render_writes_nothing() {
+    let r = Repo::new();
+    r.write(
+        "templates/m/t.j2",
+        "line one\n{{ vars.nonexistent }} here\n",
+    );
+    r.write("environments/e.toml", &env(""));
+    r.fails(
+        &["clone", "e", "qa", "--hosts", "lab"],
+        &["templates/m/t.j2:2:", "vars.nonexistent"],
+    );
+    assert!(!r.path("environments/qa.toml").exists());
+}

@@ -431,6 +431,15 @@ pub fn run(args: CloneArgs, command: &str) -> Result<i32> {
         );
     }
     let env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    // The copy inherits everything the source renders: a source whose templates do not
+    // render would give a copy that cannot be planned. Rendered as `plan --offline` does
+    // (no host, no network, unreadable secrets as placeholders), before anything is written.
+    super::load_with(&args.src, None, true).map_err(|e| {
+        e.context(format!(
+            "{} does not render, so it cannot be cloned",
+            args.src
+        ))
+    })?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let target = dir.join(format!("{}.toml", args.dst));
     if target.exists() && !args.force {
