@@ -114,8 +114,17 @@ pub async fn run(env: &str, limit: Option<&str>) -> Result<i32> {
                         c.name,
                         c.module
                     );
-                    for l in logs.get(&i).into_iter().flatten() {
-                        println!("      {}", paint.dim(&redactor.redact(l)));
+                    if c.sensitive {
+                        // Its output may carry what the secret became (not only the value
+                        // the redactor knows).
+                        println!(
+                            "      {}",
+                            paint.dim("(output not shown: the check depends on a secret)")
+                        );
+                    } else {
+                        for l in logs.get(&i).into_iter().flatten() {
+                            println!("      {}", paint.dim(&redactor.redact(l)));
+                        }
                     }
                 }
             }
