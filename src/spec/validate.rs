@@ -341,6 +341,19 @@ pub fn cidr(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A peer of a firewall rule: a host name (of the environment or DNS), an IP address or a
+/// CIDR network.
+pub fn network(s: &str) -> Result<(), String> {
+    if cidr(s).is_ok() || hostname(s).is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is neither a host name, an IP address nor a CIDR network",
+            shown(s)
+        ))
+    }
+}
+
 /// A word that goes into a file name, a config value or a SQL identifier as is:
 /// `[A-Za-z0-9_.-]`, not starting with `-` or `.`, at most 64.
 pub fn word(s: &str) -> Result<(), String> {
@@ -422,6 +435,7 @@ pub const FORMATS: &[(&str, Check)] = &[
     ("host", address),
     ("port", port),
     ("cidr", cidr),
+    ("network", network),
     ("name", user_name),
     ("package", package_name),
     ("path", abs_path),
