@@ -610,7 +610,11 @@ pub fn environment(
             check(format!("{base}.env"), var, env_var);
         }
         if let Some(len) = r.generate {
-            check(format!("{base}.generate"), &len.to_string(), generate_length);
+            check(
+                format!("{base}.generate"),
+                &len.to_string(),
+                generate_length,
+            );
         }
     }
     // Module parameters with a declared format, at the key the environment wrote.
@@ -828,9 +832,9 @@ pub fn resources(
                         bad.push((
                             join_key(key, "users"),
                             format!(
-                                "user `{}`: `password_secret` names `{}`, which is not a `[secrets]` entry",
-                                shown(&u.name),
-                                shown(&u.password_secret)
+                                "`password_secret` names `{}`, which is not a `[secrets]` entry (user `{}`)",
+                                shown(&u.password_secret),
+                                shown(&u.name)
                             ),
                         ));
                     }
@@ -1078,7 +1082,9 @@ pub fn host_cycles(env: &Environment, hosts: &[crate::desired::DesiredHost]) -> 
                 ),
             )
             .note(format!("hosts: {}", path.join(" → ")));
-            return vec![relocate(env, module, first, e)];
+            // Not relocated: the message quotes host names, which say nothing about
+            // which parameter made the edge.
+            return vec![e];
         }
     }
     vec![]
