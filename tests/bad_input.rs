@@ -246,3 +246,26 @@ fn shipped_environments_still_plan_offline() {
         assert_eq!(s.contacted(), None, "{name}: a host was contacted");
     }
 }
+
+/// The harness itself: a valid spec planned online does reach for `ssh`, and the stub
+/// records it — so "no host contacted" above is a real observation, not a silent pass.
+#[test]
+fn the_ssh_stub_sees_a_connection_attempt() {
+    let s = Scratch::new();
+    copy_tree(&repo().join("modules"), &s.root().join("modules"), &[]);
+    copy_tree(&repo().join("templates"), &s.root().join("templates"), &[]);
+    copy_tree(
+        &repo().join("tests/bad_input/good-minimal"),
+        s.root(),
+        &["expected.toml"],
+    );
+    let out = s.kiln(s.root(), &["plan", "t"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the stub ssh fails, so the host is unreachable: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let calls = s.contacted().expect("the stub ssh was not called");
+    assert!(calls.starts_with("ssh "), "{calls}");
+}
