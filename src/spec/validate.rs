@@ -415,6 +415,78 @@ pub fn size(s: &str) -> Result<(), String> {
     }
 }
 
+/// A locale name (`en_US.UTF-8`, `sr_RS@latin`): it goes into /etc/locale.gen and a
+/// quoted `locale -a` guard.
+pub fn locale(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .next()
+            .map(|c| c.is_ascii_alphabetic())
+            .unwrap_or(false)
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a locale name (like `en_US.UTF-8`)",
+            shown(s)
+        ))
+    }
+}
+
+/// A tz database name (`Europe/Berlin`, `Etc/GMT+5`): a relative path under
+/// /usr/share/zoneinfo that cannot climb out of it.
+pub fn timezone(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with(['/', '-', '.'])
+        && !s.ends_with('/')
+        && !s.contains("//")
+        && !s.split('/').any(|c| c == ".." || c == ".")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a time zone name (like `Europe/Berlin`)",
+            shown(s)
+        ))
+    }
+}
+
+/// The path part of a URL that a health check appends to `http://127.0.0.1:PORT`.
+pub fn url_path(s: &str) -> Result<(), String> {
+    let ok = s.starts_with('/')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '~' | '%' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a URL path (`/`, then letters, digits and `/._~%-`)",
+            shown(s)
+        ))
+    }
+}
+
+/// One line of a config file (a systemd `OnCalendar=`, an env file, php.ini): no control
+/// character (a newline would add a directive), no quote, backslash, `$` or backtick.
+pub fn line(s: &str) -> Result<(), String> {
+    match s
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '"' | '\\' | '$' | '`'))
+    {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "`{}` holds {c:?}, which a one-line config value cannot carry",
+            shown(s)
+        )),
+    }
+}
+
 /// A value shown in a message: control characters escaped, long values cut.
 fn shown(s: &str) -> String {
     let mut out: String = s.escape_debug().collect();
@@ -443,18 +515,24 @@ pub const FORMATS: &[(&str, Check)] = &[
     ("url", url),
     ("word", word),
     ("size", size),
+    ("locale", locale),
+    ("timezone", timezone),
+    ("urlpath", url_path),
+    ("line", line),
 ];
 
-/// The check of a declared format, `None` when the format is unknown.
-pub fn format_check(format: &str) -> Option<(Check, bool)> {
-    let (name, optional) = match format.strip_suffix('?') {
+/// The checks of a declared format (`a|b`: either), and whether it accepts "" (a
+/// trailing `?`); `None` when a format is unknown.
+pub fn format_check(format: &str) -> Option<(Vec<Check>, bool)> {
+    let (names, optional) = match format.strip_suffix('?') {
         Some(n) => (n, true),
         None => (format, false),
     };
-    FORMATS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, c)| (*c, optional))
+    names
+        .split('|')
+        .map(|name| FORMATS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c))
+        .collect::<Option<Vec<Check>>>()
+        .map(|checks| (checks, optional))
 }
 
 /// The module's own declarations: every `format` and `fields` value names a known format.
@@ -536,7 +614,7 @@ fn walk(
             }
         }
         scalar => {
-            let Some((check, optional)) = format.and_then(format_check) else {
+            let Some((checks, optional)) = format.and_then(format_check) else {
                 return;
             };
             let text = match scalar {
@@ -557,8 +635,10 @@ fn walk(
             if optional && text.is_empty() {
                 return;
             }
-            if let Err(msg) = check(&text) {
-                out.push((path.to_string(), msg));
+            let results: Vec<Result<(), String>> = checks.iter().map(|c| c(&text)).collect();
+            if !results.iter().any(Result::is_ok) {
+                let msgs: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+                out.push((path.to_string(), msgs.join("; and ")));
             }
         }
     }
@@ -1267,5 +1347,21 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn config_values_and_alternative_formats() {
+        assert!(locale("en_US.UTF-8").is_ok() && locale("sr_RS@latin").is_ok());
+        assert!(locale("en_US.UTF-8'; id; '").is_err());
+        assert!(timezone("Europe/Berlin").is_ok() && timezone("Etc/GMT+5").is_ok());
+        assert!(timezone("../../etc/shadow").is_err() && timezone("/etc/x").is_err());
+        assert!(url_path("/health").is_ok() && url_path("/h; rm -rf /").is_err());
+        assert!(line("Sun *-*-* 05:00:00").is_ok() && line("daily\nExecStart=x").is_err());
+        let none = indexmap::IndexMap::new();
+        let partial = toml::Value::String("partial".into());
+        assert!(check_value(&partial, Some("path|word"), &none, "t").is_empty());
+        let bad = toml::Value::String("$(id)".into());
+        assert_eq!(check_value(&bad, Some("path|word"), &none, "t").len(), 1);
+        assert!(format_check("path|nope").is_none());
     }
 }
