@@ -13,7 +13,8 @@
 //! Every broken or hostile case is run as `kiln plan t` (online) and `kiln plan t
 //! --offline`: both must exit 1 naming file:line:col and the key, without a panic, and
 //! without contacting a host — `ssh`, `scp` and `sftp` first on PATH are stubs that leave a
-//! marker file when called. Addresses in the corpus are in 192.0.2.0/24 (TEST-NET-1).
+//! marker file when called. Cases about a host's address, user or key, or `[ssh]`, also
+//! run `kiln ssh-config t`, which must refuse them the same way. Addresses in the corpus are in 192.0.2.0/24 (TEST-NET-1).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,9 +141,22 @@ fn run_case(case: &Path) -> Vec<String> {
     copy_tree(&repo().join("templates"), &s.root().join("templates"), &[]);
     copy_tree(case, s.root(), &["expected.toml"]);
     let mut problems = vec![];
+    // How ssh reaches a host is printed by `ssh-config` without planning: a bad address,
+    // user or key must stop it too (else it prints a `ProxyCommand` line).
+    let reach = exp.exit != 0
+        && exp.file.starts_with("environments/")
+        && (exp.key.starts_with("hosts.") || exp.key.starts_with("ssh."))
+        && !exp.key.contains(".modules.")
+        && !exp.key.contains(".vars.");
     let modes: &[&[&str]] = if exp.exit == 0 {
         // A valid spec would be read from its hosts online; only the offline plan runs.
         &[&["plan", "t", "--offline"]]
+    } else if reach {
+        &[
+            &["plan", "t"],
+            &["plan", "t", "--offline"],
+            &["ssh-config", "t"],
+        ]
     } else {
         &[&["plan", "t"], &["plan", "t", "--offline"]]
     };
