@@ -155,6 +155,7 @@ pub fn expand(
             Err(mut e) => errors.append(&mut e.0),
         }
     }
+    errors.extend(crate::spec::validate::host_cycles(env, &out));
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }
@@ -206,8 +207,11 @@ fn expand_host(
             let ctx = renderer.context(name, &module.name, params);
             for (i, table) in module.spec.resource.iter().enumerate() {
                 match expand_resource(renderer, module, i, table, &ctx) {
-                    Ok(mut rs) => resources.append(&mut rs),
-                    Err(e) => errors.push(e),
+                    Ok(mut rs) => {
+                        errors.extend(crate::spec::validate::resources(env, module, name, &rs));
+                        resources.append(&mut rs)
+                    }
+                    Err(e) => errors.push(crate::spec::validate::relocate(env, module, name, e)),
                 }
             }
             for (i, c) in module.spec.check.iter().enumerate() {
@@ -454,6 +458,7 @@ fn expand_resource(
     let items: Vec<Option<minijinja::Value>> = match table.get("for_each") {
         Some(toml::Value::String(expr)) => {
             let v = renderer.eval(src, &format!("{key}.for_each"), expr, ctx)?;
+            crate::spec::validate::for_each_value(src, &format!("{key}.for_each"), expr, &v)?;
             let iter = v.try_iter().map_err(|_| {
                 SpecError::at_key(
                     src,

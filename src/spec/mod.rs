@@ -12,6 +12,7 @@ pub mod env;
 pub mod module;
 pub mod secret;
 pub mod source;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -531,6 +532,7 @@ impl Environment {
             }
         }
         errors.extend(ec2::validate(self));
+        errors.extend(validate::environment(self, &modules));
         self.modules = modules;
         if errors.is_empty() {
             Ok(())

@@ -68,6 +68,15 @@ pub struct ParamSpec {
     pub default: Option<toml::Value>,
     #[serde(default)]
     pub description: Option<String>,
+    /// The grammar every scalar of the value must follow (`spec::validate::FORMATS`:
+    /// `email`, `domain`, `port`, `cidr`, `name`, `path`, …; a trailing `?` also accepts
+    /// ""), checked at the environment key that set it, before any host is contacted.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// For tables inside the value: a key listed here is checked with its own format
+    /// (`fields = { domains = "domain", name = "word" }`).
+    #[serde(default)]
+    pub fields: IndexMap<String, String>,
 }
 
 /// A health check `kiln verify` runs on each host of the module (templated like resources).
