@@ -1,5 +1,5 @@
 //! The backup tool's pure parts (templates/backup/kiln-backup.py): retention over synthetic
-//! histories of backups, the comparison of row counts
+//! histories of backups, the comparison of row counts, the names a manifest may give
 //! and checksums. Python's unittest, run from the suite (python3 is on every lab host and
 //! on the machine that runs the suite).
 
@@ -19,7 +19,8 @@ fn kiln_backup_python_unit_tests() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("test_history_a ("), "{text}");
     assert!(text.trim_end().ends_with("OK"), "{text}");
-    assert!(text.contains("Ran 5 tests"), "{text}");
+    assert!(text.contains("Ran 8 tests"), "{text}");
+    assert!(text.contains("test_absolute_climbing_and_odd_names_are_refused"), "{text}");
 }
 
 const ENV: &str = r#"
