@@ -1,6 +1,6 @@
 //! The backup tool's pure parts (templates/backup/kiln-backup.py): retention over synthetic
-//! histories of backups, the comparison of row counts, the names a manifest may give
-//! and checksums. Python's unittest, run from the suite (python3 is on every lab host and
+//! histories of backups, the comparison of row counts and checksums, the file names a
+//! manifest may give. Python's unittest, run from the suite (python3 is on every lab host and
 //! on the machine that runs the suite).
 
 #[test]
