@@ -20,7 +20,10 @@ fn kiln_backup_python_unit_tests() {
     assert!(text.contains("test_history_a ("), "{text}");
     assert!(text.trim_end().ends_with("OK"), "{text}");
     assert!(text.contains("Ran 8 tests"), "{text}");
-    assert!(text.contains("test_absolute_climbing_and_odd_names_are_refused"), "{text}");
+    assert!(
+        text.contains("test_absolute_climbing_and_odd_names_are_refused"),
+        "{text}"
+    );
 }
 
 const ENV: &str = r#"

@@ -564,7 +564,9 @@ after = ["command:slow"]
     let t = Instant::now();
     let mut running = false;
     while t.elapsed().as_secs() < 60 {
-        let r = lab.sh("db1", "pgrep -f \"sleep 8\" >/dev/null && echo running");
+        // `^sleep 8$`: the step's own process, not this polling shell (whose command
+        // line holds the pattern too).
+        let r = lab.sh("db1", "pgrep -f \"^sleep 8$\" >/dev/null && echo running");
         if r.stdout.contains("running") {
             running = true;
             break;

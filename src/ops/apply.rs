@@ -135,34 +135,43 @@ async fn refuse_stale(
     plan: &mut Plan,
     paint: &Paint,
 ) -> Result<usize> {
+    // Sensitive paths were stored without their expected hash, sensitive guards without
+    // their text; the full query comes from the re-rendered desired state (whose seals are
+    // checked before apply), both for reading the host and for the fingerprint.
+    let full: Vec<Vec<FactQuery>> = loaded
+        .desired
+        .hosts
+        .iter()
+        .map(crate::plan::build::host_queries)
+        .collect();
+    let restore = |h: usize, q: &FactQuery| -> FactQuery {
+        match q {
+            FactQuery::Path {
+                sensitive: true, ..
+            }
+            | FactQuery::Guard {
+                sensitive_of: Some(_),
+                ..
+            } => full[h]
+                .iter()
+                .find(|f| f.key() == q.key())
+                .cloned()
+                .unwrap_or_else(|| q.clone()),
+            _ => q.clone(),
+        }
+    };
     let queries: Vec<Vec<FactQuery>> = loaded
         .desired
         .hosts
         .iter()
-        .map(|h| {
-            // Sensitive paths were stored without their expected hash, sensitive guards
-            // without their text; take the full query from the re-rendered desired state
-            // (its seal is checked before apply).
-            let full = crate::plan::build::host_queries(h);
+        .enumerate()
+        .map(|(i, h)| {
             let mut q: Vec<FactQuery> = plan
                 .hosts
                 .iter()
                 .filter(|p| p.host == h.name)
-                .flat_map(|p| p.changes.iter().flat_map(|c| c.facts.clone()))
-                .map(|q| match &q {
-                    FactQuery::Path {
-                        sensitive: true, ..
-                    }
-                    | FactQuery::Guard {
-                        sensitive_of: Some(_),
-                        ..
-                    } => full
-                        .iter()
-                        .find(|f| f.key() == q.key())
-                        .cloned()
-                        .unwrap_or(q),
-                    _ => q,
-                })
+                .flat_map(|p| p.changes.iter().flat_map(|c| c.facts.iter()))
+                .map(|q| restore(i, q))
                 .collect();
             q.sort();
             q.dedup();
@@ -183,7 +192,8 @@ async fn refuse_stale(
             }
             Ok(facts) => {
                 hp.changes.retain(|c| {
-                    let fresh = fingerprint(&facts, &c.facts) == c.fingerprint;
+                    let behind: Vec<FactQuery> = c.facts.iter().map(|q| restore(h, q)).collect();
+                    let fresh = fingerprint(&facts, &behind) == c.fingerprint;
                     if !fresh {
                         refused += 1;
                         eprintln!(
