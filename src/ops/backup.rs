@@ -108,13 +108,6 @@ fn confirm(what: &str) -> Result<bool> {
 }
 
 /// A here-document delimiter that no line of `content` equals.
-fn delimiter(content: &str) -> String {
-    let mut d = String::from("KILN_RESTORE_EOF");
-    while content.lines().any(|l| l == d) {
-        d.push('_');
-    }
-    d
-}
 
 pub async fn restore(args: RestoreArgs) -> Result<i32> {
     let loaded = load(&args.env, None)?;
@@ -159,13 +152,12 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
                 })
                 .ok_or_else(|| anyhow!("{}: no {path} in the spec", source.name))?;
             let name = path.rsplit('/').next().unwrap_or(path);
-            let d = delimiter(&content);
-            let body = if content.ends_with('\n') {
-                content
-            } else {
-                content + "\n"
-            };
-            s.push_str(&format!("cat > \"$d/{name}\" <<'{d}'\n{body}{d}\n"));
+            s.push_str(&crate::shell::heredoc(
+                &format!("cat > \"$d/{}\"", name),
+                "",
+                &content,
+                "KILN_RESTORE_EOF",
+            ));
         }
         s.push_str(&format!(
             "set +e\nKILN_BACKUP_CONFIG=\"$d/backup.json\" KILN_BACKUP_CREDENTIALS=\"$d/s3.env\" KILN_BACKUP_LIB=\"$d\" python3 \"$d/kiln-backup\" {tool_args}\n"
@@ -182,16 +174,4 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         Some(0) => 0,
         _ => 1,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn delimiter_never_matches_a_line() {
-        assert_eq!(super::delimiter("a\nb\n"), "KILN_RESTORE_EOF");
-        assert_eq!(
-            super::delimiter("x\nKILN_RESTORE_EOF\n"),
-            "KILN_RESTORE_EOF_"
-        );
-    }
 }

@@ -330,7 +330,13 @@ impl Exec<'_> {
         let sql = schema_sql(databases, users, &self.loaded.env.secrets)?;
         // The SQL (with passwords) travels inside the script on stdin, never in arguments.
         let script = format!(
-            "mariadb --protocol=socket -uroot <<'KILN_SQL_END' || exit 1\n{sql}KILN_SQL_END\necho 'databases and users ensured'\n"
+            "{}echo 'databases and users ensured'\n",
+            crate::shell::heredoc(
+                "mariadb --protocol=socket -uroot",
+                " || exit 1",
+                &sql,
+                "KILN_SQL_END"
+            )
         );
         let out = self.run(&on, &script, Duration::from_secs(300)).await?;
         self.say(&format!("{on}: {out}"));

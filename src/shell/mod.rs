@@ -45,6 +45,23 @@ pub fn quote(s: &str) -> String {
 /// it from `/`.
 const UNIT_PROGRAM: &str = "'kiln_c=${KILN_UNIT%.}; unset KILN_UNIT; cd / && eval \"$kiln_c\"'";
 
+/// `command <<'DELIM' after` followed by `body` and the delimiter: a quoted here-document
+/// (no expansion inside) whose delimiter is chosen so that no line of `body` equals it —
+/// a line of a password or a grant can never end it early and run the rest as shell.
+/// `after` continues the command's line (` || exit 1`).
+pub fn heredoc(command: &str, after: &str, body: &str, base: &str) -> String {
+    let mut d = base.to_string();
+    while body.lines().any(|l| l == d) {
+        d.push('_');
+    }
+    let nl = if body.is_empty() || body.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{command} <<'{d}'{after}\n{body}{nl}{d}\n")
+}
+
 /// A simple command that runs `text` as its own unit (see the module documentation).
 /// Callers add redirections (`</dev/null`, `9>&-` …) after it.
 pub fn user_unit(text: &str) -> String {
@@ -88,6 +105,18 @@ mod tests {
         let (_, out) = run(&format!("{}; echo rc $?", user_unit(texts[3])));
         let home = std::env::var("HOME").unwrap_or_default();
         assert_eq!(out, format!("{home}\nrc 3\n"));
+    }
+
+    #[test]
+    fn a_heredoc_body_cannot_end_it_early() {
+        let body = "SELECT 1;\nKILN_SQL_END\ntouch /tmp/kiln-pwned\n";
+        let h = heredoc("cat", " || exit 1", body, "KILN_SQL_END");
+        assert!(h.starts_with("cat <<'KILN_SQL_END_' || exit 1\n"), "{h}");
+        let (rc, out) = run(&h);
+        assert_eq!((rc, out.as_str()), (0, body));
+        // Without a trailing newline the body still ends before the delimiter.
+        let (_, out) = run(&heredoc("cat", "", "x", "E"));
+        assert_eq!(out, "x\n");
     }
 
     #[test]
