@@ -414,13 +414,11 @@ fn script_with_every_step_passes_sh_n() {
     let (ok, _) = sh_n(&format!("{s}\nif then fi\n"));
     assert!(!ok);
     // The holder is quoted, not executed.
-    assert!(
-        s.contains("printf '%s\\n' 'it'\\''s me; $(whoami)' > \"$K/lock.holder\""),
-        "{s}"
-    );
+    assert!(s.contains("kiln_holder='it'\\''s me; $(whoami)'\n"), "{s}");
     assert!(s.contains("printf '@@kiln:done\\n'\n}\n"));
     // The body is one function, called only once all of it was read.
-    assert!(s.starts_with("kiln_apply() {\n"));
+    assert!(s.starts_with(kiln::shell::LOCK));
+    assert!(s[kiln::shell::LOCK.len()..].starts_with("kiln_apply() {\n"));
     assert!(s.ends_with("}\nkiln_apply </dev/null\n"));
 }
 

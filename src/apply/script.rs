@@ -48,10 +48,9 @@ pub fn apply_script_waiting(
     // SIGHUP is ignored (and so by every step, which inherit it): when the connection
     // drops, sshd's hangup must not kill a step halfway (an apt transaction, a restart);
     // the script ends at its next marker instead, which fails with SIGPIPE.
-    let mut s = format!("kiln_apply() {{\ntrap '' HUP\nkiln_lock_wait={lock_wait_secs}\n{PRELUDE}");
-    let _ = writeln!(
-        s,
-        "printf '%s\\n' {} > \"$K/lock.holder\"",
+    let mut s = format!(
+        "{}kiln_apply() {{\ntrap '' HUP\nkiln_lock_wait={lock_wait_secs}\nkiln_holder={}\n{PRELUDE}",
+        crate::shell::LOCK,
         sh_quote(holder)
     );
     let mut i = 0;

@@ -37,16 +37,6 @@ pub fn host_changes_only(plan: &Plan) -> Plan {
 
 const HELPERS: &str = r#"set -u
 export LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# The host's kiln lock for the step (the same lock as host scripts), holder named.
-kiln_lock() {
-	mkdir -p /var/lib/kiln || exit 70
-	exec 9>>/var/lib/kiln/lock
-	if ! flock -w 60 9; then
-		printf 'another run holds this host'\''s lock: %s\n' "$(cat /var/lib/kiln/lock.holder 2>/dev/null || echo unknown)"
-		exit 75
-	fi
-	printf '%s\n' "$1" > /var/lib/kiln/lock.holder
-}
 kiln_q() { timeout 10 mariadb --protocol=socket -uroot -N -B -e "$1" 2>/dev/null; }
 kiln_st() { kiln_q "SHOW GLOBAL STATUS LIKE '$1'" | cut -f2; }
 kiln_journal() { journalctl -u mariadb.service -n 15 --no-pager -o cat 2>/dev/null | sed 's/^/  | /'; }
@@ -92,7 +82,8 @@ impl Exec<'_> {
             // rest of the script, and a script cut short in transit runs nothing.
             .run(
                 &format!(
-                    "{HELPERS}kiln_lock {}\nkiln_main() {{\n{script}\n}}\nkiln_main </dev/null\n",
+                    "{}{HELPERS}kiln_lock 60 {}\nkiln_main() {{\n{script}\n}}\nkiln_main </dev/null\n",
+                    crate::shell::LOCK,
                     sh_quote(&self.holder)
                 ),
                 timeout,
@@ -101,7 +92,21 @@ impl Exec<'_> {
             .await
             .with_context(|| format!("{host}: running the step"))?;
         let redactor = self.loaded.env.redactor();
-        let text = redactor.redact(out.stdout.trim_end());
+        let text = redactor
+            .redact(out.stdout.trim_end())
+            .lines()
+            .map(|l| match l.strip_prefix("@@kiln:waiting ") {
+                Some(h) => format!("waiting up to 60 s for this host's lock, held by {h}"),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        if let (Some(75), Some(h)) = (
+            out.status,
+            text.lines().find_map(|l| l.strip_prefix("@@kiln:locked ")),
+        ) {
+            bail!("{host}: another run held this host's lock for 60 s: {h}");
+        }
         if out.status != Some(0) {
             let err = redactor.redact(out.stderr.trim());
             bail!(

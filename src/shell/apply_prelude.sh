@@ -5,16 +5,7 @@ set -u
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 K=/var/lib/kiln
 mkdir -p "$K/pending" "$K/backup" || exit 70
-exec 9>>"$K/lock"
-# Another run holds the lock (or an orphan of a lost connection, which stops at its next
-# step boundary): say who, wait up to the lock timeout, then give up naming the holder.
-if ! flock -n 9; then
-  printf '@@kiln:waiting %s\n' "$(cat "$K/lock.holder" 2>/dev/null || echo unknown)"
-  if ! flock -w "$kiln_lock_wait" 9; then
-    printf '@@kiln:locked %s\n' "$(cat "$K/lock.holder" 2>/dev/null || echo unknown)"
-    exit 75
-  fi
-fi
+kiln_lock "$kiln_lock_wait" "$kiln_holder"
 L=$(mktemp "$K/log.XXXXXX") || exit 70
 trap 'rm -f "$L"' EXIT
 # Atomic write: temp file in the target's directory, owner/mode set before it becomes

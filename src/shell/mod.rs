@@ -13,7 +13,11 @@
 
 use base64::Engine as _;
 
-/// The apply script's prelude: lock, atomic write, attributes, apt (see `apply::script`).
+/// `kiln_lock WAIT HOLDER`: the host's lock, for the apply script and the Galera executor.
+pub const LOCK: &str = include_str!("lock.sh");
+
+/// The apply script's prelude: atomic write, attributes, apt (see `apply::script`); it
+/// takes the lock with [`LOCK`]'s function, which must come before it.
 pub const APPLY_PRELUDE: &str = include_str!("apply_prelude.sh");
 
 /// The fact script's helpers (see `facts::script`).
