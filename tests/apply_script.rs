@@ -443,12 +443,16 @@ fn every_step_type_runs_in_script_order_with_markers() {
     assert!(!s.contains("$(echo no)"));
     assert!(s.contains("systemctl daemon-reload || exit $?"));
     assert!(s.contains("  : > \"$K/pending/\"'reload@nginx.service' || exit $?"));
-    assert!(s.contains(
-        "( nginx -t -q ) || { echo 'configuration check failed: nginx -t -q'; exit 3; }"
-    ));
-    assert!(s.contains("rm -f \"$K/pending/reload@\"'nginx.service'"));
-    assert!(s.contains("useradd -U -u 2000 -m -d '/home/u' -s '/bin/bash' -G 'sudo,adm' 'u'"));
-    assert!(s.contains("groupadd -g 2000 -r 'g'"));
+    // A service's check is the user's shell: its own unit, its text not in the script.
+    assert!(s.contains(&format!(
+        "{} </dev/null 9>&- || {{ printf '%s\\n' 'configuration check failed: nginx -t -q'; exit 3; }}",
+        kiln::shell::user_unit("nginx -t -q")
+    )));
+    assert!(s.contains("rm -f \"$K/pending/\"'reload@nginx.service'"));
+    // Operands after `--`: a name that starts with `-` stays a name.
+    assert!(s.contains("useradd -U -u '2000' -m -d '/home/u' -s '/bin/bash' -G 'sudo,adm' -- 'u'"));
+    assert!(s.contains("groupadd -g '2000' -r -- 'g'"));
+    assert!(s.contains("systemctl try-reload-or-restart -- 'nginx.service'"));
 }
 
 #[test]

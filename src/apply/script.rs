@@ -11,6 +11,7 @@ use base64::Engine;
 
 use crate::plan::{Change, Content, Step};
 use crate::shell::quote as sh_quote;
+use crate::shell::Cmd;
 
 /// Where kiln keeps its state on a host.
 pub const STATE_DIR: &str = "/var/lib/kiln";
@@ -192,11 +193,13 @@ fn step_shell(
             let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
             let _ = writeln!(
                 s,
-                "  kiln_write {} {} {} {} <<'KILN_EOF' || exit $?",
-                q(path),
-                q(owner),
-                q(group),
-                q(mode)
+                "  {} <<'KILN_EOF' || exit $?",
+                Cmd::function("kiln_write")
+                    .arg(path)
+                    .arg(owner)
+                    .arg(group)
+                    .arg(mode)
+                    .line()
             );
             for chunk in b64.as_bytes().chunks(76) {
                 s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
@@ -215,14 +218,12 @@ fn step_shell(
                 _ => ("", ""),
             };
             if !o.is_empty() || mode.is_some() {
-                let _ = writeln!(
-                    s,
-                    "  kiln_attrs {} {} {} {} || exit $?",
-                    q(path),
-                    q(o),
-                    q(g),
-                    q(mode.as_deref().unwrap_or(""))
-                );
+                let attrs = Cmd::function("kiln_attrs")
+                    .arg(path)
+                    .arg(o)
+                    .arg(g)
+                    .arg(mode.as_deref().unwrap_or(""));
+                let _ = writeln!(s, "  {} || exit $?", attrs.line());
             }
         }
         Step::MakeDir {
@@ -233,23 +234,30 @@ fn step_shell(
         } => {
             let _ = writeln!(
                 s,
-                "  mkdir -p -- {p} && kiln_attrs {p} {o} {g} {m} || exit $?",
-                p = q(path),
-                o = q(owner),
-                g = q(group),
-                m = q(mode)
+                "  {} && {} || exit $?",
+                Cmd::program("mkdir").opt("-p").arg(path).line(),
+                Cmd::function("kiln_attrs")
+                    .arg(path)
+                    .arg(owner)
+                    .arg(group)
+                    .arg(mode)
+                    .line()
             );
         }
         Step::Symlink { path, target } => {
             let _ = writeln!(
                 s,
-                "  mkdir -p \"$(dirname {p})\" && ln -sfn {t} {p} || exit $?",
-                p = q(path),
-                t = q(target)
+                "  mkdir -p -- \"$(dirname -- {p})\" && {} || exit $?",
+                Cmd::program("ln").opt("-sfn").arg(target).arg(path).line(),
+                p = q(path)
             );
         }
         Step::RemovePath { path } => {
-            let _ = writeln!(s, "  kiln_remove {} || exit $?", q(path));
+            let _ = writeln!(
+                s,
+                "  {} || exit $?",
+                Cmd::function("kiln_remove").arg(path).line()
+            );
         }
         Step::PurgeDir { path, keep } => {
             let base = path.trim_end_matches('/');
@@ -271,17 +279,21 @@ fn step_shell(
             let _ = writeln!(s, "  done");
         }
         Step::GroupAdd { name, gid, system } => {
-            let mut cmd = String::from("groupadd");
+            let mut cmd = Cmd::program("groupadd");
             if let Some(g) = gid {
-                let _ = write!(cmd, " -g {g}");
+                cmd = cmd.opt_value("-g", &g.to_string());
             }
             if *system {
-                cmd.push_str(" -r");
+                cmd = cmd.opt("-r");
             }
-            let _ = writeln!(s, "  {cmd} {} || exit $?", q(name));
+            let _ = writeln!(s, "  {} || exit $?", cmd.arg(name).line());
         }
         Step::GroupDel { name } => {
-            let _ = writeln!(s, "  groupdel {} || exit $?", q(name));
+            let _ = writeln!(
+                s,
+                "  {} || exit $?",
+                Cmd::program("groupdel").arg(name).line()
+            );
         }
         Step::UserAdd {
             name,
@@ -292,19 +304,21 @@ fn step_shell(
             groups,
             create_home,
         } => {
-            let mut cmd = String::from("useradd -U");
+            let mut cmd = Cmd::program("useradd").opt("-U");
             if let Some(u) = uid {
-                let _ = write!(cmd, " -u {u}");
+                cmd = cmd.opt_value("-u", &u.to_string());
             }
             if *system {
-                cmd.push_str(" -r");
+                cmd = cmd.opt("-r");
             }
-            cmd.push_str(if *create_home { " -m" } else { " -M" });
-            let _ = write!(cmd, " -d {} -s {}", q(home), q(shell));
+            cmd = cmd
+                .opt(if *create_home { "-m" } else { "-M" })
+                .opt_value("-d", home)
+                .opt_value("-s", shell);
             if !groups.is_empty() {
-                let _ = write!(cmd, " -G {}", q(&groups.join(",")));
+                cmd = cmd.opt_value("-G", &groups.join(","));
             }
-            let _ = writeln!(s, "  {cmd} {} || exit $?", q(name));
+            let _ = writeln!(s, "  {} || exit $?", cmd.arg(name).line());
         }
         Step::UserMod {
             name,
@@ -312,24 +326,31 @@ fn step_shell(
             shell,
             groups,
         } => {
-            let mut cmd = String::from("usermod");
+            let mut cmd = Cmd::program("usermod");
             if let Some(h) = home {
-                let _ = write!(cmd, " -d {}", q(h));
+                cmd = cmd.opt_value("-d", h);
             }
             if let Some(sh) = shell {
-                let _ = write!(cmd, " -s {}", q(sh));
+                cmd = cmd.opt_value("-s", sh);
             }
             if let Some(g) = groups {
-                let _ = write!(cmd, " -G {}", q(&g.join(",")));
+                cmd = cmd.opt_value("-G", &g.join(","));
             }
-            let _ = writeln!(s, "  {cmd} {} || exit $?", q(name));
+            let _ = writeln!(s, "  {} || exit $?", cmd.arg(name).line());
         }
         Step::UserDel { name } => {
-            let _ = writeln!(s, "  userdel {} || exit $?", q(name));
+            let _ = writeln!(
+                s,
+                "  {} || exit $?",
+                Cmd::program("userdel").arg(name).line()
+            );
         }
         Step::DaemonReload => s.push_str("  systemctl daemon-reload || exit $?\n"),
         Step::Systemctl { verb, unit } => {
-            let _ = writeln!(s, "  systemctl {} {} || exit $?", q(verb), q(unit));
+            let systemctl = Cmd::program("systemctl")
+                .opt(systemctl_verb(verb)?)
+                .arg(unit);
+            let _ = writeln!(s, "  {} || exit $?", systemctl.line());
             if verb == "start" {
                 let _ = writeln!(
                     s,
@@ -345,11 +366,14 @@ fn step_shell(
         } => {
             if let Some(c) = check {
                 // A configuration that fails its check is never loaded: the running service
-                // keeps its old configuration and the handler stays journalled.
+                // keeps its old configuration and the handler stays journalled. The check
+                // is the user's shell: its own unit, so a `#` or a stray quote in it fails
+                // this check alone.
                 let _ = writeln!(
                     s,
-                    "  ( {c} ) || {{ echo 'configuration check failed: {}'; exit 3; }}",
-                    c.replace('\'', "")
+                    "  {} </dev/null 9>&- || {{ printf '%s\\n' {}; exit 3; }}",
+                    crate::shell::user_unit(c),
+                    q(&format!("configuration check failed: {c}"))
                 );
             }
             // A notification does not start a stopped service: reload or restart only a
@@ -359,8 +383,15 @@ fn step_shell(
                 "restart" => "try-restart",
                 other => other,
             };
-            let _ = writeln!(s, "  systemctl {} {} || exit $?", q(verb), q(unit));
-            let _ = writeln!(s, "  rm -f \"$K/pending/{}@\"{u}", action, u = q(unit));
+            let systemctl = Cmd::program("systemctl")
+                .opt(systemctl_verb(verb)?)
+                .arg(unit);
+            let _ = writeln!(s, "  {} || exit $?", systemctl.line());
+            let _ = writeln!(
+                s,
+                "  rm -f \"$K/pending/\"{}",
+                q(&format!("{action}@{unit}"))
+            );
             if action == "restart" || action == "start" {
                 let _ = writeln!(
                     s,
@@ -389,6 +420,22 @@ fn step_shell(
         }
     }
     Ok(())
+}
+
+/// The systemctl verbs a plan may hold: a closed set, written as kiln's own words.
+fn systemctl_verb(verb: &str) -> Result<&'static str, String> {
+    Ok(match verb {
+        "start" => "start",
+        "stop" => "stop",
+        "restart" => "restart",
+        "reload" => "reload",
+        "enable" => "enable",
+        "disable" => "disable",
+        "try-restart" => "try-restart",
+        "try-reload-or-restart" => "try-reload-or-restart",
+        "reload-or-restart" => "reload-or-restart",
+        other => return Err(format!("`{other}` is not a systemctl verb kiln uses")),
+    })
 }
 
 /// A user's command as its own unit ([`crate::shell::user_unit`]): a syntax error fails

@@ -49,6 +49,66 @@ pub fn quote(s: &str) -> String {
 /// it from `/`.
 const UNIT_PROGRAM: &str = "'kiln_c=${KILN_UNIT%.}; unset KILN_UNIT; cd / && eval \"$kiln_c\"'";
 
+/// One simple command, built by type: the program is a `&'static str` and so are kiln's
+/// own options — text from a spec can never become either — while every operand and
+/// option value is quoted as one word. For programs (not kiln's shell functions) `--` ends
+/// the options before the first operand, so a value that starts with `-` stays a value.
+///
+/// This is the only way the apply script names programs with operands; raw shell kiln
+/// writes itself is in the `.sh` preludes, and users' shell goes through [`user_unit`].
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    words: Vec<String>,
+    dashdash: bool,
+}
+
+impl Cmd {
+    /// A program: operands are preceded by `--`.
+    pub fn program(name: &'static str) -> Cmd {
+        Cmd {
+            words: vec![name.to_string()],
+            dashdash: true,
+        }
+    }
+
+    /// One of kiln's own shell functions (`kiln_write`, `kiln_attrs` …): positional
+    /// arguments, no option parsing, so no `--`.
+    pub fn function(name: &'static str) -> Cmd {
+        Cmd {
+            words: vec![name.to_string()],
+            dashdash: false,
+        }
+    }
+
+    /// An option of kiln's own (`-r`, `--no-pager`).
+    pub fn opt(mut self, flag: &'static str) -> Cmd {
+        self.words.push(flag.to_string());
+        self
+    }
+
+    /// An option with a value (`-d HOME`): the value is quoted.
+    pub fn opt_value(mut self, flag: &'static str, value: &str) -> Cmd {
+        self.words.push(flag.to_string());
+        self.words.push(quote(value));
+        self
+    }
+
+    /// An operand, quoted; the first one of a program is preceded by `--`.
+    pub fn arg(mut self, value: &str) -> Cmd {
+        if self.dashdash {
+            self.words.push("--".into());
+            self.dashdash = false;
+        }
+        self.words.push(quote(value));
+        self
+    }
+
+    /// The command as one line of shell.
+    pub fn line(&self) -> String {
+        self.words.join(" ")
+    }
+}
+
 /// `command <<'DELIM' after` followed by `body` and the delimiter: a quoted here-document
 /// (no expansion inside) whose delimiter is chosen so that no line of `body` equals it —
 /// a line of a password or a grant can never end it early and run the rest as shell.
@@ -109,6 +169,22 @@ mod tests {
         let (_, out) = run(&format!("{}; echo rc $?", user_unit(texts[3])));
         let home = std::env::var("HOME").unwrap_or_default();
         assert_eq!(out, format!("{home}\nrc 3\n"));
+    }
+
+    #[test]
+    fn commands_quote_operands_and_end_options() {
+        let c = Cmd::program("useradd")
+            .opt("-U")
+            .opt_value("-d", "/home/it's")
+            .arg("-x");
+        assert_eq!(c.line(), "useradd -U -d '/home/it'\\''s' -- '-x'");
+        let f = Cmd::function("kiln_attrs").arg("/p").arg("");
+        assert_eq!(f.line(), "kiln_attrs '/p' ''");
+        // A program without operands has no `--`.
+        assert_eq!(
+            Cmd::program("systemctl").opt("daemon-reload").line(),
+            "systemctl daemon-reload"
+        );
     }
 
     #[test]
