@@ -42,7 +42,6 @@ proptest! {
     #[test]
     fn a_user_unit_runs_exactly_its_text(s in text()) {
         let unit = kiln::shell::user_unit(&format!("printf '%s' {}", kiln::shell::quote(&s)));
-        prop_assert!(!unit.contains(&s) || s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='), "the text is in the unit as shell");
         let out = dash(&unit);
         prop_assert_eq!(out, s.as_bytes());
     }
