@@ -1263,6 +1263,11 @@ run = "printf '%s' '{{ secrets.s | upper }}' | chpasswd-like"
 unless = "grep -q {{ secrets.s | lower }} /etc/app/state"
 
 [[resource]]
+type = "unit"
+name = "app-worker"
+content = "[Service]\nEnvironment=TOKEN={{ secrets.s | title }}\nExecStart=/bin/true\n"
+
+[[resource]]
 type = "command"
 name = "public"
 run = "touch /etc/app/done"
@@ -1298,6 +1303,7 @@ fn content_derived_from_a_secret_through_filters_is_sensitive() {
         "file:/etc/app/upper",
         "file:/etc/app/reversed",
         "file:/etc/app/loop",
+        "unit:app-worker.service",
     ] {
         let c = change(&plan, id);
         assert!(c.sensitive, "{id} depends on the secret");
