@@ -411,3 +411,56 @@ fn clone_of_a_source_that_does_not_render_writes_nothing() {
     );
     assert!(!r.path("environments/qa.toml").exists());
 }
+
+/// Usage errors exit 1: exit 2 means "changes" or "drift" to CI scripts. Help exits 0.
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    let run = |args: &[&str]| {
+        Command::cargo_bin("kiln")
+            .expect("binary")
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    for args in [
+        &["drift", "--format", "yaml"][..],
+        &["no-such-command"],
+        &["plan"],
+        &["apply", "x", "--lock-timeout", "soon"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("error"),
+            "{args:?}: {out:?}"
+        );
+    }
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage"));
+}
+
+/// `kiln … | head`: a reader that goes away ends kiln quietly (SIGPIPE, as Unix tools do),
+/// never with a panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let bin = assert_cmd::cargo::cargo_bin("kiln");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let state = tempfile::tempdir().expect("tempdir");
+    // The offline plan of the lab is long; `head -n 1` closes the pipe after one line.
+    // (175 kB, well over a pipe's buffer, so kiln writes into the closed pipe.)
+    let script = format!(
+        "XDG_STATE_HOME={} NO_COLOR=1 {} plan lab --offline | head -n 1 >/dev/null",
+        state.path().display(),
+        bin.display()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&repo)
+        .output()
+        .expect("bash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
