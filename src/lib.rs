@@ -31,5 +31,6 @@ pub mod provider;
 pub mod resource;
 pub mod shell;
 pub mod spec;
+pub mod state;
 pub mod transport;
 pub mod ui;

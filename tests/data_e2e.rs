@@ -103,9 +103,8 @@ generate = 16
 generate = 32
 
 [secrets.minio_artifact_sha256]
-file = "{dir}/artifacts/minio.sha256"
-"#,
-        dir = lab_dir()
+lab_artifact = "minio.sha256"
+"#
     )
 }
 

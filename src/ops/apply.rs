@@ -12,14 +12,13 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{watch, Semaphore};
 
-use super::{gather, load, make_plan, ssh_options, Connections, Loaded};
+use super::{gather, load, make_plan, Connections, Loaded};
 use crate::apply::script::{apply_script_waiting, parse_marker, Marker, EXIT_LOCKED};
 use crate::facts::FactQuery;
 use crate::plan::build::fingerprint;
 use crate::plan::render::render_plan;
 use crate::plan::{Content, Plan, Step, PLAN_FORMAT};
 use crate::resource::Kind;
-use crate::transport::ssh::SshTransport;
 use crate::transport::Transport;
 use crate::ui::Paint;
 
@@ -49,9 +48,8 @@ pub struct HostOutcome {
 pub async fn run(args: ApplyArgs) -> Result<i32> {
     let paint = Paint::detect();
     let is_plan_file = args.target.ends_with(".json") && Path::new(&args.target).is_file();
-    let mut conns = Connections::default();
     let mut refused = 0;
-    let (loaded, plan) = if is_plan_file {
+    let (loaded, plan, mut conns) = if is_plan_file {
         let text = std::fs::read_to_string(&args.target)
             .with_context(|| format!("reading {}", args.target))?;
         let mut plan: Plan = serde_json::from_str(&text)
@@ -69,14 +67,16 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         let hosts: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
         let env_file = plan.env_file.to_string_lossy().to_string();
         let loaded = load(&env_file, Some(&hosts.join(",")))?;
+        let mut conns = Connections::ssh(&loaded.env);
         refused = refuse_stale(&loaded, &mut conns, &mut plan, &paint).await?;
         print!("{}", render_plan(&plan, &paint));
-        (loaded, plan)
+        (loaded, plan, conns)
     } else {
         let loaded = load(&args.target, args.limit.as_deref())?;
+        let mut conns = Connections::ssh(&loaded.env);
         let plan = make_plan(&loaded, &mut conns).await?;
         print!("{}", render_plan(&plan, &paint));
-        (loaded, plan)
+        (loaded, plan, conns)
     };
     if plan.change_count() == 0 {
         println!("\nNo changes to apply.");
@@ -317,7 +317,7 @@ pub async fn execute(
             .host(&hp.host)
             .map(|d| d.connection.clone())
             .context("host not in the spec")?;
-        let opts = ssh_options(&loaded.env, conn.provider);
+        let connector = conns.connector();
         let existing = conns.by_host.get(&hp.host).cloned();
         let sem = sem.clone();
         let bar = multi.add(ProgressBar::new(hp.changes.len() as u64));
@@ -349,8 +349,8 @@ pub async fn execute(
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let transport: Arc<dyn Transport> = match existing {
                 Some(t) => t,
-                None => match SshTransport::connect(&conn, &opts).await {
-                    Ok(t) => Arc::new(t),
+                None => match connector.connect(&hp.host, &conn).await {
+                    Ok(t) => t,
                     Err(e) => {
                         let _ = tx.send(Some(false));
                         bar.finish_with_message("unreachable");

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 
-use super::{load, ssh_options};
+use super::load;
 use crate::desired::DesiredHost;
 use crate::resource::Kind;
-use crate::transport::ssh::SshTransport;
 use crate::transport::Transport;
 
 /// A backup or restore may take long on real data.
@@ -46,8 +45,8 @@ fn backup_host(hosts: &[DesiredHost]) -> Result<&DesiredHost> {
 }
 
 async fn connect(env: &crate::spec::Environment, h: &DesiredHost) -> Result<Arc<dyn Transport>> {
-    let opts = ssh_options(env, h.connection.provider);
-    Ok(Arc::new(SshTransport::connect(&h.connection, &opts).await?))
+    use crate::transport::Connector;
+    super::connector(env).connect(&h.name, &h.connection).await
 }
 
 /// Runs a script, printing its stdout lines as they come (redacted); returns its status.

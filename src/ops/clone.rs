@@ -379,13 +379,9 @@ pub fn render(env: &Environment, args: &CloneArgs, command: &str) -> Result<Stri
 
     // Secrets: this copy's own.
     let mut secrets = String::new();
-    let lab_dir = super::lab_state_dir();
+    // `lab_artifact` secrets (a pin `kiln lab up` writes) are no credential: shared.
     for (name, r) in &env.spec.secrets {
         if let Some(f) = &r.file {
-            // Files the lab itself provides (an artifact's pin) are no credential: shared.
-            if Path::new(f).starts_with(&lab_dir) {
-                continue;
-            }
             let _ = writeln!(
                 secrets,
                 "[secrets.{}]\nfile = \"{}\"  # {src}: {f}",

@@ -160,7 +160,7 @@ pub async fn run(envs: Vec<String>, format: DriftFormat) -> Result<i32> {
                 hosts: vec![],
             },
             Ok(loaded) => {
-                let mut conns = Connections::default();
+                let mut conns = Connections::ssh(&loaded.env);
                 match make_plan(&loaded, &mut conns).await {
                     Ok(plan) => from_plan(&loaded.env.name, &plan),
                     Err(err) => EnvDrift {

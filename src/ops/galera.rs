@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{ssh_options, Connections, Loaded};
+use super::{Connections, Loaded};
 use crate::cluster::galera::{schema_digest, steps_of, GaleraOp, GaleraStep};
 use crate::facts::galera::{self as gf, GaleraFact};
 use crate::plan::{HostPlan, Plan, Step};
 use crate::resource::galera::GaleraUser;
 use crate::shell::quote as sh_quote;
-use crate::transport::ssh::SshTransport;
 use crate::transport::Transport;
 use crate::ui::Paint;
 
@@ -551,18 +550,12 @@ async fn connect(
     conns: &mut Connections,
     host: &str,
 ) -> Result<Arc<dyn Transport>> {
-    if let Some(t) = conns.by_host.get(host) {
-        return Ok(t.clone());
-    }
     let conn = loaded
         .desired
         .host(host)
         .map(|d| d.connection.clone())
         .with_context(|| format!("{host} is not in this run"))?;
-    let opts = ssh_options(&loaded.env, conn.provider);
-    let t: Arc<dyn Transport> = Arc::new(SshTransport::connect(&conn, &opts).await?);
-    conns.by_host.insert(host.to_string(), t.clone());
-    Ok(t)
+    conns.get(host, &conn).await
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Result};
 
-use super::lab_state_dir;
 use crate::provider::lab::{self, HostState, LabConfig, LabHost};
 use crate::spec::{self, Environment, Provider};
+use crate::state::lab_state_dir;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LabAction {

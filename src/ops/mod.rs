@@ -16,31 +16,23 @@ pub mod ssh;
 pub mod verify;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tokio::sync::Semaphore;
 
-use crate::desired::{self, Desired};
+use crate::desired::{self, Connection, Desired};
 use crate::error::SpecErrors;
 use crate::facts::{self, HostFacts};
 use crate::plan::graph::ResourceGraph;
 use crate::plan::{build, HostPlan, Plan, PLAN_FORMAT};
-use crate::spec::{self, Environment, Provider};
-use crate::transport::ssh::{SshOptions, SshTransport};
-use crate::transport::Transport;
+use crate::spec::{self, Environment};
+use crate::transport::ssh::SshConnector;
+use crate::transport::{Connector, Transport};
 
 /// How long fact gathering may take on one host.
 pub const FACTS_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The lab's state directory (images, containers, its SSH key).
-pub fn lab_state_dir() -> PathBuf {
-    std::env::var_os("KILN_LAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/kiln/lab"))
-}
 
 /// Everything known about an environment before any host is contacted.
 pub struct Loaded {
@@ -80,7 +72,7 @@ pub fn load_with(env_arg: &str, limit: Option<&str>, offline: bool) -> Result<Lo
     } else {
         crate::provider::ec2::fill_addresses_blocking(&mut env, Some(&hosts))?;
     }
-    let lab_key = crate::provider::lab::key_path(&lab_state_dir());
+    let lab_key = crate::provider::lab::key_path(&crate::state::lab_state_dir());
     let desired = desired::expand(&env, &hosts, Some(lab_key)).map_err(anyhow::Error::new)?;
     let graph = ResourceGraph::build(&env, &desired)
         .map_err(|e| anyhow::Error::new(SpecErrors::from(e)))?;
@@ -91,19 +83,45 @@ pub fn load_with(env_arg: &str, limit: Option<&str>, offline: bool) -> Result<Lo
     })
 }
 
-/// Open connections, by host name.
-#[derive(Default, Clone)]
+/// Open connections, by host name, and the `Connector` that opens new ones.
+#[derive(Clone)]
 pub struct Connections {
+    connector: Arc<dyn Connector>,
     pub by_host: HashMap<String, Arc<dyn Transport>>,
 }
 
-pub fn ssh_options(env: &Environment, provider: Provider) -> SshOptions {
-    SshOptions {
-        known_hosts: env.known_hosts(),
-        // Lab hosts have their keys recorded when created; static hosts only when asked.
-        accept_new: provider != Provider::Lab && env.spec.ssh.accept_new.unwrap_or(false),
-        connect_timeout: Duration::from_secs(env.spec.ssh.connect_timeout.unwrap_or(10)),
+impl Connections {
+    pub fn new(connector: Arc<dyn Connector>) -> Connections {
+        Connections {
+            connector,
+            by_host: HashMap::new(),
+        }
     }
+
+    /// Real SSH connections with the environment's `[ssh]` settings.
+    pub fn ssh(env: &Environment) -> Connections {
+        Connections::new(Arc::new(connector(env)))
+    }
+
+    pub fn connector(&self) -> Arc<dyn Connector> {
+        self.connector.clone()
+    }
+
+    /// The open transport to `name`, or a new one through `conn`.
+    pub async fn get(&mut self, name: &str, conn: &Connection) -> Result<Arc<dyn Transport>> {
+        if let Some(t) = self.by_host.get(name) {
+            return Ok(t.clone());
+        }
+        let t = self.connector.connect(name, conn).await?;
+        self.by_host.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+}
+
+/// The SSH connector for an environment: its known_hosts, `[ssh] accept_new` (never for lab
+/// hosts: their keys are recorded when they are created) and connect timeout.
+pub fn connector(env: &Environment) -> SshConnector {
+    SshConnector::for_env(env)
 }
 
 /// Result of reading one host.
@@ -126,7 +144,8 @@ pub async fn gather(
     for (h, host) in loaded.desired.hosts.iter().enumerate() {
         let sem = sem.clone();
         let conn = host.connection.clone();
-        let opts = ssh_options(&loaded.env, conn.provider);
+        let name = host.name.clone();
+        let connector = conns.connector();
         let existing = conns.by_host.get(&host.name).cloned();
         let queries = queries_for(h);
         tasks.push(tokio::spawn(async move {
@@ -134,8 +153,8 @@ pub async fn gather(
             let start = Instant::now();
             let transport: Arc<dyn Transport> = match existing {
                 Some(t) => t,
-                None => match SshTransport::connect(&conn, &opts).await {
-                    Ok(t) => Arc::new(t),
+                None => match connector.connect(&name, &conn).await {
+                    Ok(t) => t,
                     Err(e) => return (None, Err(format!("{e:#}")), start.elapsed()),
                 },
             };
@@ -248,5 +267,5 @@ pub fn holder() -> String {
 /// readable by its owner only: saved plans name hosts, paths and seals, and nothing kiln
 /// writes here is meant for other users.
 pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
-    crate::plan::seal::write_private(path, data)
+    crate::state::write_private(path, data)
 }

@@ -50,7 +50,7 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
     let plan = if args.offline {
         offline_plan(&loaded)?
     } else {
-        let mut conns = Connections::default();
+        let mut conns = Connections::ssh(&loaded.env);
         make_plan(&loaded, &mut conns).await?
     };
     if args.offline && args.format == Format::Human {

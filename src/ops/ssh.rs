@@ -36,7 +36,9 @@ fn conn(env: &Environment, host: &str) -> Result<Connection> {
     Ok(connection(
         env,
         host,
-        Some(crate::provider::lab::key_path(&super::lab_state_dir())),
+        Some(crate::provider::lab::key_path(
+            &crate::state::lab_state_dir(),
+        )),
     ))
 }
 

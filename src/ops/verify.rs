@@ -30,7 +30,7 @@ pub fn checks_script(checks: &[crate::desired::Check]) -> String {
 pub async fn run(env: &str, limit: Option<&str>) -> Result<i32> {
     let paint = Paint::detect();
     let loaded = load(env, limit)?;
-    let mut conns = Connections::default();
+    let mut conns = Connections::ssh(&loaded.env);
     let plan = make_plan(&loaded, &mut conns).await?;
     let drift = plan.change_count() > 0;
     if drift || plan.has_errors() {

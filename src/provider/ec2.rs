@@ -603,7 +603,7 @@ pub fn replace_known_hosts(path: &Path, name: &str, keys: &[String]) -> Result<(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    crate::ops::write_atomic(path, text.as_bytes())
+    crate::state::write_private(path, text.as_bytes())
 }
 
 fn known_hosts_has(path: &Path, name: &str) -> bool {
@@ -674,26 +674,23 @@ pub async fn record_host_keys(
 /// [`record_host_keys`]) until `true` runs, or `timeout` passes.
 pub async fn wait_for_ssh(
     env: &Environment,
+    connector: &dyn crate::transport::Connector,
     ensured: &[Ensured],
     timeout: Duration,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
-    use crate::transport::ssh::SshTransport;
-    use crate::transport::Transport;
     for e in ensured {
         let mut conn = crate::desired::connection(env, &e.host, None);
         conn.address = e.address.clone();
-        let mut opts = crate::ops::ssh_options(env, Provider::Ec2);
-        opts.connect_timeout = opts.connect_timeout.min(Duration::from_secs(10));
         let start = Instant::now();
         loop {
             let res = async {
-                let t = SshTransport::connect(&conn, &opts).await?;
+                // Dropping the transport closes its session.
+                let t = connector.connect(&e.host, &conn).await?;
                 let out = t.run("true", Duration::from_secs(30), None).await?;
                 if out.status != Some(0) {
                     bail!("`true` exited with {:?}: {}", out.status, out.stderr.trim());
                 }
-                t.close().await.ok();
                 Ok(())
             }
             .await;
@@ -734,7 +731,8 @@ pub async fn ensure(
     let ec2 = Ec2::from_env().await;
     let ensured = ensure_instances(&ec2, env, hosts, timeouts.running, log).await?;
     record_host_keys(&ec2, env, &ensured, timeouts.host_keys, log).await?;
-    wait_for_ssh(env, &ensured, timeouts.ssh, log).await?;
+    let connector = crate::transport::ssh::SshConnector::for_env(env);
+    wait_for_ssh(env, &connector, &ensured, timeouts.ssh, log).await?;
     Ok(ensured)
 }
 

@@ -138,4 +138,9 @@ pub struct SecretRef {
     /// `$XDG_STATE_HOME/kiln/secrets/ENV/NAME` (0600): for labs and QA copies.
     #[serde(default)]
     pub generate: Option<u32>,
+    /// A file `kiln lab up` provides (an artifact's pin): a plain name in the lab's
+    /// artifacts directory (`$KILN_LAB_DIR/artifacts`). Not a credential, so `kiln clone`
+    /// shares it, and it follows `KILN_LAB_DIR` wherever the lab lives.
+    #[serde(default)]
+    pub lab_artifact: Option<String>,
 }

@@ -324,6 +324,20 @@ impl Environment {
         let mut errors = vec![];
         for (name, r) in &self.spec.secrets {
             let base = format!("secrets.{}", source::join_key("", name));
+            if let Some(a) = &r.lab_artifact {
+                let p = crate::state::lab_artifacts_dir().join(a);
+                match std::fs::read_to_string(&p) {
+                    Ok(v) => {
+                        self.secrets
+                            .insert(name.clone(), SecretValue::new(v.trim_end_matches('\n')));
+                    }
+                    Err(e) => errors.push(self.error(
+                        &format!("{base}.lab_artifact"),
+                        format!("cannot read {} (is the lab up?): {e}", p.display()),
+                    )),
+                }
+                continue;
+            }
             match (&r.env, &r.file) {
                 (None, None) if r.generate.is_some() => {
                     let len = r.generate.unwrap_or(32) as usize;
@@ -334,7 +348,7 @@ impl Environment {
                         ));
                         continue;
                     }
-                    match crate::plan::seal::generated_secret(&self.name, name, len) {
+                    match crate::state::generated_secret(&self.name, name, len) {
                         Ok(v) => {
                             self.secrets.insert(name.clone(), SecretValue::new(&v));
                         }
@@ -515,9 +529,17 @@ impl Environment {
         // read only by `resolve_secrets`, for the commands that render templates.
         for (name, r) in &self.spec.secrets {
             let base = format!("secrets.{}", source::join_key("", name));
-            match (&r.env, &r.file, r.generate) {
-                (Some(_), None, None) | (None, None, Some(_)) => {}
-                (None, Some(file), None) => {
+            match (&r.env, &r.file, r.generate, &r.lab_artifact) {
+                (Some(_), None, None, None) | (None, None, Some(_), None) => {}
+                (None, None, None, Some(a)) => {
+                    if a.is_empty() || a.contains('/') || a.starts_with('.') {
+                        errors.push(self.error(
+                            &format!("{base}.lab_artifact"),
+                            "`lab_artifact` is a plain file name in the lab's artifacts directory (no `/`, not starting with `.`)",
+                        ));
+                    }
+                }
+                (None, Some(file), None, None) => {
                     let p = PathBuf::from(expand_home(file));
                     let abs_root = std::fs::canonicalize(&self.root).unwrap_or(self.root.clone());
                     let abs = std::fs::canonicalize(&p).unwrap_or(p.clone());
@@ -527,7 +549,7 @@ impl Environment {
                 }
                 _ => errors.push(self.error(
                     &base,
-                    "a secret needs exactly one of `env`, `file` or `generate`",
+                    "a secret needs exactly one of `env`, `file`, `generate` or `lab_artifact`",
                 )),
             }
         }

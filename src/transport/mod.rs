@@ -8,9 +8,12 @@ pub mod ssh;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+
+use crate::desired::Connection;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -37,6 +40,19 @@ pub trait Transport: Send + Sync {
 
     /// A human name for errors: `root@10.0.0.5:22`.
     fn describe(&self) -> String;
+}
+
+/// Opens transports to hosts. Everything that reaches a host (the engine's gather, apply,
+/// the Galera executor, backup, providers waiting for SSH) gets its transports from a
+/// `Connector`, so there is one place connections are made (`ssh::SshConnector`) and one
+/// seam where tests put a recorded host (`recorded::Recorded`).
+pub trait Connector: Send + Sync {
+    /// A transport to the host `name` reached through `conn`.
+    fn connect<'a>(
+        &'a self,
+        name: &'a str,
+        conn: &'a Connection,
+    ) -> BoxFuture<'a, Result<Arc<dyn Transport>>>;
 }
 
 /// The remote command line: no secrets and no script content ever appear in it.

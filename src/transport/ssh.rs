@@ -30,6 +30,47 @@ pub struct SshOptions {
     pub connect_timeout: Duration,
 }
 
+/// The real `Connector`: OpenSSH sessions with the environment's SSH settings.
+pub struct SshConnector {
+    pub known_hosts: PathBuf,
+    /// `[ssh] accept_new`: record unknown host keys of static hosts. Lab hosts never: their
+    /// keys are recorded when they are created.
+    pub accept_new: bool,
+    pub connect_timeout: Duration,
+}
+
+impl SshConnector {
+    /// The environment's `[ssh]` settings and known_hosts file.
+    pub fn for_env(env: &crate::spec::Environment) -> SshConnector {
+        SshConnector {
+            known_hosts: env.known_hosts(),
+            accept_new: env.spec.ssh.accept_new.unwrap_or(false),
+            connect_timeout: Duration::from_secs(env.spec.ssh.connect_timeout.unwrap_or(10)),
+        }
+    }
+
+    pub fn options(&self, conn: &Connection) -> SshOptions {
+        SshOptions {
+            known_hosts: self.known_hosts.clone(),
+            accept_new: conn.provider != crate::spec::Provider::Lab && self.accept_new,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+impl super::Connector for SshConnector {
+    fn connect<'a>(
+        &'a self,
+        _name: &'a str,
+        conn: &'a Connection,
+    ) -> BoxFuture<'a, Result<Arc<dyn Transport>>> {
+        Box::pin(async move {
+            let t = SshTransport::connect(conn, &self.options(conn)).await?;
+            Ok(Arc::new(t) as Arc<dyn Transport>)
+        })
+    }
+}
+
 pub struct SshTransport {
     session: Session,
     user: String,
