@@ -23,6 +23,7 @@ pub mod apply;
 pub mod cli;
 pub mod cluster;
 pub mod desired;
+pub mod engine;
 pub mod error;
 pub mod facts;
 pub mod ops;

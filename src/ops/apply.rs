@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{watch, Semaphore};
 
-use super::{gather, load, make_plan, Connections, Loaded};
+use crate::engine::{gather, load, make_plan, Connections, Loaded};
 use crate::apply::script::{apply_script_waiting, parse_marker, Marker, EXIT_LOCKED};
 use crate::facts::FactQuery;
 use crate::plan::build::fingerprint;
@@ -283,7 +283,7 @@ pub async fn execute(
         done_rx.insert(hp.host.clone(), rx);
     }
     let redactor = loaded.env.redactor();
-    let holder = super::holder();
+    let holder = crate::engine::holder();
     let mut tasks = vec![];
     for hp in plan.hosts.iter().cloned() {
         let tx = done_tx.remove(&hp.host).expect("one sender per host");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::spec::{self, source::join_key, Environment, Provider};
+use crate::spec::{source::join_key, Environment, Provider};
 
 pub const LE_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LE_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
@@ -407,14 +407,6 @@ pub fn render(env: &Environment, args: &CloneArgs, command: &str) -> Result<Stri
 }
 
 pub fn run(args: CloneArgs, command: &str) -> Result<i32> {
-    let path = spec::resolve_env_path(&args.src);
-    if !path.exists() {
-        bail!(
-            "no environment `{}` ({} does not exist)",
-            args.src,
-            path.display()
-        );
-    }
     if args.dst.is_empty()
         || !args
             .dst
@@ -426,11 +418,12 @@ pub fn run(args: CloneArgs, command: &str) -> Result<i32> {
             args.dst
         );
     }
-    let env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    let env = crate::engine::load_env(&args.src)?;
+    let path = env.file.clone();
     // The copy inherits everything the source renders: a source whose templates do not
     // render would give a copy that cannot be planned. Rendered as `plan --offline` does
     // (no host, no network, unreadable secrets as placeholders), before anything is written.
-    super::load_with(&args.src, None, true).map_err(|e| {
+    crate::engine::load_with(&args.src, None, true).map_err(|e| {
         e.context(format!(
             "{} does not render, so it cannot be cloned",
             args.src

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{load, make_plan, Connections};
+use crate::engine::{load, make_plan, Connections};
 use crate::plan::{Action, AttrChange, Plan, Shown};
 use crate::ui::Paint;
 
@@ -176,7 +176,7 @@ pub async fn run(envs: Vec<String>, format: DriftFormat) -> Result<i32> {
     }
     let report = DriftReport {
         schema: "kiln.drift/1",
-        generated_at: super::now_rfc3339(),
+        generated_at: crate::engine::now_rfc3339(),
         status: worst(out.iter().map(|e| e.status)),
         environments: out,
     };

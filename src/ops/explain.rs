@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::spec::{self, source::join_key, Environment};
+use crate::spec::{source::join_key, Environment};
 
 /// Splits `a.b[2]."c.d"` into segments (`a`, `b`, `[2]`, `c.d`).
 fn segments(key: &str) -> Vec<String> {
@@ -88,14 +88,7 @@ fn show(v: &toml::Value) -> String {
 }
 
 pub fn run(env_arg: &str, key: &str) -> Result<i32> {
-    let path = spec::resolve_env_path(env_arg);
-    if !path.exists() {
-        bail!(
-            "no environment `{env_arg}` ({} does not exist)",
-            path.display()
-        );
-    }
-    let env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    let env = crate::engine::load_env(env_arg)?;
     let segs = segments(key);
     if segs.is_empty() {
         bail!("give a key such as `hosts.web.address` or `modules.nginx.sites`");

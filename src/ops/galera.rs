@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{Connections, Loaded};
+use crate::engine::{Connections, Loaded};
 use crate::cluster::galera::{schema_digest, steps_of, GaleraOp, GaleraStep};
 use crate::facts::galera::{self as gf, GaleraFact};
 use crate::plan::{HostPlan, Plan, Step};
@@ -447,7 +447,7 @@ pub async fn execute(
             transports: BTreeMap::new(),
             recovered: BTreeMap::new(),
             paint,
-            holder: super::holder(),
+            holder: crate::engine::holder(),
         };
         let mut connected = true;
         for n in &first.nodes {

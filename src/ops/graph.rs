@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 pub fn run(env: &str, limit: Option<&str>) -> Result<i32> {
-    let loaded = super::load(env, limit)?;
+    let loaded = crate::engine::load(env, limit)?;
     print!("{}", loaded.graph.to_dot(&loaded.desired));
     Ok(0)
 }

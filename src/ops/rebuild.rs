@@ -66,7 +66,7 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
     }
     // The spec is checked (and its secrets read) before anything is created.
     let t = Instant::now();
-    let env = super::load(env_arg, None)?.env;
+    let env = crate::engine::load(env_arg, None)?.env;
     for h in only {
         if !env.spec.hosts.contains_key(h) {
             bail!("{} has no host `{h}`", path.display());
@@ -286,7 +286,7 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
     timeline.phases = phases;
     print!("{}", timeline.render());
     if let Some(j) = json {
-        super::write_atomic(j, serde_json::to_string_pretty(&timeline)?.as_bytes())?;
+        crate::state::write_private(j, serde_json::to_string_pretty(&timeline)?.as_bytes())?;
         println!("Timeline written to {}", j.display());
     }
     Ok(if timeline.ok { 0 } else { 1 })

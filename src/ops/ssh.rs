@@ -4,17 +4,10 @@
 use anyhow::{bail, Context, Result};
 
 use crate::desired::{connection, Connection};
-use crate::spec::{self, Environment};
+use crate::spec::Environment;
 
 fn env_of(env_arg: &str) -> Result<Environment> {
-    let path = spec::resolve_env_path(env_arg);
-    if !path.exists() {
-        bail!(
-            "no environment `{env_arg}` ({} does not exist)",
-            path.display()
-        );
-    }
-    let mut env = Environment::load(&path).map_err(anyhow::Error::new)?;
+    let mut env = crate::engine::load_env(env_arg)?;
     // EC2 hosts' addresses are their instances' (looked up by tags).
     crate::provider::ec2::fill_addresses_blocking(&mut env, None)?;
     Ok(env)

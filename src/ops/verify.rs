@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{load, make_plan, Connections};
+use crate::engine::{load, make_plan, Connections};
 use crate::plan::render::render_plan;
 use crate::ui::Paint;
 

@@ -4,6 +4,7 @@
 //! machine (pull mode, tests). The trait keeps a future russh backend possible.
 
 pub mod local;
+pub mod recorded;
 pub mod ssh;
 
 use std::future::Future;

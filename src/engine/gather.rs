@@ -1,0 +1,85 @@
+//! Gathering: every host's fact script, one remote execution per host, in parallel.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::{Connections, Loaded};
+use crate::facts::{self, HostFacts};
+use crate::transport::Transport;
+
+/// How long fact gathering may take on one host.
+pub const FACTS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Result of reading one host.
+pub struct Gathered {
+    pub facts: Result<HostFacts, String>,
+    pub ms: u64,
+}
+
+/// Connects to every host of `desired` (bounded parallelism) and runs each host's fact
+/// script: one remote execution per host.
+pub async fn gather(
+    loaded: &Loaded,
+    conns: &mut Connections,
+    queries_for: impl Fn(usize) -> Vec<facts::FactQuery>,
+) -> Vec<Gathered> {
+    let parallel = loaded.env.spec.ssh.parallel.unwrap_or(16).max(1);
+    let sem = Arc::new(Semaphore::new(parallel));
+    let redactor = loaded.env.redactor();
+    let mut tasks = vec![];
+    for (h, host) in loaded.desired.hosts.iter().enumerate() {
+        let sem = sem.clone();
+        let conn = host.connection.clone();
+        let name = host.name.clone();
+        let connector = conns.connector();
+        let existing = conns.by_host.get(&host.name).cloned();
+        let queries = queries_for(h);
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            let start = Instant::now();
+            let transport: Arc<dyn Transport> = match existing {
+                Some(t) => t,
+                None => match connector.connect(&name, &conn).await {
+                    Ok(t) => t,
+                    Err(e) => return (None, Err(format!("{e:#}")), start.elapsed()),
+                },
+            };
+            let script = facts::script::fact_script(&queries);
+            let res = match transport.run(&script, FACTS_TIMEOUT, None).await {
+                Ok(out) if out.status == Some(0) => {
+                    facts::parse::parse_facts(&queries, &out.stdout)
+                        .map_err(|e| format!("reading facts: {e}"))
+                }
+                Ok(out) => Err(format!(
+                    "fact script exited with {:?}: {}",
+                    out.status,
+                    out.stderr.trim()
+                )),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            (Some(transport), res, start.elapsed())
+        }));
+    }
+    let mut out = vec![];
+    for (task, host) in tasks.into_iter().zip(&loaded.desired.hosts) {
+        match task.await {
+            Ok((t, res, elapsed)) => {
+                if let Some(t) = t {
+                    conns.by_host.insert(host.name.clone(), t);
+                }
+                out.push(Gathered {
+                    facts: res.map_err(|e| redactor.redact(&e)),
+                    ms: elapsed.as_millis() as u64,
+                });
+            }
+            Err(e) => out.push(Gathered {
+                facts: Err(format!("internal error: {e}")),
+                ms: 0,
+            }),
+        }
+    }
+    out
+}
+

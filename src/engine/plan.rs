@@ -1,0 +1,81 @@
+//! Planning: gather every host, build each host's plan (pure), then the cluster decisions
+//! that need every node's facts at once.
+
+use anyhow::Result;
+
+use super::{gather, Connections, Loaded};
+use crate::facts::HostFacts;
+use crate::plan::{build, HostPlan, Plan, PLAN_FORMAT};
+
+/// Reads every host and builds the plan.
+pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan> {
+    let seal_key = crate::plan::seal::load_key()?;
+    let gathered = gather(loaded, conns, |h| {
+        build::host_queries(&loaded.desired.hosts[h])
+    })
+    .await;
+    let mut hosts = vec![];
+    let mut all_facts = vec![];
+    for (h, g) in gathered.into_iter().enumerate() {
+        let host = &loaded.desired.hosts[h];
+        let mut hp = match &g.facts {
+            Ok(f) => build::host_plan(&loaded.desired, &loaded.graph, h, f, &seal_key),
+            Err(e) => HostPlan {
+                host: host.name.clone(),
+                address: host.connection.address.clone(),
+                changes: vec![],
+                after_hosts: vec![],
+                error: Some(e.clone()),
+                facts_ms: 0,
+            },
+        };
+        hp.facts_ms = g.ms;
+        hosts.push(hp);
+        all_facts.push(g.facts.ok());
+    }
+    // Cluster decisions need every node's facts at once (Galera bootstrap, joins, rolls).
+    let facts_refs: Vec<Option<&HostFacts>> = all_facts.iter().map(|f| f.as_ref()).collect();
+    for note in crate::cluster::galera::plan_clusters(
+        &loaded.desired,
+        &facts_refs,
+        &mut hosts,
+        &loaded.env.secrets,
+        &seal_key,
+    ) {
+        eprintln!("note: {note}");
+    }
+    Ok(Plan {
+        format: PLAN_FORMAT,
+        kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        environment: loaded.env.name.clone(),
+        env_file: std::fs::canonicalize(&loaded.env.file).unwrap_or(loaded.env.file.clone()),
+        created_at: now_rfc3339(),
+        hosts,
+    })
+}
+
+
+/// The plan against bare hosts, built with no connection: checks the whole spec (templates
+/// rendered, graph acyclic, resources valid) and shows everything a fresh host would get.
+pub fn offline_plan(loaded: &Loaded) -> Result<Plan> {
+    let seal_key = crate::plan::seal::load_key()?;
+    let bare = HostFacts::default();
+    let hosts = (0..loaded.desired.hosts.len())
+        .map(|h| build::host_plan(&loaded.desired, &loaded.graph, h, &bare, &seal_key))
+        .collect();
+    Ok(Plan {
+        format: PLAN_FORMAT,
+        kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        environment: loaded.env.name.clone(),
+        env_file: std::fs::canonicalize(&loaded.env.file).unwrap_or(loaded.env.file.clone()),
+        created_at: now_rfc3339(),
+        hosts,
+    })
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
