@@ -35,3 +35,4 @@ pub mod spec;
 pub mod state;
 pub mod transport;
 pub mod ui;
+pub mod verify;

@@ -1084,7 +1084,7 @@ fn fact_and_check_scripts_pass_shellcheck() {
         retries: 2,
         sensitive: false,
     }];
-    let s = kiln::ops::verify::checks_script(&checks);
+    let s = kiln::verify::checks_script(&checks);
     let (ok, report) = kiln_shellcheck(&s);
     assert!(ok, "check script:\n{report}\n--- script ---\n{s}");
 }

@@ -63,4 +63,3 @@ impl Connections {
 pub fn connector(env: &Environment) -> SshConnector {
     SshConnector::for_env(env)
 }
-

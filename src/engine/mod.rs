@@ -27,4 +27,3 @@ pub fn holder() -> String {
         now_rfc3339()
     )
 }
-

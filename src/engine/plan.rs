@@ -54,7 +54,6 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
     })
 }
 
-
 /// The plan against bare hosts, built with no connection: checks the whole spec (templates
 /// rendered, graph acyclic, resources valid) and shows everything a fresh host would get.
 pub fn offline_plan(loaded: &Loaded) -> Result<Plan> {
@@ -78,4 +77,3 @@ pub fn now_rfc3339() -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
-

@@ -2,28 +2,16 @@
 //! checked for staleness first. Hosts run in parallel (bounded), each as one script; a
 //! failing host does not stop the others.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::sync::{watch, Semaphore};
 
-use crate::engine::{gather, load, make_plan, Connections, Loaded};
-use crate::apply::script::{apply_script_waiting, parse_marker, Marker, EXIT_LOCKED};
-use crate::facts::FactQuery;
-use crate::plan::build::fingerprint;
+use crate::apply::run::{execute, refuse_stale, HostOutcome};
+use crate::engine::{load, make_plan, Connections};
 use crate::plan::render::render_plan;
-use crate::plan::{Content, Plan, Step, PLAN_FORMAT};
-use crate::resource::Kind;
-use crate::transport::Transport;
+use crate::plan::{Plan, PLAN_FORMAT};
 use crate::ui::Paint;
-
-/// How long one host's apply may run.
-pub const APPLY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 pub struct ApplyArgs {
     /// Environment name/path, or a saved plan (.json).
@@ -34,15 +22,6 @@ pub struct ApplyArgs {
     /// Seconds to wait for a host's lock held by another run (or by the orphan of a lost
     /// connection) before failing that host.
     pub lock_timeout: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct HostOutcome {
-    pub host: String,
-    pub applied: usize,
-    pub total: usize,
-    pub error: Option<String>,
-    pub secs: f64,
 }
 
 pub async fn run(args: ApplyArgs) -> Result<i32> {
@@ -91,7 +70,7 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         return Ok(1);
     }
     // Hosts' own changes first (packages, configuration), then cluster steps in order.
-    let host_plan = super::galera::host_changes_only(&plan);
+    let host_plan = crate::apply::cluster::host_changes_only(&plan);
     let outcomes = execute(
         &loaded,
         &host_plan,
@@ -107,7 +86,7 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         .map(|o| o.host.clone())
         .collect();
     let clusters_ok =
-        super::galera::execute(&loaded, &plan, &mut conns, &failed_hosts, &paint).await;
+        crate::apply::cluster::execute(&loaded, &plan, &mut conns, &failed_hosts, &paint).await;
     let failed = outcomes.iter().any(|o| o.error.is_some()) || !clusters_ok;
     Ok(if failed || plan.has_errors() || refused > 0 {
         1
@@ -125,305 +104,6 @@ fn confirm() -> Result<bool> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim() == "yes")
-}
-
-/// Re-reads only the facts behind the plan's changes and drops every change whose facts
-/// moved since the plan was made. Returns how many were refused.
-async fn refuse_stale(
-    loaded: &Loaded,
-    conns: &mut Connections,
-    plan: &mut Plan,
-    paint: &Paint,
-) -> Result<usize> {
-    // Sensitive paths were stored without their expected hash, sensitive guards without
-    // their text; the full query comes from the re-rendered desired state (whose seals are
-    // checked before apply), both for reading the host and for the fingerprint.
-    let full: Vec<Vec<FactQuery>> = loaded
-        .desired
-        .hosts
-        .iter()
-        .map(crate::plan::build::host_queries)
-        .collect();
-    let restore = |h: usize, q: &FactQuery| -> FactQuery {
-        match q {
-            FactQuery::Path {
-                sensitive: true, ..
-            }
-            | FactQuery::Guard {
-                sensitive_of: Some(_),
-                ..
-            } => full[h]
-                .iter()
-                .find(|f| f.key() == q.key())
-                .cloned()
-                .unwrap_or_else(|| q.clone()),
-            _ => q.clone(),
-        }
-    };
-    let queries: Vec<Vec<FactQuery>> = loaded
-        .desired
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let mut q: Vec<FactQuery> = plan
-                .hosts
-                .iter()
-                .filter(|p| p.host == h.name)
-                .flat_map(|p| p.changes.iter().flat_map(|c| c.facts.iter()))
-                .map(|q| restore(i, q))
-                .collect();
-            q.sort();
-            q.dedup();
-            q
-        })
-        .collect();
-    let gathered = gather(loaded, conns, |h| queries[h].clone()).await;
-    let mut refused = 0;
-    for (h, g) in gathered.into_iter().enumerate() {
-        let name = &loaded.desired.hosts[h].name;
-        let Some(hp) = plan.hosts.iter_mut().find(|p| &p.host == name) else {
-            continue;
-        };
-        match g.facts {
-            Err(e) => {
-                hp.error = Some(e);
-                hp.changes.clear();
-            }
-            Ok(facts) => {
-                hp.changes.retain(|c| {
-                    let behind: Vec<FactQuery> = c.facts.iter().map(|q| restore(h, q)).collect();
-                    let fresh = fingerprint(&facts, &behind) == c.fingerprint;
-                    if !fresh {
-                        refused += 1;
-                        eprintln!(
-                            "{} {name}: {} — the host changed since the plan was made (its facts moved); this change is refused. Run `kiln plan` again.",
-                            paint.red("refused stale change"),
-                            c.resource
-                        );
-                    }
-                    fresh
-                });
-            }
-        }
-    }
-    Ok(refused)
-}
-
-/// Content for sensitive steps, rendered again from the spec and checked against the seal
-/// the plan recorded (so the applied secret is the one that was planned).
-fn sensitive_contents(
-    loaded: &Loaded,
-    host: &str,
-    plan: &crate::plan::HostPlan,
-    key: &[u8],
-) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let desired = loaded.desired.host(host).context("host not in the spec")?;
-    for c in &plan.changes {
-        for s in &c.steps {
-            let (resource, seal) = match s {
-                Step::WriteFile {
-                    content: Content::Sensitive { resource, seal },
-                    ..
-                }
-                | Step::SensitiveShell { resource, seal, .. } => (resource, seal),
-                _ => continue,
-            };
-            {
-                let text = desired
-                    .resources
-                    .iter()
-                    .find(|r| &r.id == resource)
-                    .and_then(|r| match &r.kind {
-                        Kind::File(f) => f.content.clone(),
-                        Kind::Unit(u) => u.content.clone(),
-                        Kind::Command(c) => Some(c.run.clone()),
-                        _ => None,
-                    });
-                match text {
-                    Some(t) if &crate::plan::seal::seal(key, t.as_bytes()) == seal => {
-                        out.insert(resource.clone(), t);
-                    }
-                    _ => bail!("{host}: {resource}: its sensitive content is no longer what was planned (a secret or template changed); make the plan again"),
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Runs each host's changes. Hosts wait for the hosts they depend on.
-pub async fn execute(
-    loaded: &Loaded,
-    plan: &Plan,
-    conns: &mut Connections,
-    parallel: Option<usize>,
-    lock_timeout: u64,
-) -> Result<Vec<HostOutcome>> {
-    let key = crate::plan::seal::load_key()?;
-    let parallel = parallel
-        .or(loaded.env.spec.ssh.parallel)
-        .unwrap_or(16)
-        .max(1);
-    let sem = Arc::new(Semaphore::new(parallel));
-    let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let style =
-        ProgressStyle::with_template("{spinner} {prefix:.bold} [{pos}/{len}] {wide_msg} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
-    let mut done_tx: HashMap<String, watch::Sender<Option<bool>>> = HashMap::new();
-    let mut done_rx: HashMap<String, watch::Receiver<Option<bool>>> = HashMap::new();
-    for hp in &plan.hosts {
-        let (tx, rx) = watch::channel(None);
-        done_tx.insert(hp.host.clone(), tx);
-        done_rx.insert(hp.host.clone(), rx);
-    }
-    let redactor = loaded.env.redactor();
-    let holder = crate::engine::holder();
-    let mut tasks = vec![];
-    for hp in plan.hosts.iter().cloned() {
-        let tx = done_tx.remove(&hp.host).expect("one sender per host");
-        if hp.changes.is_empty() {
-            let _ = tx.send(Some(hp.error.is_none()));
-            continue;
-        }
-        let waits: Vec<(String, watch::Receiver<Option<bool>>)> = hp
-            .after_hosts
-            .iter()
-            .filter_map(|h| done_rx.get(h).map(|r| (h.clone(), r.clone())))
-            .collect();
-        let sensitive = match sensitive_contents(loaded, &hp.host, &hp, &key) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.send(Some(false));
-                tasks.push(tokio::spawn(async move {
-                    HostOutcome {
-                        host: hp.host.clone(),
-                        applied: 0,
-                        total: hp.changes.len(),
-                        error: Some(format!("{e:#}")),
-                        secs: 0.0,
-                    }
-                }));
-                continue;
-            }
-        };
-        let conn = loaded
-            .desired
-            .host(&hp.host)
-            .map(|d| d.connection.clone())
-            .context("host not in the spec")?;
-        let connector = conns.connector();
-        let existing = conns.by_host.get(&hp.host).cloned();
-        let sem = sem.clone();
-        let bar = multi.add(ProgressBar::new(hp.changes.len() as u64));
-        bar.set_style(style.clone());
-        bar.set_prefix(hp.host.clone());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        let redactor = redactor.clone();
-        let holder = holder.clone();
-        tasks.push(tokio::spawn(async move {
-            let start = Instant::now();
-            let total = hp.changes.len();
-            let fail = |msg: String, applied: usize| HostOutcome { host: hp.host.clone(), applied, total, error: Some(msg), secs: start.elapsed().as_secs_f64() };
-            for (dep, mut rx) in waits {
-                bar.set_message(format!("waiting for {dep}"));
-                let ok = loop {
-                    if let Some(v) = *rx.borrow() {
-                        break v;
-                    }
-                    if rx.changed().await.is_err() {
-                        break false;
-                    }
-                };
-                if !ok {
-                    let _ = tx.send(Some(false));
-                    bar.finish_with_message("skipped");
-                    return fail(format!("skipped: host {dep}, which it depends on, did not apply"), 0);
-                }
-            }
-            let _permit = sem.acquire_owned().await.expect("semaphore open");
-            let transport: Arc<dyn Transport> = match existing {
-                Some(t) => t,
-                None => match connector.connect(&hp.host, &conn).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = tx.send(Some(false));
-                        bar.finish_with_message("unreachable");
-                        return fail(format!("{e:#}"), 0);
-                    }
-                },
-            };
-            let indexed: Vec<(usize, &crate::plan::Change)> = hp.changes.iter().enumerate().collect();
-            let script = match apply_script_waiting(&indexed, &holder, &sensitive, lock_timeout) {
-                Ok(s) => s,
-                Err(e) => return fail(e, 0),
-            };
-            let resources: Vec<String> = hp.changes.iter().map(|c| c.resource.clone()).collect();
-            let progress = Mutex::new(0usize);
-            let on_line = |line: &str| match parse_marker(line) {
-                Some(Marker::Begin(n)) => bar.set_message(resources.get(n).cloned().unwrap_or_default()),
-                Some(Marker::Waiting(h)) => {
-                    let msg = format!("waiting up to {lock_timeout} s for the lock held by {}", h.trim());
-                    bar.suspend(|| eprintln!("{}: {msg}", hp.host));
-                    bar.set_message(msg);
-                }
-                Some(Marker::Ok(_)) => {
-                    let mut p = progress.lock().expect("progress lock");
-                    *p += 1;
-                    bar.set_position(*p as u64);
-                }
-                _ => {}
-            };
-            let result = transport.run(&script, APPLY_TIMEOUT, Some(&on_line)).await;
-            let outcome = match result {
-                Err(e) => fail(redactor.redact(&format!("{e:#}")), *progress.lock().expect("lock")),
-                Ok(out) => {
-                    let mut ok = 0;
-                    let mut failed: Option<(usize, i32)> = None;
-                    let mut log = vec![];
-                    let mut locked = None;
-                    let mut done = false;
-                    for m in out.stdout.lines().filter_map(parse_marker) {
-                        match m {
-                            Marker::Ok(_) => ok += 1,
-                            Marker::Fail(n, rc) => failed = Some((n, rc)),
-                            Marker::Log(_, l) => log.push(l),
-                            Marker::Locked(h) => locked = Some(h),
-                            Marker::Done => done = true,
-                            Marker::Begin(_) | Marker::Waiting(_) => {}
-                        }
-                    }
-                    let secs = start.elapsed().as_secs_f64();
-                    if let Some(h) = locked.filter(|_| out.status == Some(EXIT_LOCKED)) {
-                        fail(format!("another run held this host's lock for all of --lock-timeout {lock_timeout} s: {}", h.trim()), 0)
-                    } else if let Some((n, rc)) = failed {
-                        let what = resources.get(n).cloned().unwrap_or_default();
-                        let detail = redactor.redact(&log.join("\n"));
-                        fail(format!("{what} failed (exit {rc}); {ok} of {total} changes applied; later changes not run\n{detail}"), ok)
-                    } else if !done || out.status != Some(0) {
-                        let err = redactor.redact(out.stderr.trim());
-                        fail(format!("the apply script stopped early (exit {:?}) after {ok} of {total} changes: {err}", out.status), ok)
-                    } else {
-                        HostOutcome { host: hp.host.clone(), applied: ok, total, error: None, secs }
-                    }
-                }
-            };
-            bar.finish_with_message(if outcome.error.is_some() { "failed" } else { "done" });
-            let _ = tx.send(Some(outcome.error.is_none()));
-            outcome
-        }));
-    }
-    let mut outcomes = vec![];
-    for t in tasks {
-        outcomes.push(t.await.context("apply task")?);
-    }
-    let _ = multi.clear();
-    Ok(outcomes)
 }
 
 pub fn print_summary(outcomes: &[HostOutcome], paint: &Paint) {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::engine::load;
 use crate::desired::DesiredHost;
+use crate::engine::load;
 use crate::resource::Kind;
 use crate::transport::Transport;
 
@@ -46,7 +46,9 @@ fn backup_host(hosts: &[DesiredHost]) -> Result<&DesiredHost> {
 
 async fn connect(env: &crate::spec::Environment, h: &DesiredHost) -> Result<Arc<dyn Transport>> {
     use crate::transport::Connector;
-    crate::engine::connector(env).connect(&h.name, &h.connection).await
+    crate::engine::connector(env)
+        .connect(&h.name, &h.connection)
+        .await
 }
 
 /// Runs a script, printing its stdout lines as they come (redacted); returns its status.

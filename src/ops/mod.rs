@@ -7,7 +7,6 @@ pub mod clone;
 pub mod drift;
 pub mod ec2;
 pub mod explain;
-pub mod galera;
 pub mod graph;
 pub mod lab;
 pub mod plan;

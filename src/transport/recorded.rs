@@ -68,7 +68,8 @@ impl Recorded {
     pub fn load(dir: &Path) -> Result<Recorded> {
         let mut tapes = HashMap::new();
         let mut unreachable = HashMap::new();
-        let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
         for e in entries {
             let p = e?.path();
             if p.extension().and_then(|x| x.to_str()) != Some("json") {
@@ -315,9 +316,14 @@ mod tests {
         std::fs::write(dir.path().join("web.json"), tape).unwrap();
         let r = Recorded::load(dir.path()).unwrap();
         let t = r.connect("web", &conn()).await.unwrap();
-        let e = t.run("# kiln fact script", Duration::from_secs(1), None).await;
+        let e = t
+            .run("# kiln fact script", Duration::from_secs(1), None)
+            .await;
         let msg = format!("{:#}", e.err().unwrap());
-        assert!(msg.contains("`facts` script") && msg.contains("`apply` one"), "{msg}");
+        assert!(
+            msg.contains("`facts` script") && msg.contains("`apply` one"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]

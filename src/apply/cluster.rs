@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::engine::{Connections, Loaded};
 use crate::cluster::galera::{schema_digest, steps_of, GaleraOp, GaleraStep};
+use crate::engine::{Connections, Loaded};
 use crate::facts::galera::{self as gf, GaleraFact};
 use crate::plan::{HostPlan, Plan, Step};
 use crate::resource::galera::GaleraUser;
