@@ -8,6 +8,7 @@
 //! file and line set each value — is kept for errors and `kiln explain`.
 
 pub mod ec2;
+pub mod clone;
 pub mod env;
 pub mod module;
 pub mod secret;
