@@ -20,42 +20,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read the live hosts and show what apply would change (file diffs included, secrets never).
-    Plan {
-        /// Environment name under environments/, or a path to a .toml file.
-        env: String,
-        /// Only these hosts or roles (comma-separated).
-        #[arg(long)]
-        limit: Option<String>,
-        /// Save the plan as JSON for `kiln apply PLAN.json`.
-        #[arg(short = 'o', long = "out")]
-        out: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "human")]
-        format: ops::plan::Format,
-        /// Exit 2 when there are changes (0 none, 1 error).
-        #[arg(long)]
-        detailed_exitcode: bool,
-        /// Contact no host: validate the spec and show the plan for bare hosts (secrets
-        /// that cannot be read are replaced by placeholders).
-        #[arg(long)]
-        offline: bool,
-    },
+    Plan(ops::plan::PlanArgs),
     /// Apply an environment (plans first and asks) or exactly a saved plan.
-    Apply {
-        /// Environment name/path, or a plan saved with `kiln plan -o`.
-        target: String,
-        /// Do not ask for confirmation.
-        #[arg(long, short = 'y')]
-        yes: bool,
-        #[arg(long)]
-        limit: Option<String>,
-        /// Hosts applied at once.
-        #[arg(long)]
-        parallel: Option<usize>,
-        /// Seconds to wait for a host's lock that another run holds (an orphan of a lost
-        /// connection gives it up at its next step), before failing that host.
-        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-        lock_timeout: u64,
-    },
+    Apply(ops::apply::ApplyArgs),
     /// Plan several environments (all by default) for CI: exit 0 clean, 2 drift, 1 error.
     Drift {
         envs: Vec<String>,
@@ -161,21 +128,7 @@ pub enum Command {
     /// Run a backup now on the environment's backup host (the `backup` module) and wait.
     Backup { env: String },
     /// Restore databases (and media) from a backup, after checking its manifest.
-    Restore {
-        env: String,
-        /// A backup timestamp (YYYYMMDDTHHMMSSZ, see `kiln-backup list`) or `latest`.
-        #[arg(long, default_value = "latest")]
-        from: String,
-        /// Restore on this host instead of the backup host.
-        #[arg(long)]
-        into: Option<String>,
-        /// Databases only: leave the media bucket alone.
-        #[arg(long)]
-        no_media: bool,
-        /// Do not ask for confirmation.
-        #[arg(long, short = 'y')]
-        yes: bool,
-    },
+    Restore(ops::backup::RestoreArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -184,34 +137,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Plan {
-            env,
-            limit,
-            out,
-            format,
-            detailed_exitcode,
-            offline,
-        } => rt.block_on(ops::plan::run(ops::plan::PlanArgs {
-            env,
-            limit,
-            out,
-            format,
-            detailed_exitcode,
-            offline,
-        })),
-        Command::Apply {
-            target,
-            yes,
-            limit,
-            parallel,
-            lock_timeout,
-        } => rt.block_on(ops::apply::run(ops::apply::ApplyArgs {
-            target,
-            yes,
-            limit,
-            parallel,
-            lock_timeout,
-        })),
+        Command::Plan(args) => rt.block_on(ops::plan::run(args)),
+        Command::Apply(args) => rt.block_on(ops::apply::run(args)),
         Command::Drift { envs, format } => rt.block_on(ops::drift::run(envs, format)),
         Command::Verify { env, limit } => rt.block_on(ops::verify::run(&env, limit.as_deref())),
         Command::Lab { action, env, hosts } => rt.block_on(ops::lab::run(action, &env, &hosts)),
@@ -265,18 +192,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::SshConfig { env } => ops::ssh::ssh_config(&env),
         Command::Graph { env, limit } => ops::graph::run(&env, limit.as_deref()),
         Command::Backup { env } => rt.block_on(ops::backup::backup(&env)),
-        Command::Restore {
-            env,
-            from,
-            into,
-            no_media,
-            yes,
-        } => rt.block_on(ops::backup::restore(ops::backup::RestoreArgs {
-            env,
-            from,
-            into,
-            no_media,
-            yes,
-        })),
+        Command::Restore(args) => rt.block_on(ops::backup::restore(args)),
     }
 }

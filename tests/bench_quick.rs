@@ -4,6 +4,8 @@
 //! pyinfra, which `.ci/run` creates in its "bench venv" stage. Without the venv this test
 //! fails and says how to make it; it never skips.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -28,6 +30,7 @@ const MEASUREMENTS: &[&str] = &[
 
 #[test]
 fn bench_quick_mode_measures_everything_and_all_tools_converge_equal() {
+    common::root_or_not_run("bench_quick (lab hosts)");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = root.join("bench/.venv/bin");
     assert!(

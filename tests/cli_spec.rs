@@ -464,3 +464,61 @@ fn a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }
+
+/// An EC2 environment's template error is reported before any AWS call: the endpoint here
+/// is a closed local port, so reaching it first would end in a connection error instead.
+#[test]
+fn ec2_spec_and_template_errors_come_before_any_aws_call() {
+    let r = Repo::new();
+    r.write(
+        "templates/m/t.j2",
+        "line one\n{{ vars.nonexistent }} here\n",
+    );
+    r.write(
+        "environments/e.toml",
+        r#"[hosts.web1]
+provider = "ec2"
+roles = ["r"]
+
+[hosts.web1.ec2]
+ami = "ami-0123456789abcdef0"
+instance_type = "t3.small"
+subnet = "subnet-0123456789abcdef0"
+security_groups = ["sg-0123456789abcdef0"]
+key_name = "ops"
+region = "eu-west-1"
+
+[roles.r]
+modules = ["m"]
+"#,
+    );
+    let out = Command::cargo_bin("kiln")
+        .expect("binary")
+        .current_dir(r.dir.path())
+        .env("NO_COLOR", "1")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["plan", "e"])
+        .output()
+        .expect("run");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("templates/m/t.j2:2:") && all.contains("vars.nonexistent"),
+        "the template error first:\n{all}"
+    );
+    for aws in [
+        "127.0.0.1:1",
+        "dispatch failure",
+        "Connection refused",
+        "DescribeInstances",
+    ] {
+        assert!(!all.contains(aws), "AWS was called ({aws}):\n{all}");
+    }
+}

@@ -521,6 +521,7 @@ fn down(t: &T) -> Result<(), String> {
 }
 
 fn main() {
+    common::root_or_not_run("data_e2e (the lab end-to-end suite)");
     let t = T {
         lab: Lab::new(ENV, &env_toml(PIN_FROM_SECRET)),
         outputs: Mutex::new(vec![]),

@@ -700,16 +700,7 @@ fn down(lab: &Lab) -> Result<(), String> {
 }
 
 fn main() {
-    let is_root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !is_root {
-        eprintln!("lab_e2e needs root (systemd-nspawn, network namespaces): 0 passed, 1 failed");
-        std::process::exit(1);
-    }
+    common::root_or_not_run("lab_e2e (the lab end-to-end suite)");
     let lab = Lab::new(ENV, LABTEST_ENV);
     let scenarios: &[(&str, fn(&Lab) -> Result<(), String>)] = &[
         ("lab_up", up),

@@ -495,6 +495,7 @@ fn down(lab: &Lab) -> Result<(), String> {
 }
 
 fn main() {
+    common::root_or_not_run("web_e2e (the lab end-to-end suite)");
     let lab = Lab::new(ENV, &env_text());
     run_scenarios(
         &lab,

@@ -13,14 +13,21 @@ use crate::plan::render::render_plan;
 use crate::plan::{Plan, PLAN_FORMAT};
 use crate::ui::Paint;
 
+#[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// Environment name/path, or a saved plan (.json).
+    /// Environment name/path, or a plan saved with `kiln plan -o`.
     pub target: String,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
     pub yes: bool,
+    #[arg(long)]
     pub limit: Option<String>,
+    /// Hosts applied at once.
+    #[arg(long)]
     pub parallel: Option<usize>,
-    /// Seconds to wait for a host's lock held by another run (or by the orphan of a lost
-    /// connection) before failing that host.
+    /// Seconds to wait for a host's lock that another run holds (an orphan of a lost
+    /// connection gives it up at its next step), before failing that host.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub lock_timeout: u64,
 }
 

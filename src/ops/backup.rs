@@ -89,11 +89,20 @@ exit $rc
     Ok(if status == Some(0) { 0 } else { 1 })
 }
 
+#[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     pub env: String,
+    /// A backup timestamp (YYYYMMDDTHHMMSSZ, see `kiln-backup list`) or `latest`.
+    #[arg(long, default_value = "latest")]
     pub from: String,
+    /// Restore on this host instead of the backup host.
+    #[arg(long)]
     pub into: Option<String>,
+    /// Databases only: leave the media bucket alone.
+    #[arg(long)]
     pub no_media: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
     pub yes: bool,
 }
 

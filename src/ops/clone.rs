@@ -68,4 +68,3 @@ pub fn run(args: CloneArgs, command: &str) -> Result<i32> {
     );
     Ok(0)
 }
-

@@ -14,12 +14,24 @@ pub enum Format {
     Json,
 }
 
+#[derive(Debug, clap::Args)]
 pub struct PlanArgs {
+    /// Environment name under environments/, or a path to a .toml file.
     pub env: String,
+    /// Only these hosts or roles (comma-separated).
+    #[arg(long)]
     pub limit: Option<String>,
+    /// Save the plan as JSON for `kiln apply PLAN.json`.
+    #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
+    /// Exit 2 when there are changes (0 none, 1 error).
+    #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Contact no host: validate the spec and show the plan for bare hosts (secrets
+    /// that cannot be read are replaced by placeholders).
+    #[arg(long)]
     pub offline: bool,
 }
 

@@ -7,8 +7,8 @@
 //! whole (a child's `roles = [...]` is the new list, not an addition). Provenance — which
 //! file and line set each value — is kept for errors and `kiln explain`.
 
-pub mod ec2;
 pub mod clone;
+pub mod ec2;
 pub mod env;
 pub mod module;
 pub mod secret;
