@@ -2,7 +2,11 @@
 //! data; `apply::script` turns them into shell. Keeping them typed lets the plan be saved,
 //! reviewed and tested without a host.
 
+pub mod galera;
+
 use serde::{Deserialize, Serialize};
+
+pub use galera::{GaleraOp, GaleraStep};
 
 /// Content of a file to write. Sensitive content never lives in a plan: it is re-rendered
 /// from the spec at apply time and checked against a keyed digest (see `plan::seal`).
@@ -119,7 +123,7 @@ pub enum Step {
         handler: String,
     },
     /// One step of a cluster's plan (Galera bootstrap, join, restart ...). Never part of a
-    /// host's apply script: `ops::galera` runs these, in `seq` order across hosts, after the
-    /// hosts' scripts.
-    Galera(crate::cluster::galera::GaleraStep),
+    /// host's apply script: the Galera executor runs these, in `seq` order across hosts,
+    /// after the hosts' scripts. `cluster::galera` decides them.
+    Galera(GaleraStep),
 }

@@ -27,72 +27,21 @@
 //! that is already in a Primary component is never bootstrapped again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
-
-use serde::{Deserialize, Serialize};
 
 use crate::desired::Desired;
 use crate::facts::galera::GaleraFact;
 use crate::facts::{FactQuery, HostFacts};
-use crate::plan::{Action, Change, HostPlan, Plan, Step};
+use crate::plan::{Action, Change, HostPlan, Step};
 use crate::resource::galera::{GaleraNode, GaleraUser};
 use crate::resource::Kind;
-use crate::ui::Paint;
+
+/// The step types belong to the plan (`plan/` never imports `cluster/`); re-exported here
+/// for the executor and the tests that know them by this path.
+pub use crate::plan::render::render_overview;
+pub use crate::plan::step::galera::{steps_of, GaleraOp, GaleraStep};
 
 /// The UUID of a node that never joined a cluster.
 pub const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
-
-/// One step of a cluster plan, carried by a change of the host it runs on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GaleraStep {
-    pub cluster: String,
-    /// 1-based position in the cluster's plan; the executor runs steps in this order.
-    pub seq: u32,
-    pub total: u32,
-    pub host: String,
-    /// Every node (host names), in the spec's order; the expected size is its length.
-    pub nodes: Vec<String>,
-    /// (`Step` is tagged by `op` already, hence another name in JSON.)
-    #[serde(rename = "cluster_op")]
-    pub op: GaleraOp,
-}
-
-impl GaleraStep {
-    /// The host(s) the step is about, for output: a recovery start names its candidates.
-    pub fn who(&self) -> String {
-        match &self.op {
-            GaleraOp::StartRecovered { candidates } => candidates.join(", "),
-            _ => self.host.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum GaleraOp {
-    /// `systemctl stop mariadb`.
-    Stop,
-    /// `galera_new_cluster` here, after re-checking that no node is in a Primary component.
-    /// `set_safe`: mark `safe_to_bootstrap: 1` first (chosen by seqno, not by Galera).
-    Bootstrap { set_safe: bool },
-    /// Read the node's last committed position with `galera_recovery` (server stopped).
-    Recover,
-    /// After the `Recover` steps: bootstrap the candidate with the highest recovered seqno
-    /// (ties: the first in `nodes`), then join the other candidates one at a time.
-    StartRecovered { candidates: Vec<String> },
-    /// Start the server so that it joins the Primary component; wait until Synced.
-    Join,
-    /// Restart one node of a running cluster; refused unless all others are Synced and
-    /// the cluster is at full size. A single-node cluster is stopped and bootstrapped.
-    Restart,
-    /// Create databases and users (passwords from the named secrets, at apply time) on a
-    /// Synced node, then record `digest` on every node.
-    Schema {
-        databases: Vec<String>,
-        users: Vec<GaleraUser>,
-        digest: String,
-    },
-}
 
 /// What the decision needs about one node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -712,67 +661,6 @@ pub fn plan_clusters(
         }
     }
     notes
-}
-
-/// Every Galera step of a plan, by cluster, in execution order.
-pub fn steps_of(plan: &Plan) -> BTreeMap<String, Vec<GaleraStep>> {
-    let mut out: BTreeMap<String, Vec<GaleraStep>> = BTreeMap::new();
-    for h in &plan.hosts {
-        for c in &h.changes {
-            for s in &c.steps {
-                if let Step::Galera(g) = s {
-                    out.entry(g.cluster.clone()).or_default().push(g.clone());
-                }
-            }
-        }
-    }
-    for v in out.values_mut() {
-        v.sort_by_key(|g| g.seq);
-    }
-    out
-}
-
-/// The cluster steps in their cross-host order, for the human plan.
-pub fn render_overview(plan: &Plan, paint: &Paint) -> String {
-    let mut out = String::new();
-    let summaries: BTreeMap<(String, u32), String> = plan
-        .hosts
-        .iter()
-        .flat_map(|h| &h.changes)
-        .flat_map(|c| {
-            c.steps.iter().filter_map(move |s| match s {
-                Step::Galera(g) => Some((
-                    (g.cluster.clone(), g.seq),
-                    c.summary
-                        .split_once("] ")
-                        .map(|x| x.1)
-                        .unwrap_or(&c.summary)
-                        .to_string(),
-                )),
-                _ => None,
-            })
-        })
-        .collect();
-    for (cluster, steps) in steps_of(plan) {
-        let _ = writeln!(
-            out,
-            "\n{} (one step at a time, after the hosts' own changes):",
-            paint.bold(&format!("Galera cluster {cluster}"))
-        );
-        for g in steps {
-            let s = summaries
-                .get(&(cluster.clone(), g.seq))
-                .cloned()
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {:>2}. {} galera_node[{cluster}]: {s}",
-                g.seq,
-                paint.bold(&g.who())
-            );
-        }
-    }
-    out
 }
 
 #[cfg(test)]
