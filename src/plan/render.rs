@@ -147,4 +147,3 @@ pub fn render_overview(plan: &Plan, paint: &Paint) -> String {
     }
     out
 }
-

@@ -230,9 +230,7 @@ fn recovery(
             needs_probe = true;
         }
     }
-    let newcomers: Vec<usize> = (0..nodes.len())
-        .filter(|i| !history.contains(i))
-        .collect();
+    let newcomers: Vec<usize> = (0..nodes.len()).filter(|i| !history.contains(i)).collect();
     for &i in &newcomers {
         if classes[i] != Class::Stopped {
             out.push(step(
@@ -302,7 +300,9 @@ fn bootstrap_candidate(
         }
         Ok(Some((
             best,
-            format!("highest seqno {top} in grastate.dat, no node has safe_to_bootstrap: 1; sets it"),
+            format!(
+                "highest seqno {top} in grastate.dat, no node has safe_to_bootstrap: 1; sets it"
+            ),
             true,
         )))
     } else {

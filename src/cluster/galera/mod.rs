@@ -85,7 +85,6 @@ pub struct Decided {
     pub reason: Option<String>,
 }
 
-
 /// Keyed digest of the databases and users (passwords included), so that a changed
 /// password is noticed without any hash of it that could be brute-forced.
 pub fn schema_digest(

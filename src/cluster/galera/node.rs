@@ -56,7 +56,6 @@ pub(super) fn has_history(n: &NodeInput) -> bool {
         .unwrap_or(false)
 }
 
-
 pub(super) fn stop_summary(c: &Class) -> String {
     match c {
         Class::Fresh => "stop the standalone server the package starts when it installs".into(),

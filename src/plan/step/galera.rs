@@ -61,7 +61,6 @@ pub enum GaleraOp {
     },
 }
 
-
 /// Every Galera step of a plan, by cluster, in execution order.
 pub fn steps_of(plan: &Plan) -> BTreeMap<String, Vec<GaleraStep>> {
     let mut out: BTreeMap<String, Vec<GaleraStep>> = BTreeMap::new();
@@ -79,4 +78,3 @@ pub fn steps_of(plan: &Plan) -> BTreeMap<String, Vec<GaleraStep>> {
     }
     out
 }
-
