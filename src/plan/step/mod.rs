@@ -3,10 +3,12 @@
 //! reviewed and tested without a host.
 
 pub mod galera;
+pub mod verb;
 
 use serde::{Deserialize, Serialize};
 
 pub use galera::{GaleraOp, GaleraStep};
+pub use verb::{HandlerAction, OnChange, SystemctlVerb};
 
 /// Content of a file to write. Sensitive content never lives in a plan: it is re-rendered
 /// from the spec at apply time and checked against a keyed digest (see `plan::seal`).
@@ -95,14 +97,14 @@ pub enum Step {
     DaemonReload,
     /// `systemctl VERB UNIT` for enable/disable/start/stop/restart.
     Systemctl {
-        verb: String,
+        verb: SystemctlVerb,
         unit: String,
     },
     /// A handler: validate (when `check` is set), then reload or restart. Journalled on the
     /// host before the change that owes it, cleared after it ran.
     Handler {
         unit: String,
-        action: String,
+        action: HandlerAction,
         check: Option<String>,
     },
     /// A guarded command; `creates` is re-checked on the host just before running.
