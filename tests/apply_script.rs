@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use kiln::apply::script::{apply_script, parse_marker, Marker, EXIT_LOCKED, STATE_DIR};
-use kiln::plan::{Action, Change, Content, Step};
+use kiln::plan::{Action, Change, Content, HandlerAction, Step, SystemctlVerb};
 use kiln::transport::local::LocalTransport;
 use kiln::transport::Transport;
 
@@ -353,16 +353,16 @@ fn every_step() -> Vec<Change> {
             Action::Update,
             vec![
                 Step::Systemctl {
-                    verb: "enable".into(),
+                    verb: SystemctlVerb::Enable,
                     unit: "app.service".into(),
                 },
                 Step::Systemctl {
-                    verb: "start".into(),
+                    verb: SystemctlVerb::Start,
                     unit: "app.service".into(),
                 },
                 Step::Handler {
                     unit: "app.service".into(),
-                    action: "start".into(),
+                    action: HandlerAction::Start,
                     check: Some("app --check 'it''s' \"x\"".into()),
                 },
             ],
@@ -388,7 +388,7 @@ fn every_step() -> Vec<Change> {
             Action::Run,
             vec![Step::Handler {
                 unit: "nginx.service".into(),
-                action: "reload".into(),
+                action: HandlerAction::Reload,
                 check: Some("nginx -t -q".into()),
             }],
         ),
@@ -397,7 +397,7 @@ fn every_step() -> Vec<Change> {
             Action::Run,
             vec![Step::Handler {
                 unit: "db.service".into(),
-                action: "restart".into(),
+                action: HandlerAction::Restart,
                 check: None,
             }],
         ),

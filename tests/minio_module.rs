@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use kiln::desired::{self, Desired};
-use kiln::resource::Kind;
+use kiln::resource::{Kind, OnChange};
 use kiln::spec::Environment;
 
 const SHA: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -205,7 +205,7 @@ fn binary_is_verified_before_it_is_installed() {
         .find(|r| r.id == "file:/etc/kiln/minio/artifact.sha256")
         .unwrap();
     assert_eq!(pin_res.notify[0].unit, "kiln-minio-install.service");
-    assert_eq!(pin_res.notify[0].action, "restart");
+    assert_eq!(pin_res.notify[0].action, OnChange::Restart);
     // Buckets and policies once for the cluster: on its first node.
     assert!(c.iter().any(|c| c.name == "minio buckets and policies"));
     assert!(!commands(&f, "storage2")

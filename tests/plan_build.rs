@@ -8,7 +8,7 @@ use kiln::desired::{self, Desired, DesiredHost};
 use kiln::facts::{FactQuery, HostFacts, PackageFact, PathFact, PathKind, ServiceFact};
 use kiln::plan::build::{fingerprint, host_plan, host_queries};
 use kiln::plan::graph::ResourceGraph;
-use kiln::plan::{Action, Change, Content, HostPlan, Plan, Step, PLAN_FORMAT};
+use kiln::plan::{Action, Change, Content, HandlerAction, HostPlan, Plan, Step, PLAN_FORMAT};
 use kiln::resource::file::{sha256_hex, FileState};
 use kiln::resource::Kind;
 use kiln::spec::Environment;
@@ -450,7 +450,7 @@ fn second_apply_changes_nothing_from_a_bare_host() {
         first.changes.last().unwrap().steps,
         vec![Step::Handler {
             unit: "svc.service".into(),
-            action: "reload".into(),
+            action: HandlerAction::Reload,
             check: Some("svc --check-config".into()),
         }]
     );
@@ -502,7 +502,7 @@ fn changed_file_notifies_reload_handler_with_check_at_the_end() {
         handler.steps,
         vec![Step::Handler {
             unit: "svc.service".into(),
-            action: "reload".into(),
+            action: HandlerAction::Reload,
             check: Some("svc --check-config".into()),
         }]
     );
@@ -525,7 +525,7 @@ fn starting_an_existing_stopped_service_covers_the_notified_reload() {
         change(&plan, "service:svc.service").steps,
         vec![Step::Handler {
             unit: "svc.service".into(),
-            action: "start".into(),
+            action: HandlerAction::Start,
             check: Some("svc --check-config".into()),
         }]
     );
@@ -625,7 +625,7 @@ fn pending_journal_entry_yields_one_handler_run() {
         c.steps,
         vec![Step::Handler {
             unit: "svc.service".into(),
-            action: "reload".into(),
+            action: HandlerAction::Reload,
             check: Some("svc --check-config".into()),
         }]
     );

@@ -7,7 +7,7 @@
 use kiln::facts::{
     AptListsFact, GroupFact, HostFacts, PackageFact, PathFact, PathKind, ServiceFact, UserFact,
 };
-use kiln::plan::{Action, Content, Shown, Step};
+use kiln::plan::{Action, Content, HandlerAction, OnChange, Shown, Step, SystemctlVerb};
 use kiln::resource::file::{sha256_hex, FileState};
 use kiln::resource::package::PackageState;
 use kiln::resource::{
@@ -1307,12 +1307,12 @@ fn service_not_loaded_but_package_installed_in_plan_is_known_after_apply() {
         p.steps,
         vec![
             Step::Systemctl {
-                verb: "enable".into(),
+                verb: SystemctlVerb::Enable,
                 unit: "nginx.service".into()
             },
             Step::Handler {
                 unit: "nginx.service".into(),
-                action: "start".into(),
+                action: HandlerAction::Start,
                 check: Some("nginx -t -q".into())
             },
         ]
@@ -1334,7 +1334,7 @@ fn service_stopped_but_desired_running_with_check_starts_through_handler() {
         p.steps,
         vec![Step::Handler {
             unit: "nginx.service".into(),
-            action: "start".into(),
+            action: HandlerAction::Start,
             check: Some("nginx -t -q".into())
         }]
     );
@@ -1348,7 +1348,7 @@ fn service_stopped_but_desired_running_with_check_starts_through_handler() {
     assert_eq!(
         p.steps,
         vec![Step::Systemctl {
-            verb: "start".into(),
+            verb: SystemctlVerb::Start,
             unit: "nginx.service".into()
         }]
     );
@@ -1361,7 +1361,7 @@ fn service_enable_and_stop_updates() {
     assert_eq!(
         p.steps,
         vec![Step::Systemctl {
-            verb: "enable".into(),
+            verb: SystemctlVerb::Enable,
             unit: "nginx.service".into()
         }]
     );
@@ -1378,11 +1378,11 @@ fn service_enable_and_stop_updates() {
         p.steps,
         vec![
             Step::Systemctl {
-                verb: "disable".into(),
+                verb: SystemctlVerb::Disable,
                 unit: "apache2.service".into()
             },
             Step::Systemctl {
-                verb: "stop".into(),
+                verb: SystemctlVerb::Stop,
                 unit: "apache2.service".into()
             },
         ]
@@ -1403,9 +1403,9 @@ fn service_disabled_on_a_static_unit_converges() {
     );
     match plan(&k, &facts) {
         Ok(Some(p))
-            if p.steps
-                .iter()
-                .any(|s| matches!(s, Step::Systemctl { verb, .. } if verb == "disable")) =>
+            if p.steps.iter().any(
+                |s| matches!(s, Step::Systemctl { verb, .. } if *verb == SystemctlVerb::Disable),
+            ) =>
         {
             panic!(
                 "plans `systemctl disable` for a static unit, which stays static: \
@@ -1546,7 +1546,7 @@ fn resources_are_built_from_struct_literals_too() {
         enabled: None,
         running: None,
         check: None,
-        on_change: "restart".into(),
+        on_change: OnChange::Restart,
     });
     assert_eq!(k.id(), "service:ssh.socket");
 }

@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use base64::Engine;
 
-use crate::plan::{Change, Content, Step};
+use crate::plan::{Change, Content, HandlerAction, Step, SystemctlVerb};
 use crate::shell::quote as sh_quote;
 use crate::shell::Cmd;
 
@@ -347,11 +347,9 @@ fn step_shell(
         }
         Step::DaemonReload => s.push_str("  systemctl daemon-reload || exit $?\n"),
         Step::Systemctl { verb, unit } => {
-            let systemctl = Cmd::program("systemctl")
-                .opt(systemctl_verb(verb)?)
-                .arg(unit);
+            let systemctl = Cmd::program("systemctl").opt(verb.as_str()).arg(unit);
             let _ = writeln!(s, "  {} || exit $?", systemctl.line());
-            if verb == "start" {
+            if *verb == SystemctlVerb::Start {
                 let _ = writeln!(
                     s,
                     "  rm -f \"$K/pending/reload@\"{u} \"$K/pending/restart@\"{u}",
@@ -378,21 +376,19 @@ fn step_shell(
             }
             // A notification does not start a stopped service: reload or restart only a
             // running one (`try-…`); `start` is an explicit state change.
-            let verb = match action.as_str() {
-                "reload" => "try-reload-or-restart",
-                "restart" => "try-restart",
-                other => other,
+            let verb = match action {
+                HandlerAction::Reload => "try-reload-or-restart",
+                HandlerAction::Restart => "try-restart",
+                HandlerAction::Start => "start",
             };
-            let systemctl = Cmd::program("systemctl")
-                .opt(systemctl_verb(verb)?)
-                .arg(unit);
+            let systemctl = Cmd::program("systemctl").opt(verb).arg(unit);
             let _ = writeln!(s, "  {} || exit $?", systemctl.line());
             let _ = writeln!(
                 s,
                 "  rm -f \"$K/pending/\"{}",
                 q(&format!("{action}@{unit}"))
             );
-            if action == "restart" || action == "start" {
+            if matches!(action, HandlerAction::Restart | HandlerAction::Start) {
                 let _ = writeln!(
                     s,
                     "  rm -f \"$K/pending/reload@\"{u} \"$K/pending/restart@\"{u}",
@@ -420,22 +416,6 @@ fn step_shell(
         }
     }
     Ok(())
-}
-
-/// The systemctl verbs a plan may hold: a closed set, written as kiln's own words.
-fn systemctl_verb(verb: &str) -> Result<&'static str, String> {
-    Ok(match verb {
-        "start" => "start",
-        "stop" => "stop",
-        "restart" => "restart",
-        "reload" => "reload",
-        "enable" => "enable",
-        "disable" => "disable",
-        "try-restart" => "try-restart",
-        "try-reload-or-restart" => "try-reload-or-restart",
-        "reload-or-restart" => "reload-or-restart",
-        other => return Err(format!("`{other}` is not a systemctl verb kiln uses")),
-    })
 }
 
 /// A user's command as its own unit ([`crate::shell::user_unit`]): a syntax error fails

@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 use crate::error::{SpecError, SpecErrors};
-use crate::resource::{self, Kind, Notify, Origin, Resource};
+use crate::resource::{self, Kind, Notify, OnChange, Origin, Resource};
 use crate::spec::source::{join_key, SourceFile};
 use crate::spec::{Environment, Module, Provider};
 
@@ -272,10 +272,10 @@ fn expand_host(
         }
     }
     // Resolve notify targets to the service resources that say how they take a change.
-    let services: IndexMap<String, String> = resources
+    let services: IndexMap<String, OnChange> = resources
         .iter()
         .filter_map(|r| match &r.kind {
-            Kind::Service(s) => Some((s.unit(), s.on_change.clone())),
+            Kind::Service(s) => Some((s.unit(), s.on_change)),
             _ => None,
         })
         .collect();
@@ -283,7 +283,7 @@ fn expand_host(
         let src = &env.modules[&r.module].source;
         for n in &mut r.notify {
             match services.get(&n.unit) {
-                Some(action) => n.action = action.clone(),
+                Some(action) => n.action = *action,
                 None => errors.push(SpecError::at_key(
                     src,
                     &format!("{}.notify", r.origin.key),
@@ -300,7 +300,7 @@ fn expand_host(
             if services.contains_key(&unit) && !r.notify.iter().any(|n| n.unit == unit) {
                 r.notify.push(Notify {
                     unit,
-                    action: "restart".into(),
+                    action: OnChange::Restart,
                 });
             }
         }
@@ -558,7 +558,7 @@ fn build_resource(
         .into_iter()
         .map(|n| Notify {
             unit: crate::facts::unit_name(n.strip_prefix("service:").unwrap_or(&n)),
-            action: "restart".into(),
+            action: OnChange::Restart,
         })
         .collect();
     debug_assert!(META_KEYS.contains(&"type"));
@@ -590,7 +590,28 @@ fn build_resource(
         "symlink" => Kind::Symlink(typed(src, key, value)?),
         "unit" => Kind::Unit(typed(src, key, value)?),
         "command" => Kind::Command(typed(src, key, value)?),
-        "service" => Kind::Service(typed(src, key, value)?),
+        "service" => {
+            // `on_change` is a closed set (`OnChange`): it is read after the rest of the
+            // service, so that its error keeps its own key and comes after the service's
+            // other errors.
+            let mut value = value;
+            let on_change = value.as_table_mut().and_then(|t| t.remove("on_change"));
+            let mut s: resource::service::Service = typed(src, key, value)?;
+            if let Some(oc) = on_change {
+                let oc: String = typed(src, key, oc)?;
+                s.on_change = match OnChange::parse(&oc) {
+                    Some(oc) => oc,
+                    None => {
+                        return Err(SpecError::at_key(
+                            src,
+                            &format!("{key}.on_change"),
+                            "`on_change` must be `reload` or `restart`",
+                        ))
+                    }
+                };
+            }
+            Kind::Service(s)
+        }
         "galera_node" => Kind::GaleraNode(typed(src, key, value)?),
         other => {
             return Err(SpecError::at_key(
@@ -664,13 +685,6 @@ fn build_resource(
                 src,
                 key,
                 "a command needs `creates` or `unless`, so that a converged host runs nothing",
-            ));
-        }
-        Kind::Service(s) if !matches!(s.on_change.as_str(), "reload" | "restart") => {
-            return Err(SpecError::at_key(
-                src,
-                &format!("{key}.on_change"),
-                "`on_change` must be `reload` or `restart`",
             ));
         }
         _ => {}

@@ -11,7 +11,7 @@ use crate::facts::{FactQuery, HostFacts};
 use crate::resource::{Kind, Notify, Predicted};
 
 use super::graph::ResourceGraph;
-use super::{Action, Change, Content, HostPlan, Step};
+use super::{Action, Change, Content, HandlerAction, HostPlan, OnChange, Step, SystemctlVerb};
 
 /// Every fact a host's plan needs: its resources' facts and the handler journal.
 pub fn host_queries(host: &DesiredHost) -> Vec<FactQuery> {
@@ -84,9 +84,14 @@ pub fn host_plan(
             });
         }
         for s in planned.steps {
-            if let Step::Systemctl { verb, unit }
+            if let Step::Systemctl {
+                verb: SystemctlVerb::Start,
+                unit,
+            }
             | Step::Handler {
-                action: verb, unit, ..
+                action: HandlerAction::Start,
+                unit,
+                ..
             } = &s
             {
                 // Starting a stopped service loads its new configuration, so a reload is
@@ -98,7 +103,7 @@ pub fn host_plan(
                     .get(unit)
                     .map(|f| f.exists())
                     .unwrap_or(false);
-                if verb == "start" && existed {
+                if existed {
                     starting.insert(unit.clone());
                 }
             }
@@ -134,7 +139,7 @@ pub fn host_plan(
     let restarts: BTreeSet<String> = owed
         .keys()
         .filter_map(|k| Notify::parse_handler(k))
-        .filter(|n| n.action == "restart")
+        .filter(|n| n.action == OnChange::Restart)
         .map(|n| n.unit)
         .collect();
     for (handler, by) in &owed {
@@ -147,7 +152,9 @@ pub fn host_plan(
         });
         let mut steps = vec![];
         let reason;
-        if starting.contains(&n.unit) || (n.action == "reload" && restarts.contains(&n.unit)) {
+        if starting.contains(&n.unit)
+            || (n.action == OnChange::Reload && restarts.contains(&n.unit))
+        {
             // Covered by a start or restart in this plan; only the journal entry goes.
             if !from_journal.contains(handler) {
                 continue;
@@ -161,7 +168,7 @@ pub fn host_plan(
         }
         steps.push(Step::Handler {
             unit: n.unit.clone(),
-            action: n.action.clone(),
+            action: n.action.into(),
             check,
         });
         let queries = vec![

@@ -12,7 +12,7 @@ pub mod step;
 
 use serde::{Deserialize, Serialize};
 
-pub use step::{Content, Step};
+pub use step::{Content, HandlerAction, OnChange, Step, SystemctlVerb};
 
 /// Version of the saved-plan format; a plan with another version is refused.
 pub const PLAN_FORMAT: u32 = 1;

@@ -2,9 +2,11 @@
 //! with its symbol, attribute changes, and unified diffs for files. Sensitive values are
 //! typed (`Shown::Sensitive`) and render only as `(sensitive value changed)`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::{Action, Change, Plan, Shown};
+use super::step::galera::steps_of;
+use super::{Action, Change, Plan, Shown, Step};
 use crate::ui::Paint;
 
 pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
@@ -34,7 +36,7 @@ pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
             render_change(&mut out, c, paint);
         }
     }
-    out.push_str(&crate::cluster::galera::render_overview(plan, paint));
+    out.push_str(&render_overview(plan, paint));
     let (c, u, r, x) = plan.counts();
     let errors = plan.hosts.iter().filter(|h| h.error.is_some()).count();
     let _ = write!(
@@ -101,4 +103,47 @@ fn render_change(out: &mut String, c: &Change, paint: &Paint) {
             let _ = writeln!(out, "      {styled}");
         }
     }
+}
+
+/// The cluster steps in their cross-host order, for the human plan.
+pub fn render_overview(plan: &Plan, paint: &Paint) -> String {
+    let mut out = String::new();
+    let summaries: BTreeMap<(String, u32), String> = plan
+        .hosts
+        .iter()
+        .flat_map(|h| &h.changes)
+        .flat_map(|c| {
+            c.steps.iter().filter_map(move |s| match s {
+                Step::Galera(g) => Some((
+                    (g.cluster.clone(), g.seq),
+                    c.summary
+                        .split_once("] ")
+                        .map(|x| x.1)
+                        .unwrap_or(&c.summary)
+                        .to_string(),
+                )),
+                _ => None,
+            })
+        })
+        .collect();
+    for (cluster, steps) in steps_of(plan) {
+        let _ = writeln!(
+            out,
+            "\n{} (one step at a time, after the hosts' own changes):",
+            paint.bold(&format!("Galera cluster {cluster}"))
+        );
+        for g in steps {
+            let s = summaries
+                .get(&(cluster.clone(), g.seq))
+                .cloned()
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:>2}. {} galera_node[{cluster}]: {s}",
+                g.seq,
+                paint.bold(&g.who())
+            );
+        }
+    }
+    out
 }

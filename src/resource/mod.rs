@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::facts::{FactQuery, HostFacts};
+pub use crate::plan::OnChange;
 use crate::plan::{Action, AttrChange, Step};
 
 pub use apt_repo::AptRepo;
@@ -49,7 +50,7 @@ pub struct Origin {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Notify {
     pub unit: String,
-    pub action: String,
+    pub action: OnChange,
 }
 
 impl Notify {
@@ -59,9 +60,9 @@ impl Notify {
     }
     pub fn parse_handler(s: &str) -> Option<Notify> {
         let (action, unit) = s.split_once('@')?;
-        matches!(action, "reload" | "restart").then(|| Notify {
+        Some(Notify {
             unit: unit.to_string(),
-            action: action.to_string(),
+            action: OnChange::parse(action)?,
         })
     }
 }

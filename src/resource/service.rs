@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::facts::{unit_name, FactQuery, HostFacts};
-use crate::plan::{Action, AttrChange, Step};
+use crate::plan::{Action, AttrChange, HandlerAction, OnChange, Step, SystemctlVerb};
 
 use super::{Conflict, Planned, Predicted};
 
@@ -22,12 +22,8 @@ pub struct Service {
     #[serde(default)]
     pub check: Option<String>,
     /// How the service takes a change notified by a file or unit: `reload` or `restart`.
-    #[serde(default = "default_on_change")]
-    pub on_change: String,
-}
-
-fn default_on_change() -> String {
-    "restart".into()
+    #[serde(default)]
+    pub on_change: OnChange,
 }
 
 impl Service {
@@ -87,7 +83,11 @@ impl Service {
         if let Some(want) = self.enabled.filter(|_| !is_static) {
             if want != is_enabled || unknown {
                 steps.push(Step::Systemctl {
-                    verb: if want { "enable" } else { "disable" }.into(),
+                    verb: if want {
+                        SystemctlVerb::Enable
+                    } else {
+                        SystemctlVerb::Disable
+                    },
                     unit: unit.clone(),
                 });
                 attrs.push(AttrChange::values(
@@ -103,18 +103,18 @@ impl Service {
                     if let Some(check) = &self.check {
                         steps.push(Step::Handler {
                             unit: unit.clone(),
-                            action: "start".into(),
+                            action: HandlerAction::Start,
                             check: Some(check.clone()),
                         });
                     } else {
                         steps.push(Step::Systemctl {
-                            verb: "start".into(),
+                            verb: SystemctlVerb::Start,
                             unit: unit.clone(),
                         });
                     }
                 } else {
                     steps.push(Step::Systemctl {
-                        verb: "stop".into(),
+                        verb: SystemctlVerb::Stop,
                         unit: unit.clone(),
                     });
                 }

@@ -2,7 +2,13 @@
 //! data; `apply::script` turns them into shell. Keeping them typed lets the plan be saved,
 //! reviewed and tested without a host.
 
+pub mod galera;
+pub mod verb;
+
 use serde::{Deserialize, Serialize};
+
+pub use galera::{GaleraOp, GaleraStep};
+pub use verb::{HandlerAction, OnChange, SystemctlVerb};
 
 /// Content of a file to write. Sensitive content never lives in a plan: it is re-rendered
 /// from the spec at apply time and checked against a keyed digest (see `plan::seal`).
@@ -91,14 +97,14 @@ pub enum Step {
     DaemonReload,
     /// `systemctl VERB UNIT` for enable/disable/start/stop/restart.
     Systemctl {
-        verb: String,
+        verb: SystemctlVerb,
         unit: String,
     },
     /// A handler: validate (when `check` is set), then reload or restart. Journalled on the
     /// host before the change that owes it, cleared after it ran.
     Handler {
         unit: String,
-        action: String,
+        action: HandlerAction,
         check: Option<String>,
     },
     /// A guarded command; `creates` is re-checked on the host just before running.
@@ -119,7 +125,7 @@ pub enum Step {
         handler: String,
     },
     /// One step of a cluster's plan (Galera bootstrap, join, restart ...). Never part of a
-    /// host's apply script: `ops::galera` runs these, in `seq` order across hosts, after the
-    /// hosts' scripts.
-    Galera(crate::cluster::galera::GaleraStep),
+    /// host's apply script: the Galera executor runs these, in `seq` order across hosts,
+    /// after the hosts' scripts. `cluster::galera` decides them.
+    Galera(GaleraStep),
 }
