@@ -189,6 +189,15 @@ impl ServiceFact {
     }
 }
 
+/// The environment's settings that turn a fact into a decision. Planning and the
+/// fingerprints of a saved plan (made at plan time, recomputed by `kiln apply plan.json`)
+/// must judge with the same values, or a saved plan is falsely stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FactRules {
+    /// `[apt] lists_max_age`: lists older than this are refreshed before an install.
+    pub lists_max_age_secs: u64,
+}
+
 /// Everything read from one host. Missing entries mean "not asked", not "absent".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFacts {
@@ -212,8 +221,9 @@ pub struct HostFacts {
 
 impl HostFacts {
     /// The JSON of the facts behind `query`, for fingerprints (stable: BTreeMaps and
-    /// plain structs serialise deterministically).
-    pub fn fact_json(&self, query: &FactQuery) -> serde_json::Value {
+    /// plain structs serialise deterministically). A fact that planning judges rather
+    /// than reads (apt lists: fresh or not) is judged here by the same `rules`.
+    pub fn fact_json(&self, query: &FactQuery, rules: &FactRules) -> serde_json::Value {
         use serde_json::to_value;
         let v = match query {
             FactQuery::Package { name } => to_value(self.packages.get(name)),
@@ -221,9 +231,7 @@ impl HostFacts {
             // refresh.
             FactQuery::AptLists => Ok(match &self.apt_lists {
                 Some(l) => serde_json::json!({
-                    "refresh": l
-                        .refresh_reason(crate::resource::package::APT_LISTS_MAX_AGE_SECS)
-                        .is_some(),
+                    "refresh": l.refresh_reason(rules.lists_max_age_secs).is_some(),
                 }),
                 None => serde_json::Value::Null,
             }),
