@@ -821,7 +821,45 @@ mod section_tests {
     use crate::facts::kinds::fixture::captured;
     use crate::facts::parse::parse_facts;
     use crate::facts::section::FactParseError;
-    use crate::facts::FactQuery;
+    use crate::facts::{AptListsFact, FactQuery, FactRules, HostFacts};
+
+    /// The fingerprint JSON judges freshness by the rules it is given (the environment's
+    /// `[apt] lists_max_age`), not by a fixed default.
+    #[test]
+    fn fact_json_judges_by_the_given_max_age() {
+        let now = 1_000_000;
+        let facts = HostFacts {
+            apt_lists: Some(AptListsFact {
+                now,
+                stamp: Some(now - 30 * 3600),
+                arch: "amd64".into(),
+                lists: [(
+                    "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages".to_string(),
+                    1,
+                )]
+                .into(),
+                ..Default::default()
+            }),
+            ..HostFacts::default()
+        };
+        let json = |hours: u64| {
+            facts.fact_json(
+                &FactQuery::AptLists,
+                &FactRules {
+                    lists_max_age_secs: hours * 3600,
+                },
+            )
+        };
+        assert_eq!(json(24), serde_json::json!({ "refresh": true }));
+        assert_eq!(json(48), serde_json::json!({ "refresh": false }));
+        let none = HostFacts::default().fact_json(
+            &FactQuery::AptLists,
+            &FactRules {
+                lists_max_age_secs: 0,
+            },
+        );
+        assert_eq!(none, serde_json::Value::Null);
+    }
 
     #[test]
     fn apt_lists_section_is_read_raw() {

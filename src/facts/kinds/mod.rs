@@ -117,3 +117,53 @@ pub(crate) fn push_words<'a>(s: &mut String, names: impl IntoIterator<Item = &'a
 pub(crate) fn not_mine(kind: &str, query: &FactQuery) -> ! {
     unreachable!("fact kind `{kind}` handed a {query:?} query")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One query of every kind.
+    fn one_of_each() -> Vec<FactQuery> {
+        vec![
+            FactQuery::Package { name: "p".into() },
+            FactQuery::AptLists,
+            FactQuery::Path {
+                path: "/p".into(),
+                expect_sha256: None,
+                sensitive: false,
+            },
+            FactQuery::User { name: "u".into() },
+            FactQuery::Group { name: "g".into() },
+            FactQuery::Service {
+                name: "s.service".into(),
+            },
+            FactQuery::Guard {
+                command: "true".into(),
+                sensitive_of: None,
+            },
+            FactQuery::DirList { path: "/d".into() },
+            FactQuery::Pending,
+            FactQuery::Galera {
+                cluster: "c".into(),
+                config: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn kinds_have_distinct_section_names_and_keys() {
+        let queries = one_of_each();
+        let mut sections: Vec<&str> = queries.iter().map(|q| kind_of(q).section()).collect();
+        let mut keys: Vec<String> = queries.iter().map(FactQuery::key).collect();
+        sections.sort();
+        sections.dedup();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(sections.len(), queries.len(), "{sections:?}");
+        assert_eq!(keys.len(), queries.len(), "{keys:?}");
+        for s in sections {
+            assert!(!["begin", "end"].contains(&s), "{s} is reserved");
+            assert!(!s.contains(' '), "{s:?}");
+        }
+    }
+}
