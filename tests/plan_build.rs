@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use kiln::desired::{self, Desired, DesiredHost};
 use kiln::facts::{FactQuery, HostFacts, PackageFact, PathFact, PathKind, ServiceFact};
-use kiln::plan::build::{fingerprint, host_plan, host_queries};
+use kiln::plan::build::{fact_rules, fingerprint, host_plan, host_queries};
 use kiln::plan::graph::ResourceGraph;
 use kiln::plan::{Action, Change, Content, HandlerAction, HostPlan, Plan, Step, PLAN_FORMAT};
 use kiln::resource::file::{sha256_hex, FileState};
@@ -854,7 +854,10 @@ fn fingerprint_moves_with_relevant_facts_only() {
 
     // The public function agrees with what the plan recorded.
     let c = change(&l.plan(&facts), "file:/etc/svc/svc.conf").clone();
-    assert_eq!(fingerprint(&facts, &c.facts), c.fingerprint);
+    assert_eq!(
+        fingerprint(&facts, &c.facts, &fact_rules(&l.desired)),
+        c.fingerprint
+    );
     assert_eq!(
         c.facts,
         vec![FactQuery::Path {
@@ -922,6 +925,60 @@ fn package_fingerprint_is_stable_while_apt_lists_merely_age() {
     );
     // ...so its fingerprint must be too.
     assert_eq!(a, fp(&facts), "fingerprint moved only because time passed");
+}
+
+/// The apt-lists part of a fingerprint is judged by the environment's `[apt]
+/// lists_max_age`, the rule planning used; with the fixed default instead, a saved plan
+/// made under a longer max age was refused as stale by `kiln apply plan.json` although
+/// nothing moved. Recomputed here the way `refuse_stale` (src/ops/apply.rs) does.
+#[test]
+fn saved_plan_with_a_custom_lists_max_age_is_not_falsely_stale() {
+    let env = ENV_X.replace("[hosts.h1]", "[apt]\nlists_max_age = 172800\n\n[hosts.h1]");
+    let mut files = base_files();
+    files[0] = ("environments/x.toml", &env);
+    let spec = Spec::new(&files);
+    let l = spec.load("x");
+    assert_eq!(l.desired.apt.lists_max_age_secs, 172_800);
+
+    // Refreshed 30 hours ago: stale by the default (24 h), fresh by this environment (48 h).
+    let mut facts = converged(l.host());
+    facts.apt_lists = Some(lists_refreshed(30 * 3600));
+    facts.packages.insert("jq".into(), PackageFact::default());
+    let plan = l.plan(&facts);
+    let c = change(&plan, "package:jq").clone();
+    assert_eq!(
+        c.steps,
+        vec![Step::AptInstall {
+            packages: vec!["jq".into()],
+            recommends: false,
+        }],
+        "planned as fresh lists: no refresh first"
+    );
+    assert!(c.facts.contains(&FactQuery::AptLists));
+
+    // Saved and read back, then re-checked against the same (re-read) facts.
+    let saved: Plan =
+        serde_json::from_str(&serde_json::to_string(&make_plan(&l, plan)).unwrap()).unwrap();
+    let c = change(&saved.hosts[0], "package:jq");
+    let behind: Vec<FactQuery> = c.facts.clone();
+    assert_eq!(
+        fingerprint(&facts, &behind, &fact_rules(&l.desired)),
+        c.fingerprint,
+        "a saved plan made with lists_max_age = 48 h is not stale a moment later"
+    );
+
+    // The fixed default would judge the same lists stale: that was the false refusal.
+    let default_rules = kiln::facts::FactRules {
+        lists_max_age_secs: kiln::resource::package::APT_LISTS_MAX_AGE_SECS,
+    };
+    assert_ne!(fingerprint(&facts, &behind, &default_rules), c.fingerprint);
+
+    // And the lists really moving (past 48 h now) still makes the change stale.
+    facts.apt_lists = Some(lists_refreshed(49 * 3600));
+    assert_ne!(
+        fingerprint(&facts, &behind, &fact_rules(&l.desired)),
+        c.fingerprint
+    );
 }
 
 // ---------------------------------------------------------------------------------------

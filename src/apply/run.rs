@@ -14,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::apply::script::{apply_script_waiting, parse_marker, Marker, EXIT_LOCKED};
 use crate::engine::{gather, Connections, Loaded};
 use crate::facts::FactQuery;
-use crate::plan::build::fingerprint;
+use crate::plan::build::{fact_rules, fingerprint};
 use crate::plan::{Content, Plan, Step};
 use crate::resource::Kind;
 use crate::transport::Transport;
@@ -84,6 +84,8 @@ pub async fn refuse_stale(
         })
         .collect();
     let gathered = gather(loaded, conns, |h| queries[h].clone()).await;
+    // Judged by the environment's rules, as at plan time.
+    let rules = fact_rules(&loaded.desired);
     let mut refused = 0;
     for (h, g) in gathered.into_iter().enumerate() {
         let name = &loaded.desired.hosts[h].name;
@@ -98,7 +100,7 @@ pub async fn refuse_stale(
             Ok(facts) => {
                 hp.changes.retain(|c| {
                     let behind: Vec<FactQuery> = c.facts.iter().map(|q| restore(h, q)).collect();
-                    let fresh = fingerprint(&facts, &behind) == c.fingerprint;
+                    let fresh = fingerprint(&facts, &behind, &rules) == c.fingerprint;
                     if !fresh {
                         refused += 1;
                         eprintln!(

@@ -6,12 +6,24 @@
 //! is running the script (see `ops::gather`). Each query's output section starts with a
 //! marker line `@@kiln:<kind> <arg>` so the parser never has to guess where one fact ends.
 //!
+//! Each kind of fact lives in its own file under `kinds/`: its script part, its parser,
+//! its fingerprint JSON, its fact struct and its tests. This file holds the vocabulary the
+//! rest of kiln uses: [`FactQuery`] (stored in saved plans), [`HostFacts`], [`FactRules`].
+//!
 //! Architecture invariant: no fact reader changes anything on the host.
 
-pub mod apt_lists;
-pub mod galera;
+pub mod kinds;
 pub mod parse;
 pub mod script;
+pub mod section;
+
+pub use kinds::apt_lists::{self, AptListsFact};
+pub use kinds::galera;
+pub use kinds::group::GroupFact;
+pub use kinds::package::PackageFact;
+pub use kinds::path::{PathFact, PathKind};
+pub use kinds::service::ServiceFact;
+pub use kinds::user::UserFact;
 
 use std::collections::BTreeMap;
 
@@ -63,130 +75,17 @@ pub enum FactQuery {
 impl FactQuery {
     /// The key under which this fact is stored in [`HostFacts`] and fingerprinted.
     pub fn key(&self) -> String {
-        match self {
-            FactQuery::Package { name } => format!("package:{name}"),
-            FactQuery::AptLists => "apt-lists".into(),
-            FactQuery::Path { path, .. } => format!("path:{path}"),
-            FactQuery::User { name } => format!("user:{name}"),
-            FactQuery::Group { name } => format!("group:{name}"),
-            FactQuery::Service { name } => format!("service:{name}"),
-            FactQuery::Guard {
-                sensitive_of: Some(id),
-                ..
-            } => format!("guard@{id}"),
-            FactQuery::Guard { command, .. } => format!("guard:{command}"),
-            FactQuery::DirList { path } => format!("dir:{path}"),
-            FactQuery::Pending => "pending".into(),
-            FactQuery::Galera { cluster, .. } => format!("galera:{cluster}"),
-        }
+        kinds::kind_of(self).key(self)
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PackageFact {
-    /// Installed version, when the package is fully installed (`ii`).
-    pub version: Option<String>,
-    /// dpkg's status abbreviation (`ii`, `rc`, `hi` ...) or empty when unknown to dpkg.
-    pub status: String,
-}
-
-impl PackageFact {
-    pub fn installed(&self) -> bool {
-        self.version.is_some()
-    }
-}
-
-pub use apt_lists::AptListsFact;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PathKind {
-    Missing,
-    File,
-    Directory,
-    Symlink,
-    Other,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PathFact {
-    pub kind: PathKind,
-    pub owner: Option<String>,
-    pub group: Option<String>,
-    /// Permission bits as four octal digits, e.g. "0644".
-    pub mode: Option<String>,
-    pub size: Option<u64>,
-    /// sha256 of a regular file's content; never collected for sensitive files.
-    pub sha256: Option<String>,
-    /// Whether the content equals the expected one (when an expectation was sent).
-    pub matches: Option<bool>,
-    /// Current content when it differs from the expectation (small, non-sensitive files).
-    pub content: Option<String>,
-    /// Target of a symlink.
-    pub link_target: Option<String>,
-    /// Change time (seconds.nanoseconds) — lets a sensitive file's fingerprint move when it
-    /// is rewritten without revealing anything about its content.
-    pub ctime: Option<String>,
-}
-
-impl PathFact {
-    pub fn missing() -> PathFact {
-        PathFact {
-            kind: PathKind::Missing,
-            owner: None,
-            group: None,
-            mode: None,
-            size: None,
-            sha256: None,
-            matches: None,
-            content: None,
-            link_target: None,
-            ctime: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserFact {
-    pub uid: u32,
-    pub gid: u32,
-    pub home: String,
-    pub shell: String,
-    /// Supplementary group names, sorted, without the primary group.
-    pub groups: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupFact {
-    pub gid: u32,
-    pub members: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceFact {
-    /// `loaded`, `not-found`, `masked` ...
-    pub load_state: String,
-    /// `active`, `inactive`, `failed`, `activating` ...
-    pub active_state: String,
-    /// `enabled`, `disabled`, `static`, `masked`, or empty.
-    pub unit_file_state: String,
-}
-
-impl ServiceFact {
-    pub fn exists(&self) -> bool {
-        self.load_state == "loaded" || self.load_state == "masked"
-    }
-    pub fn running(&self) -> bool {
-        self.active_state == "active"
-            || self.active_state == "reloading"
-            || self.active_state == "activating"
-    }
-    pub fn enabled(&self) -> bool {
-        matches!(
-            self.unit_file_state.as_str(),
-            "enabled" | "enabled-runtime" | "static" | "alias" | "indirect"
-        )
-    }
+/// The environment's settings that turn a fact into a decision. Planning and the
+/// fingerprints of a saved plan (made at plan time, recomputed by `kiln apply plan.json`)
+/// must judge with the same values, or a saved plan is falsely stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FactRules {
+    /// `[apt] lists_max_age`: lists older than this are refreshed before an install.
+    pub lists_max_age_secs: u64,
 }
 
 /// Everything read from one host. Missing entries mean "not asked", not "absent".
@@ -212,31 +111,12 @@ pub struct HostFacts {
 
 impl HostFacts {
     /// The JSON of the facts behind `query`, for fingerprints (stable: BTreeMaps and
-    /// plain structs serialise deterministically).
-    pub fn fact_json(&self, query: &FactQuery) -> serde_json::Value {
-        use serde_json::to_value;
-        let v = match query {
-            FactQuery::Package { name } => to_value(self.packages.get(name)),
-            // Lists age every second; what a plan depends on is only whether they need a
-            // refresh.
-            FactQuery::AptLists => Ok(match &self.apt_lists {
-                Some(l) => serde_json::json!({
-                    "refresh": l
-                        .refresh_reason(crate::resource::package::APT_LISTS_MAX_AGE_SECS)
-                        .is_some(),
-                }),
-                None => serde_json::Value::Null,
-            }),
-            FactQuery::Path { path, .. } => to_value(self.paths.get(path)),
-            FactQuery::User { name } => to_value(self.users.get(name)),
-            FactQuery::Group { name } => to_value(self.groups.get(name)),
-            FactQuery::Service { name } => to_value(self.services.get(name)),
-            FactQuery::Guard { command, .. } => to_value(self.guards.get(command)),
-            FactQuery::DirList { path } => to_value(self.dirs.get(path)),
-            FactQuery::Pending => to_value(&self.pending),
-            FactQuery::Galera { cluster, .. } => to_value(self.galera.get(cluster)),
-        };
-        v.unwrap_or(serde_json::Value::Null)
+    /// plain structs serialise deterministically). A fact that planning judges rather
+    /// than reads (apt lists: fresh or not) is judged here by the same `rules`.
+    pub fn fact_json(&self, query: &FactQuery, rules: &FactRules) -> serde_json::Value {
+        kinds::kind_of(query)
+            .fact_json(self, query, rules)
+            .unwrap_or(serde_json::Value::Null)
     }
 
     pub fn path(&self, path: &str) -> PathFact {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sha2::{Digest, Sha256};
 
 use crate::desired::{Desired, DesiredHost};
-use crate::facts::{FactQuery, HostFacts};
+use crate::facts::{FactQuery, FactRules, HostFacts};
 use crate::resource::{Kind, Notify, Predicted};
 
 use super::graph::ResourceGraph;
@@ -20,13 +20,23 @@ pub fn host_queries(host: &DesiredHost) -> Vec<FactQuery> {
     q.into_iter().collect()
 }
 
-/// sha256 over the facts behind a change, in a canonical form.
-pub fn fingerprint(facts: &HostFacts, queries: &[FactQuery]) -> String {
+/// The rules facts are judged by in `desired`'s environment: the same for planning (the
+/// resources read them from `Predicted::apt`) and for every fingerprint, at plan time and
+/// when `kiln apply plan.json` checks a saved plan for staleness.
+pub fn fact_rules(desired: &Desired) -> FactRules {
+    FactRules {
+        lists_max_age_secs: desired.apt.lists_max_age_secs,
+    }
+}
+
+/// sha256 over the facts behind a change, in a canonical form, judged by `rules` (see
+/// [`fact_rules`]).
+pub fn fingerprint(facts: &HostFacts, queries: &[FactQuery], rules: &FactRules) -> String {
     let mut h = Sha256::new();
     for q in queries {
         h.update(q.key().as_bytes());
         h.update([0]);
-        h.update(facts.fact_json(q).to_string().as_bytes());
+        h.update(facts.fact_json(q, rules).to_string().as_bytes());
         h.update([0]);
     }
     hex::encode(h.finalize())
@@ -41,6 +51,7 @@ pub fn host_plan(
     seal_key: &[u8],
 ) -> HostPlan {
     let host = &desired.hosts[h];
+    let rules = fact_rules(desired);
     let mut plan = HostPlan {
         host: host.name.clone(),
         address: host.connection.address.clone(),
@@ -117,7 +128,7 @@ pub fn host_plan(
             diff: planned.diff,
             sensitive: planned.sensitive,
             reason: planned.reason,
-            fingerprint: fingerprint(facts, &queries),
+            fingerprint: fingerprint(facts, &queries, &rules),
             facts: queries.into_iter().map(scrub).collect(),
             steps,
         });
@@ -185,7 +196,7 @@ pub fn host_plan(
             diff: None,
             sensitive: false,
             reason: Some(reason),
-            fingerprint: fingerprint(facts, &queries),
+            fingerprint: fingerprint(facts, &queries, &rules),
             facts: queries,
             steps,
         });

@@ -227,7 +227,11 @@ pub fn plan_clusters(
                 diff: None,
                 sensitive: false,
                 reason: d.reason,
-                fingerprint: crate::plan::build::fingerprint(f, &queries),
+                fingerprint: crate::plan::build::fingerprint(
+                    f,
+                    &queries,
+                    &crate::plan::build::fact_rules(desired),
+                ),
                 facts: queries,
                 steps: vec![Step::Galera(GaleraStep {
                     cluster: name.clone(),

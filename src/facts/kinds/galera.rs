@@ -22,6 +22,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::facts::section::{malformed, FactParseError, RawSection};
+use crate::facts::{FactQuery, FactRules, HostFacts};
 use crate::shell::quote as sh_quote;
 
 /// Where kiln records the digest of the databases and users it last ensured.
@@ -205,6 +207,61 @@ pub fn parse_recovered_position(out: &str) -> Option<(String, i64)> {
         let (uuid, seqno) = pos.rsplit_once(':')?;
         Some((uuid.to_string(), seqno.parse().ok()?))
     })
+}
+
+/// The kind: section `@@kiln:galera <index> <cluster>`, one [`shell_call`] of the
+/// [`shell_fn`] defined before the script's main function.
+pub(crate) struct Galera;
+
+fn cluster_config(q: &FactQuery) -> (&str, &[String]) {
+    match q {
+        FactQuery::Galera { cluster, config } => (cluster, config),
+        other => super::not_mine("galera", other),
+    }
+}
+
+impl super::FactKind for Galera {
+    fn section(&self) -> &'static str {
+        "galera"
+    }
+
+    fn key(&self, q: &FactQuery) -> String {
+        format!("galera:{}", cluster_config(q).0)
+    }
+
+    fn shell_functions(&self) -> Option<String> {
+        Some(shell_fn())
+    }
+
+    fn script(&self, queries: &[&FactQuery], s: &mut String) {
+        let (cluster, config) = cluster_config(queries[0]);
+        s.push('\t');
+        s.push_str(&shell_call(cluster, config));
+        s.push('\n');
+    }
+
+    fn parse(
+        &self,
+        queries: &[&FactQuery],
+        section: &RawSection<'_>,
+        facts: &mut HostFacts,
+    ) -> Result<(), FactParseError> {
+        let fact = parse(&section.lines())
+            .map_err(|e| malformed(section, section.line, "galera section", &e))?;
+        facts
+            .galera
+            .insert(cluster_config(queries[0]).0.to_string(), fact);
+        Ok(())
+    }
+
+    fn fact_json(
+        &self,
+        facts: &HostFacts,
+        q: &FactQuery,
+        _: &FactRules,
+    ) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(facts.galera.get(cluster_config(q).0))
+    }
 }
 
 #[cfg(test)]

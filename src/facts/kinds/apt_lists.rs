@@ -37,6 +37,9 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::facts::section::{malformed, FactParseError, RawSection};
+use crate::facts::{FactQuery, FactRules, HostFacts};
+
 /// The body of the `apt-lists` section of the fact script (see the module documentation
 /// for what it prints). Runs inside the script's one function, stdin `/dev/null`.
 pub const SCRIPT: &str = r#"	printf 'now %s\n' "$(date +%s)"
@@ -408,7 +411,7 @@ impl AptListsFact {
         for s in &self.sources {
             if s.architectures
                 .as_ref()
-                .is_some_and(|a| !a.iter().any(|a| *a == self.arch))
+                .is_some_and(|a| !a.contains(&self.arch))
             {
                 continue;
             }
@@ -424,7 +427,7 @@ impl AptListsFact {
             }
             if header
                 .and_then(|h| h.architectures.as_ref())
-                .is_some_and(|a| !a.iter().any(|a| *a == self.arch))
+                .is_some_and(|a| !a.contains(&self.arch))
             {
                 continue;
             }
@@ -514,6 +517,56 @@ fn human_age(secs: u64) -> String {
         s if s < 7200 => format!("{} min", s / 60),
         s if s < 172_800 => format!("{} h", s / 3600),
         s => format!("{} days", s / 86_400),
+    }
+}
+
+/// The kind: section `@@kiln:apt-lists` (see the module documentation), judged on the
+/// controller by [`AptListsFact::refresh_reason`] with the environment's max age.
+pub(crate) struct AptLists;
+
+impl super::FactKind for AptLists {
+    fn section(&self) -> &'static str {
+        "apt-lists"
+    }
+
+    fn layout(&self) -> super::Layout {
+        super::Layout::Batched
+    }
+
+    fn key(&self, _: &FactQuery) -> String {
+        "apt-lists".into()
+    }
+
+    fn script(&self, _: &[&FactQuery], s: &mut String) {
+        s.push_str(SCRIPT);
+    }
+
+    fn parse(
+        &self,
+        _: &[&FactQuery],
+        section: &RawSection<'_>,
+        facts: &mut HostFacts,
+    ) -> Result<(), FactParseError> {
+        let fact = parse(&section.lines())
+            .map_err(|e| malformed(section, section.line, "apt-lists section", &e))?;
+        facts.apt_lists = Some(fact);
+        Ok(())
+    }
+
+    /// Lists age every second; what a plan depends on is only whether they need a
+    /// refresh, judged by the same rule (and max age) as planning.
+    fn fact_json(
+        &self,
+        facts: &HostFacts,
+        _: &FactQuery,
+        rules: &FactRules,
+    ) -> serde_json::Result<serde_json::Value> {
+        Ok(match &facts.apt_lists {
+            Some(l) => serde_json::json!({
+                "refresh": l.refresh_reason(rules.lists_max_age_secs).is_some(),
+            }),
+            None => serde_json::Value::Null,
+        })
     }
 }
 
@@ -759,6 +812,76 @@ mod tests {
         assert_eq!(
             empty.refresh_reason(86_400).as_deref(),
             Some("apt lists: none on the host")
+        );
+    }
+}
+
+#[cfg(test)]
+mod section_tests {
+    use crate::facts::kinds::fixture::captured;
+    use crate::facts::parse::parse_facts;
+    use crate::facts::section::FactParseError;
+    use crate::facts::{AptListsFact, FactQuery, FactRules, HostFacts};
+
+    /// The fingerprint JSON judges freshness by the rules it is given (the environment's
+    /// `[apt] lists_max_age`), not by a fixed default.
+    #[test]
+    fn fact_json_judges_by_the_given_max_age() {
+        let now = 1_000_000;
+        let facts = HostFacts {
+            apt_lists: Some(AptListsFact {
+                now,
+                stamp: Some(now - 30 * 3600),
+                arch: "amd64".into(),
+                lists: [(
+                    "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages".to_string(),
+                    1,
+                )]
+                .into(),
+                ..Default::default()
+            }),
+            ..HostFacts::default()
+        };
+        let json = |hours: u64| {
+            facts.fact_json(
+                &FactQuery::AptLists,
+                &FactRules {
+                    lists_max_age_secs: hours * 3600,
+                },
+            )
+        };
+        assert_eq!(json(24), serde_json::json!({ "refresh": true }));
+        assert_eq!(json(48), serde_json::json!({ "refresh": false }));
+        let none = HostFacts::default().fact_json(
+            &FactQuery::AptLists,
+            &FactRules {
+                lists_max_age_secs: 0,
+            },
+        );
+        assert_eq!(none, serde_json::Value::Null);
+    }
+
+    #[test]
+    fn apt_lists_section_is_read_raw() {
+        // The decision (refresh or not, and why) is tested above; here the section is
+        // found and handed over whole.
+        let lists = captured().apt_lists.unwrap();
+        assert_eq!(lists.now, 1795355498);
+        assert_eq!(lists.stamp, None);
+        assert_eq!(lists.lists.len(), 4);
+        let suites: Vec<&str> = lists.sources.iter().map(|s| s.suite.as_str()).collect();
+        assert_eq!(suites, ["bookworm", "bookworm-updates"]);
+        assert!(lists
+            .refresh_reason(u64::MAX)
+            .unwrap()
+            .contains("no update-success stamp"));
+        let bad = parse_facts(
+            &[FactQuery::AptLists],
+            "@@kiln:begin\n@@kiln:apt-lists\nnow 5\nmissing-list\n@@kiln:end\n",
+        );
+        assert!(
+            matches!(bad, Err(FactParseError::Malformed { .. })),
+            "{bad:?}"
         );
     }
 }
