@@ -23,7 +23,6 @@ pub mod apply;
 pub mod cli;
 pub mod cluster;
 pub mod desired;
-pub mod error;
 pub mod facts;
 pub mod ops;
 pub mod plan;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use crate::error::{SpecError, SpecErrors};
+use crate::spec::error::{SpecError, SpecErrors};
 use crate::resource::{self, Kind, Notify, Origin, Resource};
 use crate::spec::source::{join_key, SourceFile};
 use crate::spec::{Environment, Module, Provider};

@@ -23,7 +23,7 @@ use anyhow::Result;
 use tokio::sync::Semaphore;
 
 use crate::desired::{self, Connection, Desired};
-use crate::error::SpecErrors;
+use crate::spec::error::SpecErrors;
 use crate::facts::{self, HostFacts};
 use crate::plan::graph::ResourceGraph;
 use crate::plan::{build, HostPlan, Plan, PLAN_FORMAT};

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::desired::{split_ref, Desired};
-use crate::error::SpecError;
+use crate::spec::error::SpecError;
 use crate::resource::Kind;
 use crate::spec::Environment;
 

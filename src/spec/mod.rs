@@ -9,6 +9,7 @@
 
 pub mod ec2;
 pub mod env;
+pub mod error;
 pub mod module;
 pub mod secret;
 pub mod source;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-use crate::error::{SpecError, SpecErrors};
+use crate::spec::error::{SpecError, SpecErrors};
 pub use env::{AptSpec, EnvSpec, HostSpec, Provider, RoleSpec, SecretRef, SshSpec};
 pub use module::{Module, ModuleSpec, ParamSpec, ParamType};
 pub use secret::{Redactor, SecretValue};

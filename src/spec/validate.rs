@@ -18,7 +18,7 @@
 
 use std::net::IpAddr;
 
-use crate::error::SpecError;
+use crate::spec::error::SpecError;
 use crate::resource::{Kind, Resource};
 use crate::spec::source::join_key;
 use crate::spec::{Environment, Module};
