@@ -23,10 +23,10 @@ use anyhow::Result;
 use tokio::sync::Semaphore;
 
 use crate::desired::{self, Connection, Desired};
-use crate::spec::error::SpecErrors;
 use crate::facts::{self, HostFacts};
 use crate::plan::graph::ResourceGraph;
 use crate::plan::{build, HostPlan, Plan, PLAN_FORMAT};
+use crate::spec::error::SpecErrors;
 use crate::spec::{self, Environment};
 use crate::transport::ssh::SshConnector;
 use crate::transport::{Connector, Transport};

@@ -585,13 +585,13 @@ fn validate_module(source: &SourceFile, spec: &ModuleSpec) -> Vec<SpecError> {
                 &format!("resource[{i}]"),
                 "resource has no `type`",
             )),
-            Some(t) if !crate::desired::RESOURCE_TYPES.contains(&t) => {
+            Some(t) if !crate::resource::Kind::TYPES.contains(&t) => {
                 errors.push(SpecError::at_key(
                     source,
                     &format!("resource[{i}].type"),
                     format!(
                         "unknown resource type `{t}` (types: {})",
-                        crate::desired::RESOURCE_TYPES.join(", ")
+                        crate::resource::Kind::TYPES.join(", ")
                     ),
                 ))
             }

@@ -37,7 +37,6 @@ impl SpecError {
     pub fn at_key(file: &SourceFile, path: &str, message: impl Into<String>) -> SpecError {
         SpecError::at(file, file.nearest_span(path), path, message)
     }
-
 }
 
 /// One TOML file with its text and the span of every key path in it.

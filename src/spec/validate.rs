@@ -4,11 +4,14 @@
 //! host as an option (`-oProxyCommand=…`), a path outside what was meant (`../../cron.d`)
 //! or shell text (`a@b.c; touch /tmp/x`).
 //!
-//! Three entry points, each called once from the stage that owns the data:
+//! Entry points, each called from the stage that owns the data:
 //! * [`environment`] from `Environment::validate`: hosts, ssh settings, secrets, and the
 //!   declared `format`s of module parameters (checked at the environment key that set them);
 //! * [`resources`] from `desired::expand_host`: every rendered resource;
-//! * [`host_cycles`] from `desired::expand`: hosts that would wait on each other.
+//! * [`for_each_value`] from the expansion of a `for_each`.
+//!
+//! (Hosts that would wait on each other are found by `desired::cycles`, over the expanded
+//! hosts.)
 //!
 //! A value rendered from a module parameter is reported at the environment key the user
 //! wrote ([`relocate`]), with a note naming the module resource that used it.
@@ -1091,83 +1094,6 @@ fn collect(t: &toml::Table, base: &str, out: &mut Vec<(String, String)>) {
     for (k, v) in t {
         value(v, join_key(base, k), out);
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Hosts waiting on each other
-
-/// Cross-host `after` edges between the expanded hosts must not form a cycle: each host's
-/// apply waits for the hosts it names, so a cycle waits forever.
-pub fn host_cycles(env: &Environment, hosts: &[crate::desired::DesiredHost]) -> Vec<SpecError> {
-    use std::collections::BTreeMap;
-    // host → (other host, (module, resource key, after index)) for the first edge found.
-    let mut edges: BTreeMap<&str, Vec<(&str, &Resource, usize)>> = BTreeMap::new();
-    for h in hosts {
-        for r in &h.resources {
-            for (i, a) in r.after.iter().enumerate() {
-                if let (Some(other), _) = crate::desired::split_ref(a) {
-                    if other != h.name && hosts.iter().any(|x| x.name == other) {
-                        edges
-                            .entry(h.name.as_str())
-                            .or_default()
-                            .push((other, r, i));
-                    }
-                }
-            }
-        }
-    }
-    // Depth-first search for a cycle; report it once, at the first edge of its first host.
-    fn visit<'a>(
-        n: &'a str,
-        edges: &BTreeMap<&'a str, Vec<(&'a str, &'a Resource, usize)>>,
-        stack: &mut Vec<&'a str>,
-        done: &mut std::collections::BTreeSet<&'a str>,
-    ) -> Option<Vec<&'a str>> {
-        if let Some(pos) = stack.iter().position(|s| *s == n) {
-            return Some(stack[pos..].to_vec());
-        }
-        if done.contains(n) {
-            return None;
-        }
-        stack.push(n);
-        for (other, _, _) in edges.get(n).map(Vec::as_slice).unwrap_or(&[]) {
-            if let Some(c) = visit(other, edges, stack, done) {
-                return Some(c);
-            }
-        }
-        stack.pop();
-        done.insert(n);
-        None
-    }
-    let mut done = std::collections::BTreeSet::new();
-    for h in hosts {
-        let mut stack = vec![];
-        if let Some(cycle) = visit(&h.name, &edges, &mut stack, &mut done) {
-            let first = cycle[0];
-            let next = cycle.get(1).copied().unwrap_or(first);
-            let Some((_, r, i)) = edges[first].iter().find(|(o, _, _)| *o == next) else {
-                continue;
-            };
-            let Some(module) = env.modules.get(&r.module) else {
-                continue;
-            };
-            let mut path: Vec<&str> = cycle.clone();
-            path.push(first);
-            let e = SpecError::at_key(
-                &module.source,
-                &format!("{}.after[{i}]", r.origin.key),
-                format!(
-                    "`after` makes hosts wait on each other: `{}` waits for `{next}`, which waits for it in turn (apply would wait forever)",
-                    first
-                ),
-            )
-            .note(format!("hosts: {}", path.join(" → ")));
-            // Not relocated: the message quotes host names, which say nothing about
-            // which parameter made the edge.
-            return vec![e];
-        }
-    }
-    vec![]
 }
 
 #[cfg(test)]
