@@ -24,7 +24,6 @@ pub mod cli;
 pub mod cluster;
 pub mod desired;
 pub mod engine;
-pub mod error;
 pub mod facts;
 pub mod ops;
 pub mod plan;

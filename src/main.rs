@@ -23,7 +23,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             // Spec errors carry their own file:line:col rendering; others show their chain.
-            if let Some(spec) = e.downcast_ref::<kiln::error::SpecErrors>() {
+            if let Some(spec) = e.downcast_ref::<kiln::spec::error::SpecErrors>() {
                 eprintln!("error: {spec}");
             } else {
                 eprintln!("error: {e:#}");

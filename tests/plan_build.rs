@@ -1129,7 +1129,7 @@ fn cycle_spec(module: &str) -> Spec {
 }
 
 #[allow(clippy::result_large_err)]
-fn graph_error(spec: &Spec) -> Result<ResourceGraph, kiln::error::SpecError> {
+fn graph_error(spec: &Spec) -> Result<ResourceGraph, kiln::spec::error::SpecError> {
     let env = Environment::load(&spec.env_path("x")).unwrap();
     let hosts = env.select_hosts(None).unwrap();
     let desired = desired::expand(&env, &hosts, None).unwrap();

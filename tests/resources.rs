@@ -1472,7 +1472,7 @@ fn every_type_has_a_noop_case_and_is_deterministic() {
         kind("type = 'galera_node'\ncluster = 'c'\nnodes = ['db1']"),
     ];
     let types: std::collections::BTreeSet<_> = all.iter().map(|k| k.type_name()).collect();
-    assert_eq!(types.len(), kiln::desired::RESOURCE_TYPES.len());
+    assert_eq!(types.len(), kiln::resource::Kind::TYPES.len());
     for k in &all {
         no_change(k, &facts);
     }

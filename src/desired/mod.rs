@@ -2,6 +2,7 @@
 //! (strict undefined variables) and every reference (notify, after) resolved. Pure: reads
 //! only the spec's own files (templates), never a host.
 
+pub mod cycles;
 pub mod render;
 
 use std::path::PathBuf;
@@ -9,27 +10,13 @@ use std::path::PathBuf;
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use crate::error::{SpecError, SpecErrors};
 use crate::resource::{self, Kind, Notify, OnChange, Origin, Resource};
+use crate::spec::error::{SpecError, SpecErrors};
 use crate::spec::source::{join_key, SourceFile};
 use crate::spec::{Environment, Module, Provider};
 
+pub use crate::resource::AptSettings;
 pub use render::Renderer;
-
-/// Every resource type a module may declare.
-pub const RESOURCE_TYPES: &[&str] = &[
-    "apt_repo",
-    "package",
-    "group",
-    "user",
-    "directory",
-    "file",
-    "symlink",
-    "unit",
-    "command",
-    "service",
-    "galera_node",
-];
 
 /// Keys a resource table may have besides its type's own fields.
 const META_KEYS: &[&str] = &["type", "after", "notify", "for_each", "when"];
@@ -71,22 +58,6 @@ pub struct Desired {
     pub hosts: Vec<DesiredHost>,
     /// The environment's `[apt]` settings, with defaults applied.
     pub apt: AptSettings,
-}
-
-/// How packages are installed (`[apt]` in the environment file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct AptSettings {
-    pub lists_max_age_secs: u64,
-    pub recommends: bool,
-}
-
-impl Default for AptSettings {
-    fn default() -> Self {
-        AptSettings {
-            lists_max_age_secs: crate::resource::package::APT_LISTS_MAX_AGE_SECS,
-            recommends: false,
-        }
-    }
 }
 
 impl Desired {
@@ -155,7 +126,7 @@ pub fn expand(
             Err(mut e) => errors.append(&mut e.0),
         }
     }
-    errors.extend(crate::spec::validate::host_cycles(env, &out));
+    errors.extend(cycles::host_cycles(env, &out));
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }
@@ -413,7 +384,7 @@ fn taint(
 /// Splits an `after` reference into (host, resource id).
 pub fn split_ref(r: &str) -> (Option<&str>, &str) {
     match r.split_once(':') {
-        Some((first, rest)) if !RESOURCE_TYPES.contains(&first) => (Some(first), rest),
+        Some((first, rest)) if !Kind::TYPES.contains(&first) => (Some(first), rest),
         _ => (None, r),
     }
 }

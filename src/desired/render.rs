@@ -5,7 +5,7 @@ use minijinja::value::Value;
 use minijinja::{ErrorKind, UndefinedBehavior};
 use serde_json::json;
 
-use crate::error::SpecError;
+use crate::spec::error::SpecError;
 use crate::spec::source::{Location, SourceFile};
 use crate::spec::{Environment, Redactor};
 

@@ -3,8 +3,8 @@
 use anyhow::Result;
 
 use crate::desired::{self, Desired};
-use crate::error::SpecErrors;
 use crate::plan::graph::ResourceGraph;
+use crate::spec::error::SpecErrors;
 use crate::spec::{self, Environment};
 
 /// Everything known about an environment before any host is contacted.

@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::desired::{split_ref, Desired};
-use crate::error::SpecError;
 use crate::resource::Kind;
+use crate::spec::error::SpecError;
 use crate::spec::Environment;
 
 /// A node: (host index, resource index) into `Desired`.

@@ -67,21 +67,44 @@ impl Notify {
     }
 }
 
-/// The typed desired state of one resource.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Kind {
-    AptRepo(AptRepo),
-    Package(Package),
-    Group(Group),
-    User(User),
-    Directory(Directory),
-    File(File),
-    Symlink(Symlink),
-    Unit(Unit),
-    Command(Command),
-    Service(Service),
-    GaleraNode(GaleraNode),
+/// Declares the resource types: each line is a variant of [`Kind`], its struct and the
+/// `type = "…"` a module writes. [`Kind::TYPES`] and [`Kind::type_name`] are derived from
+/// it, so a new type is one line here plus its file (and the `match`es below).
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $variant:ident($ty:ident) = $name:literal,)*) => {
+        /// The typed desired state of one resource.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum Kind {
+            $($(#[$doc])* #[serde(rename = $name)] $variant($ty),)*
+        }
+
+        impl Kind {
+            /// Every resource type a module may declare (`type = "…"`), in declaration order.
+            pub const TYPES: &'static [&'static str] = &[$($name),*];
+
+            /// The `type` of this resource, as a module writes it.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(Kind::$variant(_) => $name,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    AptRepo(AptRepo) = "apt_repo",
+    Package(Package) = "package",
+    Group(Group) = "group",
+    User(User) = "user",
+    Directory(Directory) = "directory",
+    File(File) = "file",
+    Symlink(Symlink) = "symlink",
+    Unit(Unit) = "unit",
+    Command(Command) = "command",
+    Service(Service) = "service",
+    GaleraNode(GaleraNode) = "galera_node",
 }
 
 /// One resource on one host, fully rendered.
@@ -116,7 +139,23 @@ pub struct Predicted {
     /// directory keeps.
     pub managed_paths: BTreeSet<String>,
     /// Not a prediction: the environment's `[apt]` settings, which package plans need.
-    pub apt: crate::desired::AptSettings,
+    pub apt: AptSettings,
+}
+
+/// How packages are installed (`[apt]` in the environment file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AptSettings {
+    pub lists_max_age_secs: u64,
+    pub recommends: bool,
+}
+
+impl Default for AptSettings {
+    fn default() -> Self {
+        AptSettings {
+            lists_max_age_secs: package::APT_LISTS_MAX_AGE_SECS,
+            recommends: false,
+        }
+    }
 }
 
 /// What a resource's plan function returns when state differs.
@@ -155,22 +194,6 @@ pub struct Conflict {
 }
 
 impl Kind {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Kind::AptRepo(_) => "apt_repo",
-            Kind::Package(_) => "package",
-            Kind::Group(_) => "group",
-            Kind::User(_) => "user",
-            Kind::Directory(_) => "directory",
-            Kind::File(_) => "file",
-            Kind::Symlink(_) => "symlink",
-            Kind::Unit(_) => "unit",
-            Kind::Command(_) => "command",
-            Kind::Service(_) => "service",
-            Kind::GaleraNode(_) => "galera_node",
-        }
-    }
-
     /// The name part of the resource id.
     pub fn name(&self) -> String {
         match self {

@@ -22,7 +22,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::{source, Environment, Provider};
-use crate::error::SpecError;
+use crate::spec::error::SpecError;
 
 /// Tag keys kiln sets on its own instances; user tags may not use the `kiln:` prefix.
 pub const TAG_ENV: &str = "kiln:env";

@@ -10,6 +10,7 @@
 pub mod clone;
 pub mod ec2;
 pub mod env;
+pub mod error;
 pub mod module;
 pub mod secret;
 pub mod source;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-use crate::error::{SpecError, SpecErrors};
+use crate::spec::error::{SpecError, SpecErrors};
 pub use env::{AptSpec, EnvSpec, HostSpec, Provider, RoleSpec, SecretRef, SshSpec};
 pub use module::{Module, ModuleSpec, ParamSpec, ParamType};
 pub use secret::{Redactor, SecretValue};
@@ -585,13 +586,13 @@ fn validate_module(source: &SourceFile, spec: &ModuleSpec) -> Vec<SpecError> {
                 &format!("resource[{i}]"),
                 "resource has no `type`",
             )),
-            Some(t) if !crate::desired::RESOURCE_TYPES.contains(&t) => {
+            Some(t) if !crate::resource::Kind::TYPES.contains(&t) => {
                 errors.push(SpecError::at_key(
                     source,
                     &format!("resource[{i}].type"),
                     format!(
                         "unknown resource type `{t}` (types: {})",
-                        crate::desired::RESOURCE_TYPES.join(", ")
+                        crate::resource::Kind::TYPES.join(", ")
                     ),
                 ))
             }

@@ -6,23 +6,36 @@
 //! every dotted key path (`hosts.web.roles[1]`) is indexed to where it was written.
 //! Semantic checks later ask this index where a value came from.
 
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-/// A position in a source file, 1-based as editors show it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Location {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-}
+pub use crate::spec::error::Location;
+use crate::spec::error::SpecError;
 
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+impl SpecError {
+    /// An error at a byte span of a source file.
+    pub fn at(
+        file: &SourceFile,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> SpecError {
+        let location = file.location(span.start);
+        let snippet = file.line_text(location.line).map(str::to_string);
+        SpecError {
+            location,
+            key: key.into(),
+            message: message.into(),
+            snippet,
+            notes: vec![],
+        }
+    }
+
+    /// An error at the key `path` of a source file (or its nearest written ancestor).
+    pub fn at_key(file: &SourceFile, path: &str, message: impl Into<String>) -> SpecError {
+        SpecError::at(file, file.nearest_span(path), path, message)
     }
 }
 
@@ -37,9 +50,9 @@ pub struct SourceFile {
 
 impl SourceFile {
     /// Reads and indexes a file. A syntax error is reported with its position.
-    pub fn read(path: &Path) -> Result<SourceFile, crate::error::SpecError> {
+    pub fn read(path: &Path) -> Result<SourceFile, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            crate::error::SpecError::new(
+            SpecError::new(
                 Location {
                     file: path.to_path_buf(),
                     line: 0,
@@ -52,7 +65,7 @@ impl SourceFile {
         SourceFile::parse(path, text)
     }
 
-    pub fn parse(path: &Path, text: String) -> Result<SourceFile, crate::error::SpecError> {
+    pub fn parse(path: &Path, text: String) -> Result<SourceFile, SpecError> {
         let mut file = SourceFile {
             path: path.to_path_buf(),
             text,
@@ -63,7 +76,7 @@ impl SourceFile {
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
                 let message = e.message().trim().to_string();
-                return Err(crate::error::SpecError::at(
+                return Err(SpecError::at(
                     &file,
                     span,
                     "",

@@ -1,12 +1,27 @@
-//! Errors a caller branches on. Everything else is `anyhow` with context at the I/O edge.
+//! The spec's error type: the errors a caller branches on (everything else is `anyhow` with
+//! context at the I/O edge).
 
 use std::fmt;
-use std::ops::Range;
+use std::path::PathBuf;
 
-use crate::spec::source::{Location, SourceFile};
+/// A position in a source file, 1-based as editors show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
 
 /// A mistake in the spec (environment, module or template): always names the file, line,
-/// column and key, and is found before any host is contacted.
+/// column and key, and is found before any host is contacted. Built at a key or span of a
+/// [`SourceFile`](super::source::SourceFile) with `SpecError::at_key` / `SpecError::at`
+/// (defined in `source.rs`, which knows the positions).
 #[derive(Debug, Clone)]
 pub struct SpecError {
     pub location: Location,
@@ -33,29 +48,6 @@ impl SpecError {
             snippet: None,
             notes: vec![],
         }
-    }
-
-    /// An error at a byte span of a source file.
-    pub fn at(
-        file: &SourceFile,
-        span: Range<usize>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> SpecError {
-        let location = file.location(span.start);
-        let snippet = file.line_text(location.line).map(str::to_string);
-        SpecError {
-            location,
-            key: key.into(),
-            message: message.into(),
-            snippet,
-            notes: vec![],
-        }
-    }
-
-    /// An error at the key `path` of a source file (or its nearest written ancestor).
-    pub fn at_key(file: &SourceFile, path: &str, message: impl Into<String>) -> SpecError {
-        SpecError::at(file, file.nearest_span(path), path, message)
     }
 
     pub fn note(mut self, note: impl Into<String>) -> SpecError {
