@@ -20,23 +20,8 @@ use crate::facts::{FactQuery, HostFacts};
 
 use super::Planned;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GaleraUser {
-    pub name: String,
-    /// Host pattern, e.g. `10.233.0.%` or `localhost`.
-    #[serde(default = "default_user_host")]
-    pub host: String,
-    /// Name of an environment secret holding the password (never the value).
-    pub password_secret: String,
-    /// Privileges, each as `PRIVS ON db.*`, e.g. "ALL PRIVILEGES ON `app`.*".
-    #[serde(default)]
-    pub grants: Vec<String>,
-}
-
-fn default_user_host() -> String {
-    "%".into()
-}
+/// A database user of the cluster (carried by the Galera schema step, so it is defined there).
+pub use crate::plan::step::galera::GaleraUser;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

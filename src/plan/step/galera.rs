@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{Plan, Step};
-use crate::resource::galera::GaleraUser;
 
 /// One step of a cluster plan, carried by a change of the host it runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,4 +76,22 @@ pub fn steps_of(plan: &Plan) -> BTreeMap<String, Vec<GaleraStep>> {
         v.sort_by_key(|g| g.seq);
     }
     out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GaleraUser {
+    pub name: String,
+    /// Host pattern, e.g. `10.233.0.%` or `localhost`.
+    #[serde(default = "default_user_host")]
+    pub host: String,
+    /// Name of an environment secret holding the password (never the value).
+    pub password_secret: String,
+    /// Privileges, each as `PRIVS ON db.*`, e.g. "ALL PRIVILEGES ON `app`.*".
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
+fn default_user_host() -> String {
+    "%".into()
 }
