@@ -30,9 +30,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
-use super::lab::BRIDGE_IP;
+use super::BRIDGE_IP;
+use sha2::{Digest, Sha256};
 
 /// The artifact server's port on the bridge address.
 pub const ARTIFACT_PORT: u16 = 8090;
@@ -88,14 +88,12 @@ child = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(inner),
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
        "trailer"}
 
-
 def up():
     try:
         socket.create_connection(("127.0.0.1", inner), timeout=2).close()
         return True
     except OSError:
         return False
-
 
 class Front(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -142,17 +140,14 @@ class Front(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
 
-
 def stop(*_):
     child.terminate()
     os._exit(0)
-
 
 def watch():
     child.wait()
     print("minio (lab stand-in): s3s-fs exited with %s" % child.returncode, file=sys.stderr)
     os._exit(1)
-
 
 signal.signal(signal.SIGTERM, stop)
 threading.Thread(target=watch, daemon=True).start()
