@@ -1,6 +1,99 @@
 //! Sources of hosts. `static` hosts need nothing; `lab` hosts are local containers made by
-//! [`lab`].
+//! [`lab`]; `ec2` hosts are EC2 instances found by their tags or created ([`ec2`]). Both
+//! make hosts behind one interface, [`HostProvider`], which `kiln rebuild` uses without
+//! knowing which is which. [`known_hosts`] is the one way providers record host keys.
+//!
+//! Providers sit below the commands: nothing here imports `ops`. They reach hosts only
+//! through a [`crate::transport::Connector`] given by the caller (EC2's wait for SSH).
 
 pub mod ec2;
 pub mod known_hosts;
 pub mod lab;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::spec::{Environment, Provider};
+use crate::transport::{BoxFuture, Connector};
+
+/// Where a provider reports progress: one human line per step. Shared and thread-safe, so
+/// a provider can hand it to the worker threads or tasks that do the work.
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Whether a provider's host exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostState {
+    /// It runs (a lab container whose process is alive, an EC2 instance that is
+    /// `running`); it may still be booting.
+    Running,
+    /// It exists but does not run (a lab root filesystem without a container, an EC2
+    /// instance that is pending, stopping or stopped).
+    Stopped,
+    /// It does not exist: [`HostProvider::ensure`] would create it.
+    Missing,
+}
+
+/// One host as its provider sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostReport {
+    pub name: String,
+    pub state: HostState,
+    /// What the provider knows: a lab container's pid, an EC2 instance's id and state.
+    pub detail: String,
+}
+
+/// What [`HostProvider::ensure`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provisioned {
+    /// The hosts it created (they were gone).
+    pub created: Vec<String>,
+    /// One human line for a timeline, empty when the provider had nothing to look at.
+    pub detail: String,
+}
+
+/// A source of hosts for one environment. Every method is async and reports progress
+/// through a [`Progress`]; a provider that works synchronously (the lab) does its work on
+/// a blocking thread.
+pub trait HostProvider: Send + Sync {
+    /// The kind of hosts it makes (`provider = "lab"`, `"ec2"`).
+    fn kind(&self) -> Provider;
+
+    /// Each of the environment's hosts of this provider: running, stopped or missing.
+    fn status(&self) -> BoxFuture<'_, Result<Vec<HostReport>>>;
+
+    /// Makes the hosts named in `only` (all of this provider's when empty) exist, run, have
+    /// their host keys recorded in the environment's known_hosts, and answer SSH. Creates
+    /// only what is gone; a second call creates nothing.
+    fn ensure<'a>(
+        &'a self,
+        only: &'a [String],
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<Provisioned>>;
+
+    /// Deletes the host `name` (and forgets its host keys): the state a lost server is in.
+    fn delete<'a>(&'a self, name: &'a str, progress: Progress) -> BoxFuture<'a, Result<()>>;
+
+    /// The address each host is reached at, by host name.
+    fn addresses(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>>;
+}
+
+/// The providers an environment's hosts need: the lab when it has `lab` hosts, EC2 when it
+/// has `ec2` hosts (none for static hosts). `connector` is how EC2 waits for SSH.
+pub fn for_env(env: &Environment, connector: Arc<dyn Connector>) -> Vec<Box<dyn HostProvider>> {
+    let has = |p: Provider| env.spec.hosts.values().any(|h| h.provider == p);
+    let mut out: Vec<Box<dyn HostProvider>> = vec![];
+    if has(Provider::Lab) {
+        out.push(Box::new(lab::LabProvider::new(lab::LabConfig::for_env(
+            env,
+        ))));
+    }
+    if has(Provider::Ec2) {
+        out.push(Box::new(ec2::Ec2Provider::new(
+            env.clone(),
+            ec2::Timeouts::default(),
+            connector,
+        )));
+    }
+    out
+}

@@ -44,6 +44,7 @@ mod boot;
 mod host;
 mod machine;
 mod net;
+mod provider;
 mod remove;
 mod up;
 mod util;
@@ -91,14 +92,39 @@ pub struct LabConfig {
     pub known_hosts: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostState {
-    /// Its container process is alive (it may still be booting).
-    Running,
-    /// Its root filesystem exists but no container runs it.
-    Stopped,
-    /// It has no root filesystem: `up` would create it.
-    Missing,
+/// A lab host's state: `Running` (its container process is alive, it may still be
+/// booting), `Stopped` (its root filesystem exists but no container runs it) or `Missing`
+/// (it has no root filesystem: `up` would create it).
+pub use super::HostState;
+pub use provider::LabProvider;
+
+impl LabConfig {
+    /// The lab of an environment: its `provider = "lab"` hosts (those with an address)
+    /// under the lab's state directory ([`crate::state::lab_state_dir`]).
+    pub fn for_env(env: &crate::spec::Environment) -> LabConfig {
+        let hosts: Vec<LabHost> = env
+            .spec
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.provider == crate::spec::Provider::Lab)
+            .filter_map(|(n, h)| {
+                h.address
+                    .as_ref()
+                    .and_then(|a| a.parse().ok())
+                    .map(|address| LabHost {
+                        name: n.clone(),
+                        address,
+                        aliases: h.aliases.clone(),
+                    })
+            })
+            .collect();
+        LabConfig {
+            env: env.name.clone(),
+            hosts,
+            state_dir: crate::state::lab_state_dir(),
+            known_hosts: env.known_hosts(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
