@@ -97,3 +97,65 @@ pub fn for_env(env: &Environment, connector: Arc<dyn Connector>) -> Vec<Box<dyn 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENV: &str = r#"description = "a lab host and an ec2 host"
+
+[hosts.a]
+address = "10.233.0.5"
+provider = "lab"
+aliases = ["a.lab.test"]
+
+[hosts.web1]
+provider = "ec2"
+
+[hosts.web1.ec2]
+ami = "ami-0123456789abcdef0"
+instance_type = "t3.small"
+subnet = "subnet-1"
+security_groups = ["sg-1"]
+key_name = "ops"
+region = "eu-west-1"
+"#;
+
+    fn env() -> (tempfile::TempDir, Environment) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("environments/mixed.toml");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, ENV).unwrap();
+        let env = Environment::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        (dir, env)
+    }
+
+    #[tokio::test]
+    async fn one_provider_per_kind_behind_the_same_interface() {
+        let (_dir, env) = env();
+        let connector = Arc::new(crate::transport::ssh::SshConnector::for_env(&env));
+        let providers = for_env(&env, connector);
+        let kinds: Vec<Provider> = providers.iter().map(|p| p.kind()).collect();
+        assert_eq!(kinds, vec![Provider::Lab, Provider::Ec2]);
+        // The lab's addresses come from the spec, with no container and no root.
+        assert_eq!(
+            providers[0].addresses().await.unwrap(),
+            vec![("a".to_string(), "10.233.0.5".to_string())]
+        );
+        // Naming only a lab host leaves EC2 with nothing to do: no AWS call is made.
+        let progress: Progress = Arc::new(|m: &str| panic!("no progress expected: {m}"));
+        let done = providers[1]
+            .ensure(&["a".to_string()], progress)
+            .await
+            .unwrap();
+        assert_eq!(done, Provisioned::default());
+    }
+
+    #[test]
+    fn static_hosts_need_no_provider() {
+        let (_dir, mut env) = env();
+        env.spec.hosts.retain(|_, h| h.provider == Provider::Static);
+        let connector = Arc::new(crate::transport::ssh::SshConnector::for_env(&env));
+        assert!(for_env(&env, connector).is_empty());
+    }
+}

@@ -22,7 +22,6 @@
 //! minutes); if that fails the lab still comes up, with a note, and serves no `minio`.
 
 use std::fs;
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -218,13 +217,11 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Writes an artifact atomically ([`crate::state::write_private`]), then gives it `mode`.
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    crate::state::write_private(path, data)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {:o} {}", mode, path.display()))
 }
 
 /// Builds the artifacts that are missing or stale, and makes sure the server runs.
