@@ -18,8 +18,8 @@ pub fn host_name(address: &str, port: u16) -> String {
 
 /// Rewrites the known_hosts file at `path`: every line naming one of `remove` goes,
 /// then the lines `add` are appended. Unchanged text is not rewritten, and a missing
-/// file with nothing to add stays missing.
-pub fn edit(path: &Path, remove: &[String], add: &[String]) -> Result<()> {
+/// file with nothing to add stays missing. Returns whether the file was written.
+pub fn edit(path: &Path, remove: &[String], add: &[String]) -> Result<bool> {
     let current = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -38,16 +38,17 @@ pub fn edit(path: &Path, remove: &[String], add: &[String]) -> Result<()> {
         text.push('\n');
     }
     if text == current {
-        return Ok(());
+        return Ok(false);
     }
-    crate::state::write_private(path, text.as_bytes())
+    crate::state::write_private(path, text.as_bytes())?;
+    Ok(true)
 }
 
 /// Replaces the lines for `name` in the known_hosts file at `path` with `keys`
 /// (`TYPE BASE64` each).
 pub fn replace(path: &Path, name: &str, keys: &[String]) -> Result<()> {
     let lines: Vec<String> = keys.iter().map(|k| format!("{name} {k}")).collect();
-    edit(path, &[name.to_string()], &lines)
+    edit(path, &[name.to_string()], &lines).map(|_| ())
 }
 
 /// True when the known_hosts file at `path` has a line for `name`.
@@ -91,7 +92,7 @@ mod tests {
     fn edit_removes_several_names_and_leaves_a_missing_file_missing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("lab.known_hosts");
-        edit(&p, &["10.233.0.2".into()], &[]).unwrap();
+        assert!(!edit(&p, &["10.233.0.2".into()], &[]).unwrap());
         assert!(!p.exists(), "nothing to add: no file");
         edit(
             &p,
@@ -103,7 +104,11 @@ mod tests {
             ],
         )
         .unwrap();
-        edit(&p, &["10.233.0.2".into(), "10.233.0.4".into()], &[]).unwrap();
+        assert!(edit(&p, &["10.233.0.2".into(), "10.233.0.4".into()], &[]).unwrap());
+        assert!(
+            !edit(&p, &["10.233.0.9".into()], &[]).unwrap(),
+            "unchanged: not written"
+        );
         assert_eq!(
             std::fs::read_to_string(&p).unwrap(),
             "10.233.0.3 ssh-ed25519 B\n"

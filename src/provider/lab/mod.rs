@@ -171,7 +171,7 @@ pub fn down(cfg: &LabConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
     // The known_hosts lines go even when removing some host failed: a host that is
     // half gone must not keep vouching for a key that will never come back.
     let addresses: Vec<Ipv4Addr> = hosts.iter().map(|h| h.address).collect();
-    let known = known_hosts::edit(&cfg.known_hosts, &names(&addresses), &[]);
+    let known = edit_known_hosts(&cfg.known_hosts, &addresses, &[]);
     collect_errors(results)?;
     known?;
     // Only directories, never files, and only when empty: someone else's env may be here.
@@ -192,7 +192,7 @@ pub fn delete_host(cfg: &LabConfig, name: &str, log: &mut dyn FnMut(&str)) -> Re
     collect_errors(in_parallel(std::slice::from_ref(&host), log, |h, say| {
         remove_host(h, say)
     }))?;
-    known_hosts::edit(&cfg.known_hosts, &[host.address.to_string()], &[])
+    edit_known_hosts(&cfg.known_hosts, &[host.address], &[])
 }
 
 /// Reports, for every host of `cfg`, whether its container runs, with its pid.
@@ -219,7 +219,13 @@ pub fn status(cfg: &LabConfig) -> Result<Vec<HostStatus>> {
         .collect())
 }
 
-/// The known_hosts names of lab addresses (lab hosts listen on port 22).
-fn names(addresses: &[Ipv4Addr]) -> Vec<String> {
-    addresses.iter().map(|a| a.to_string()).collect()
+/// Drops the known_hosts lines of the lab addresses `remove` and appends `add`
+/// ([`known_hosts::edit`]). The file stays world-readable (0644) as the lab always wrote
+/// it: it holds public keys only.
+fn edit_known_hosts(path: &Path, remove: &[Ipv4Addr], add: &[String]) -> Result<()> {
+    let names: Vec<String> = remove.iter().map(|a| a.to_string()).collect();
+    if known_hosts::edit(path, &names, add)? {
+        set_mode(path, 0o644)?;
+    }
+    Ok(())
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{
-    apt_cacher::*, artifacts, boot::*, host::*, machine::*, names, net::*, remove::*, util::*,
+    apt_cacher::*, artifacts, boot::*, edit_known_hosts, host::*, machine::*, net::*, remove::*,
+    util::*,
 };
 use super::{LabConfig, BRIDGE, BRIDGE_IP, MIRROR, PROXY_PORT, SECURITY_MIRROR, SUITE};
 
@@ -96,7 +97,7 @@ pub(super) fn bring_up(
     }
     let addresses: Vec<Ipv4Addr> = lines.iter().map(|(a, _)| *a).collect();
     let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
-    crate::provider::known_hosts::edit(&cfg.known_hosts, &names(&addresses), &lines)?;
+    edit_known_hosts(&cfg.known_hosts, &addresses, &lines)?;
 
     let results = in_parallel(&children, log, |(host, child), say| {
         let mut child = child.lock().map_err(|_| anyhow!("a lab thread panicked"))?;
