@@ -14,8 +14,9 @@
 //!   environment's known_hosts for the address kiln connects to: a new instance's key is
 //!   recorded without trusting the network and without a prompt.
 //! * [`wait_for_ssh`] connects with strict host key checking until sshd answers.
-//! * [`ensure`] is the three in a row: what `kiln ec2 up` and `kiln rebuild` call.
-//! * [`terminate`] re-reads the instance and refuses unless its tags name this
+//! * [`ensure`] is the three in a row: what `kiln ec2 up` and, through [`Ec2Provider`]
+//!   (the [`super::HostProvider`] of EC2), `kiln rebuild` call.
+//! * [`Ec2::terminate`] re-reads the instance and refuses unless its tags name this
 //!   environment and host.
 //!
 //! Region, endpoint (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_EC2`) and credentials come from
@@ -109,7 +110,8 @@ pub fn ec2_hosts(env: &Environment, hosts: Option<&[String]>) -> Result<Vec<Ec2H
 
 /// For `kiln rebuild` and `kiln ec2 up`: every ec2 host in `hosts` (all when `None`) has
 /// a running instance (found by tags or created), its host keys recorded in known_hosts
-/// and SSH answering. Returns each host's instance and address.
+/// and SSH answering (reached through `connector`). Returns each host's instance and
+/// address.
 pub async fn ensure(
     env: &Environment,
     hosts: Option<&[String]>,

@@ -9,7 +9,7 @@ use crate::spec::Environment;
 use super::instances::*;
 
 /// Connects to each instance with strict host key checking (the keys recorded by
-/// [`record_host_keys`]) until `true` runs, or `timeout` passes.
+/// [`super::record_host_keys`]) until `true` runs, or `timeout` passes.
 pub async fn wait_for_ssh(
     env: &Environment,
     connector: &dyn crate::transport::Connector,
