@@ -61,7 +61,9 @@ pub async fn run(
                 ec2::record_host_keys(&ec2, &env, &e, t.host_keys, &log).await?;
                 e
             } else {
-                ec2::ensure(&env, selected, t, &log).await?
+                // The one place SSH transports are made (see transport::Connector).
+                let connector = crate::transport::ssh::SshConnector::for_env(&env);
+                ec2::ensure(&env, selected, t, &connector, &log).await?
             };
             for e in &ensured {
                 println!(
@@ -211,12 +213,8 @@ pub async fn destroy(
         // Its addresses may come back with another machine's key: forget this one's.
         let port = crate::desired::connection(&env, h, None).port;
         for a in [&i.private_ip, &i.public_ip].into_iter().flatten() {
-            let name = if port == 22 {
-                a.clone()
-            } else {
-                format!("[{a}]:{port}")
-            };
-            ec2::replace_known_hosts(&known_hosts, &name, &[])?;
+            let name = crate::provider::known_hosts::host_name(a, port);
+            crate::provider::known_hosts::edit(&known_hosts, &[name], &[])?;
         }
     }
     Ok(0)

@@ -2,9 +2,8 @@
 
 use anyhow::{bail, Result};
 
-use crate::provider::lab::{self, HostState, LabConfig, LabHost};
-use crate::spec::{self, Environment, Provider};
-use crate::state::lab_state_dir;
+use crate::provider::lab::{self, HostState, LabConfig};
+use crate::spec::{self, Environment};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LabAction {
@@ -28,31 +27,11 @@ pub fn lab_config(env_arg: &str) -> Result<LabConfig> {
         );
     }
     let env = Environment::load(&path).map_err(anyhow::Error::new)?;
-    let hosts: Vec<LabHost> = env
-        .spec
-        .hosts
-        .iter()
-        .filter(|(_, h)| h.provider == Provider::Lab)
-        .filter_map(|(n, h)| {
-            h.address
-                .as_ref()
-                .and_then(|a| a.parse().ok())
-                .map(|address| LabHost {
-                    name: n.clone(),
-                    address,
-                    aliases: h.aliases.clone(),
-                })
-        })
-        .collect();
-    if hosts.is_empty() {
+    let cfg = LabConfig::for_env(&env);
+    if cfg.hosts.is_empty() {
         bail!("{} has no hosts with provider = \"lab\"", path.display());
     }
-    Ok(LabConfig {
-        env: env.name.clone(),
-        hosts,
-        state_dir: lab_state_dir(),
-        known_hosts: env.known_hosts(),
-    })
+    Ok(cfg)
 }
 
 /// The lab CA: pebble issues from a root it makes at start; `/roots/0` on its management

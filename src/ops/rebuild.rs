@@ -6,13 +6,15 @@
 //! the phases is the measured recovery time (RTO).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::provider::lab::{self, HostState};
+use crate::provider::{self, Progress};
 use crate::spec::{self, Provider};
+use crate::transport::ssh::SshConnector;
 
 #[derive(Debug, Serialize)]
 pub struct Phase {
@@ -86,97 +88,31 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
         ok: false,
     };
 
-    // Provision: create what is gone.
+    // Provision: each provider creates what is gone (lab: new containers; ec2: new
+    // instances, their host keys recorded from the console output).
     let t = Instant::now();
-    let lab_hosts: Vec<&String> = env
-        .spec
-        .hosts
-        .iter()
-        .filter(|(_, h)| h.provider == Provider::Lab)
-        .map(|(n, _)| n)
-        .collect();
+    let connector = Arc::new(SshConnector::for_env(&env));
+    let mut details = vec![];
+    for p in provider::for_env(&env, connector) {
+        let kind = match p.kind() {
+            Provider::Lab => "lab",
+            Provider::Ec2 => "ec2",
+            Provider::Static => "static",
+        };
+        let progress: Progress = Arc::new(move |m: &str| eprintln!("{kind}: {m}"));
+        let done = p.ensure(only, progress).await?;
+        if !done.detail.is_empty() {
+            details.push(done.detail);
+        }
+        timeline.rebuilt.extend(done.created);
+    }
     let mut provision = Phase {
         name: "provision".into(),
         seconds: 0.0,
         ok: true,
-        detail: String::new(),
+        detail: details.join("; "),
     };
-    if !lab_hosts.is_empty() {
-        let cfg = super::lab::lab_config(env_arg)?;
-        let status = lab::status(&cfg)?;
-        let gone: Vec<String> = status
-            .iter()
-            .filter(|s| s.state != HostState::Running)
-            .filter(|s| only.is_empty() || only.contains(&s.name))
-            .map(|s| s.name.clone())
-            .collect();
-        let unexpected: Vec<String> = status
-            .iter()
-            .filter(|s| {
-                s.state != HostState::Running && !only.is_empty() && !only.contains(&s.name)
-            })
-            .map(|s| s.name.clone())
-            .collect();
-        if !unexpected.is_empty() {
-            bail!(
-                "hosts {} are down too but not named with --host; name them or run without --host",
-                unexpected.join(", ")
-            );
-        }
-        if gone.is_empty() {
-            provision.detail = "every lab host exists and runs".into();
-        } else {
-            let cfg2 = cfg.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut log = |m: &str| eprintln!("lab: {m}");
-                lab::up(&cfg2, &mut log)
-            })
-            .await??;
-            provision.detail = format!(
-                "lab: created {} (new host keys recorded in {})",
-                gone.join(", "),
-                cfg.known_hosts.display()
-            );
-            timeline.rebuilt = gone;
-        }
-    }
-    let ec2_hosts: Vec<String> = env
-        .spec
-        .hosts
-        .iter()
-        .filter(|(n, h)| h.provider == Provider::Ec2 && (only.is_empty() || only.contains(n)))
-        .map(|(n, _)| n.clone())
-        .collect();
-    if !ec2_hosts.is_empty() {
-        let log = |m: &str| eprintln!("ec2: {m}");
-        let ensured = crate::provider::ec2::ensure(
-            &env,
-            Some(&ec2_hosts),
-            crate::provider::ec2::Timeouts::default(),
-            &log,
-        )
-        .await?;
-        let created: Vec<String> = ensured
-            .iter()
-            .filter(|e| e.created)
-            .map(|e| format!("{} ({})", e.host, e.instance_id))
-            .collect();
-        if !provision.detail.is_empty() {
-            provision.detail.push_str("; ");
-        }
-        provision.detail.push_str(&if created.is_empty() {
-            "ec2: every instance exists and runs".to_string()
-        } else {
-            format!(
-                "ec2: created {} (host keys from the console output)",
-                created.join(", ")
-            )
-        });
-        timeline
-            .rebuilt
-            .extend(ensured.iter().filter(|e| e.created).map(|e| e.host.clone()));
-    }
-    if lab_hosts.is_empty() && ec2_hosts.is_empty() {
+    if details.is_empty() {
         provision.detail = "static hosts: nothing to create (they must be reachable)".into();
     }
     provision.seconds = t.elapsed().as_secs_f64();

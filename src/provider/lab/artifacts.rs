@@ -22,7 +22,6 @@
 //! minutes); if that fails the lab still comes up, with a note, and serves no `minio`.
 
 use std::fs;
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -30,9 +29,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
-use super::lab::BRIDGE_IP;
+use super::BRIDGE_IP;
+use sha2::{Digest, Sha256};
 
 /// The artifact server's port on the bridge address.
 pub const ARTIFACT_PORT: u16 = 8090;
@@ -88,14 +87,12 @@ child = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(inner),
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
        "trailer"}
 
-
 def up():
     try:
         socket.create_connection(("127.0.0.1", inner), timeout=2).close()
         return True
     except OSError:
         return False
-
 
 class Front(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -142,17 +139,14 @@ class Front(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
 
-
 def stop(*_):
     child.terminate()
     os._exit(0)
-
 
 def watch():
     child.wait()
     print("minio (lab stand-in): s3s-fs exited with %s" % child.returncode, file=sys.stderr)
     os._exit(1)
-
 
 signal.signal(signal.SIGTERM, stop)
 threading.Thread(target=watch, daemon=True).start()
@@ -223,13 +217,11 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Writes an artifact atomically ([`crate::state::write_private`]), then gives it `mode`.
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    crate::state::write_private(path, data)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {:o} {}", mode, path.display()))
 }
 
 /// Builds the artifacts that are missing or stale, and makes sure the server runs.
