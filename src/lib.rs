@@ -11,13 +11,16 @@
 //! 4. [`plan`] — a graph over all hosts' resources; each resource's pure plan function
 //!    compares desired state with facts. The [`plan::Plan`] is a serialisable value.
 //! 5. [`apply`] — the plan's steps become one script per host: locked, atomic, journalled.
-//! 6. verify — re-plan must be empty, then health checks ([`ops::verify`]).
+//!    Galera cluster steps run after the hosts' scripts ([`apply::cluster`]).
+//! 6. [`verify`] — re-plan must be empty, then health checks; the drift report.
 //!
-//! Every byte of shell kiln sends is built with [`shell`]: quoted operands, the preludes,
-//! and users' own commands as isolated units.
+//! [`engine`] is the pipeline every command shares (load, connect, gather, plan); [`ops`]
+//! holds one thin file per command. Every byte of shell kiln sends is built with [`shell`]:
+//! quoted operands, the preludes, and users' own commands as isolated units.
 //!
-//! I/O lives only in [`ops`], [`transport`] and [`provider`]; `spec`, `desired`, `resource`
-//! and `plan` never touch a host.
+//! Host I/O lives only in [`engine`], [`apply::run`], [`apply::cluster`], [`verify`] and
+//! [`provider`], through [`transport`]; `spec`, `desired`, `resource`, `facts`, `plan` and
+//! `cluster` never touch a host. `tests/layering.rs` holds the layers to that order.
 
 pub mod apply;
 pub mod cli;

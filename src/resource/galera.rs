@@ -2,7 +2,7 @@
 //! by itself on its host: the cluster's decisions (first formation, recovery, joins,
 //! rolling restarts, databases and users) need every node's state at once, so they are
 //! made by [`crate::cluster::galera`] over all hosts' facts, and executed by
-//! `ops::galera` after the hosts' own scripts wrote packages and configuration.
+//! `apply::cluster` after the hosts' own scripts wrote packages and configuration.
 //!
 //! ```toml
 //! [[resource]]

@@ -23,7 +23,7 @@
 //! Then, when the databases and users kiln last ensured (a keyed digest recorded on the
 //! nodes) differ from the spec, or a Synced node lacks one of them, one step ensures them.
 //!
-//! The executor (`ops::galera`, moving to `apply/`) re-checks the live state before every bootstrap: a node
+//! The executor (`apply::cluster`) re-checks the live state before every bootstrap: a node
 //! that is already in a Primary component is never bootstrapped again.
 //!
 //! Layout: `node.rs` classifies each node from its facts; `decide.rs` decides by situation
