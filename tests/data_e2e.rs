@@ -20,7 +20,6 @@
 mod common;
 
 use std::sync::Mutex;
-use std::time::Instant;
 
 use common::{expect, Lab, Run};
 
@@ -521,12 +520,10 @@ fn down(t: &T) -> Result<(), String> {
 }
 
 fn main() {
-    common::root_or_not_run("data_e2e (the lab end-to-end suite)");
     let t = T {
         lab: Lab::new(ENV, &env_toml(PIN_FROM_SECRET)),
         outputs: Mutex::new(vec![]),
     };
-    let total = Instant::now();
     let scenarios: &[(&str, &dyn Fn(&T) -> Result<(), String>)] = &[
         ("data_lab_up", &up),
         ("apply_converges", &apply_converges),
@@ -544,53 +541,14 @@ fn main() {
         ),
         ("no_credential_in_output", &no_credential_in_output),
     ];
-    let is_root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !is_root {
-        eprintln!("data_e2e needs root (systemd-nspawn, network namespaces): 0 passed, 1 failed");
-        std::process::exit(1);
-    }
-    let (mut passed, mut failed) = (0, 0);
-    for (name, f) in scenarios {
-        if failed > 0 {
-            println!("test {name} ... FAILED (an earlier scenario failed)");
-            failed += 1;
-            continue;
-        }
-        let s = Instant::now();
-        match f(&t) {
-            Ok(()) => {
-                println!("test {name} ... ok ({:.1} s)", s.elapsed().as_secs_f64());
-                passed += 1;
-            }
-            Err(e) => {
-                println!(
-                    "test {name} ... FAILED ({:.1} s)\n{e}\n",
-                    s.elapsed().as_secs_f64()
-                );
-                failed += 1;
-            }
-        }
-    }
-    if std::env::var_os("KILN_E2E_KEEP").is_none() {
-        match down(&t) {
-            Ok(()) => {
-                println!("test data_lab_down ... ok");
-                passed += 1;
-            }
-            Err(e) => {
-                println!("test data_lab_down ... FAILED\n{e}");
-                failed += 1;
-            }
-        }
-    }
-    println!(
-        "\ndata_e2e took {:.1} s\n{passed} passed, {failed} failed",
-        total.elapsed().as_secs_f64()
+    common::run_suite(
+        "data_e2e",
+        &t,
+        scenarios,
+        &down,
+        common::Policy {
+            stop_at_failure: true,
+            always: &[],
+        },
     );
-    std::process::exit(if failed == 0 { 0 } else { 1 });
 }

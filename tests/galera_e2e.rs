@@ -554,7 +554,6 @@ fn down(lab: &Lab) -> Result<(), String> {
 }
 
 fn main() {
-    common::root_or_not_run("galera_e2e (the lab end-to-end suite)");
     let lab = Lab::new(ENV, ENV_TOML).with_env(SECRET_VAR, SECRET);
     let scenarios: &[(&str, fn(&Lab) -> Result<(), String>)] = &[
         ("galera_lab_up", up),
@@ -567,49 +566,20 @@ fn main() {
         ("rebuild_a_lost_node", rebuild_a_lost_node),
         ("secret_never_printed", secret_never_printed),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    let mut ok_so_far = true;
-    let total = Instant::now();
-    for (name, f) in scenarios {
-        // The scenarios build on each other: after a failure the rest cannot mean much.
-        if !ok_so_far && *name != "secret_never_printed" {
-            println!("test {name} ... FAILED (an earlier scenario failed)");
-            failed += 1;
-            continue;
-        }
-        let t = Instant::now();
-        match f(&lab) {
-            Ok(()) => {
-                println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
-                passed += 1;
-            }
-            Err(e) => {
-                println!(
-                    "test {name} ... FAILED ({:.1} s)\n{e}\n",
-                    t.elapsed().as_secs_f64()
-                );
-                failed += 1;
-                ok_so_far = false;
-            }
-        }
-    }
-    let t = Instant::now();
-    match down(&lab) {
-        Ok(()) => {
-            println!(
-                "test galera_lab_down ... ok ({:.1} s)",
-                t.elapsed().as_secs_f64()
-            );
-            passed += 1;
-        }
-        Err(e) => {
-            println!("test galera_lab_down ... FAILED\n{e}");
-            failed += 1;
-        }
-    }
-    println!(
-        "\ngalera_e2e took {:.1} s\n{passed} passed, {failed} failed",
-        total.elapsed().as_secs_f64()
+    let scenarios: Vec<common::Scenario<'_, Lab>> = scenarios
+        .iter()
+        .map(|(n, f)| (*n, f as &dyn Fn(&Lab) -> Result<(), String>))
+        .collect();
+    // The scenarios build on each other: after a failure the rest cannot mean much, except
+    // the check that no secret was ever printed.
+    common::run_suite(
+        "galera_e2e",
+        &lab,
+        &scenarios,
+        &down,
+        common::Policy {
+            stop_at_failure: true,
+            always: &["secret_never_printed"],
+        },
     );
-    std::process::exit(if failed == 0 { 0 } else { 1 });
 }

@@ -700,7 +700,6 @@ fn down(lab: &Lab) -> Result<(), String> {
 }
 
 fn main() {
-    common::root_or_not_run("lab_e2e (the lab end-to-end suite)");
     let lab = Lab::new(ENV, LABTEST_ENV);
     let scenarios: &[(&str, fn(&Lab) -> Result<(), String>)] = &[
         ("lab_up", up),
@@ -735,53 +734,20 @@ fn main() {
         ),
         ("verify_passes", verify_passes),
     ];
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
+    let scenarios: Vec<common::Scenario<'_, Lab>> = scenarios
+        .iter()
+        .map(|(n, f)| (*n, f as &dyn Fn(&Lab) -> Result<(), String>))
         .collect();
-    let (mut passed, mut failed) = (0, 0);
-    let mut lab_ok = true;
-    for (name, f) in scenarios {
-        if !filter.is_empty()
-            && !filter.iter().any(|x| name.contains(x.as_str()))
-            && *name != "lab_up"
-        {
-            continue;
-        }
-        if !lab_ok {
-            println!("test {name} ... FAILED (the lab did not come up)");
-            failed += 1;
-            continue;
-        }
-        let t = Instant::now();
-        match f(&lab) {
-            Ok(()) => {
-                println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
-                passed += 1;
-            }
-            Err(e) => {
-                println!(
-                    "test {name} ... FAILED ({:.1} s)\n{e}\n",
-                    t.elapsed().as_secs_f64()
-                );
-                failed += 1;
-                if *name == "lab_up" {
-                    lab_ok = false;
-                }
-            }
-        }
-    }
-    let t = Instant::now();
-    match down(&lab) {
-        Ok(()) => {
-            println!("test lab_down ... ok ({:.1} s)", t.elapsed().as_secs_f64());
-            passed += 1;
-        }
-        Err(e) => {
-            println!("test lab_down ... FAILED\n{e}");
-            failed += 1;
-        }
-    }
-    println!("\n{passed} passed, {failed} failed");
-    std::process::exit(if failed == 0 { 0 } else { 1 });
+    // Each scenario here checks one behaviour on the converged lab: one failing does not
+    // stop the others (lab up failing does).
+    common::run_suite(
+        "lab_e2e",
+        &lab,
+        &scenarios,
+        &down,
+        common::Policy {
+            stop_at_failure: false,
+            always: &[],
+        },
+    );
 }

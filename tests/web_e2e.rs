@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{expect, local, run_scenarios, Lab, Run};
+use common::{expect, local, Lab, Run};
 
 const ENV: &str = "webtest";
 const ACME: &str = "10.233.0.23";
@@ -495,9 +495,9 @@ fn down(lab: &Lab) -> Result<(), String> {
 }
 
 fn main() {
-    common::root_or_not_run("web_e2e (the lab end-to-end suite)");
     let lab = Lab::new(ENV, &env_text());
-    run_scenarios(
+    common::run_suite(
+        "web_e2e",
         &lab,
         &[
             ("lab up (fresh hosts)", &up),
@@ -535,5 +535,9 @@ fn main() {
             ),
         ],
         &down,
+        common::Policy {
+            stop_at_failure: true,
+            always: &[],
+        },
     );
 }

@@ -157,39 +157,88 @@ pub fn expect(cond: bool, what: &str, run: &Run) -> Result<(), String> {
     }
 }
 
-/// Runs named scenarios in order, stopping at the first failure (later ones build on the
-/// state the earlier ones made); `cleanup` always runs. Exits non-zero on any failure.
-pub fn run_scenarios<'a>(
-    lab: &'a Lab,
-    scenarios: &[(&str, &dyn Fn(&'a Lab) -> Result<(), String>)],
-    cleanup: &dyn Fn(&'a Lab) -> Result<(), String>,
-) {
-    root_or_not_run("this lab end-to-end suite");
-    let mut failed = 0;
-    let mut passed = 0;
-    for (name, f) in scenarios {
+/// What a suite does after a scenario failed. The first scenario brings the lab up: when it
+/// fails, nothing else can run.
+#[derive(Clone, Copy)]
+pub struct Policy {
+    /// Later scenarios build on the state the earlier ones made: stop at the first failure.
+    pub stop_at_failure: bool,
+    /// Scenarios that still run after a failure: they check something independent of the
+    /// state (e.g. that no secret was ever printed).
+    pub always: &'static [&'static str],
+}
+
+pub type Scenario<'a, C> = (&'a str, &'a dyn Fn(&C) -> Result<(), String>);
+
+/// The one harness of the end-to-end suites: root or NOT RUN, scenarios in order over one
+/// shared lab (`ctx`), names given on the command line select scenarios (the first, lab up,
+/// always runs), `teardown` always runs unless `KILN_E2E_KEEP` is set, times per scenario
+/// and in total, and the exit code is 1 on any failure — a scenario not run after a failure
+/// counts as failed, never as passed.
+pub fn run_suite<C>(
+    suite: &str,
+    ctx: &C,
+    scenarios: &[Scenario<'_, C>],
+    teardown: &dyn Fn(&C) -> Result<(), String>,
+    policy: Policy,
+) -> ! {
+    root_or_not_run(suite);
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let total = Instant::now();
+    let (mut passed, mut failed) = (0, 0);
+    let mut first_failed = false;
+    let mut any_failed = false;
+    for (i, (name, f)) in scenarios.iter().enumerate() {
+        if i > 0 && !filter.is_empty() && !filter.iter().any(|x| name.contains(x.as_str())) {
+            continue;
+        }
+        let blocked =
+            first_failed || (any_failed && policy.stop_at_failure && !policy.always.contains(name));
+        if blocked {
+            println!("test {name} ... FAILED (not run: an earlier scenario failed)");
+            failed += 1;
+            continue;
+        }
         let t = Instant::now();
-        match f(lab) {
+        match f(ctx) {
             Ok(()) => {
+                println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
                 passed += 1;
-                println!("ok    {name} ({:.1} s)", t.elapsed().as_secs_f64());
             }
             Err(e) => {
+                println!(
+                    "test {name} ... FAILED ({:.1} s)\n{e}\n",
+                    t.elapsed().as_secs_f64()
+                );
                 failed += 1;
-                println!("FAIL  {name} ({:.1} s)\n{e}", t.elapsed().as_secs_f64());
-                break;
+                any_failed = true;
+                first_failed |= i == 0;
             }
         }
     }
-    if let Err(e) = cleanup(lab) {
-        failed += 1;
-        println!("FAIL  cleanup\n{e}");
+    if std::env::var_os("KILN_E2E_KEEP").is_some() {
+        println!("test teardown ... kept (KILN_E2E_KEEP is set)");
+    } else {
+        let t = Instant::now();
+        match teardown(ctx) {
+            Ok(()) => {
+                println!("test teardown ... ok ({:.1} s)", t.elapsed().as_secs_f64());
+                passed += 1;
+            }
+            Err(e) => {
+                println!("test teardown ... FAILED\n{e}");
+                failed += 1;
+            }
+        }
     }
-    let skipped = scenarios.len() - passed - failed.min(scenarios.len() - passed);
-    println!("\n{passed} passed, {failed} failed, {skipped} not run (after a failure)");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    println!(
+        "\n{suite} took {:.1} s\n{passed} passed, {failed} failed",
+        total.elapsed().as_secs_f64()
+    );
+    std::process::exit(if failed == 0 { 0 } else { 1 });
 }
 
 /// The end-to-end suites need root (systemd-nspawn, network namespaces, cgroups). As any
