@@ -203,7 +203,17 @@ pub fn run_suite<C>(
             continue;
         }
         let t = Instant::now();
-        match f(ctx) {
+        // A panicking scenario is a failed one: the rest and the teardown still run.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx)))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(format!("panicked: {what}"))
+            });
+        match result {
             Ok(()) => {
                 println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
                 passed += 1;
@@ -220,7 +230,10 @@ pub fn run_suite<C>(
         }
     }
     if std::env::var_os("KILN_E2E_KEEP").is_some() {
-        println!("test teardown ... kept (KILN_E2E_KEEP is set)");
+        println!(
+            "\n!!! KILN_E2E_KEEP is set: the lab of {suite} is LEFT RUNNING (containers, netns, \
+             bridge). Remove it with `kiln lab down` in its scratch repository.\n"
+        );
     } else {
         let t = Instant::now();
         match teardown(ctx) {
