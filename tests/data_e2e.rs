@@ -540,6 +540,9 @@ fn main() {
             &retention_keeps_the_expected_set,
         ),
         ("no_credential_in_output", &no_credential_in_output),
+        ("no_secret_in_any_output", &|t: &T| {
+            t.lab.no_secret_in_any_output()
+        }),
     ];
     common::run_suite(
         "data_e2e",
@@ -548,7 +551,7 @@ fn main() {
         &down,
         common::Policy {
             stop_at_failure: true,
-            always: &[],
+            always: &["no_secret_in_any_output"],
         },
     );
 }

@@ -554,7 +554,7 @@ fn down(lab: &Lab) -> Result<(), String> {
 }
 
 fn main() {
-    let lab = Lab::new(ENV, ENV_TOML).with_env(SECRET_VAR, SECRET);
+    let lab = Lab::new(ENV, ENV_TOML).with_secret(SECRET_VAR, SECRET);
     let scenarios: &[(&str, fn(&Lab) -> Result<(), String>)] = &[
         ("galera_lab_up", up),
         ("fresh_formation", fresh_formation),
@@ -565,6 +565,9 @@ fn main() {
         ("verify_passes", verify_passes),
         ("rebuild_a_lost_node", rebuild_a_lost_node),
         ("secret_never_printed", secret_never_printed),
+        ("no_secret_in_any_output", |l: &Lab| {
+            l.no_secret_in_any_output()
+        }),
     ];
     let scenarios: Vec<common::Scenario<'_, Lab>> = scenarios
         .iter()
@@ -579,7 +582,7 @@ fn main() {
         &down,
         common::Policy {
             stop_at_failure: true,
-            always: &["secret_never_printed"],
+            always: &["secret_never_printed", "no_secret_in_any_output"],
         },
     );
 }

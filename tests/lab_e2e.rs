@@ -733,6 +733,9 @@ fn main() {
             lost_connection_mid_apply_then_rerun_converges,
         ),
         ("verify_passes", verify_passes),
+        ("no_secret_in_any_output", |l: &Lab| {
+            l.no_secret_in_any_output()
+        }),
     ];
     let scenarios: Vec<common::Scenario<'_, Lab>> = scenarios
         .iter()

@@ -533,11 +533,14 @@ fn main() {
                 "rebuild after losing the web host",
                 &rebuild_after_losing_the_web_host,
             ),
+            ("no_secret_in_any_output", &|l: &Lab| {
+                l.no_secret_in_any_output()
+            }),
         ],
         &down,
         common::Policy {
             stop_at_failure: true,
-            always: &[],
+            always: &["no_secret_in_any_output"],
         },
     );
 }

@@ -15,6 +15,8 @@ pub struct Lab {
     pub envs: Vec<(String, String)>,
     /// Every kiln output except `kiln ssh`'s, to check that no secret ever appears.
     pub outputs: Mutex<Vec<String>>,
+    /// Secret values given to kiln by this suite (besides the generated ones).
+    pub secrets: Vec<String>,
 }
 
 pub struct Run {
@@ -56,6 +58,7 @@ impl Lab {
             env: env.to_string(),
             envs: vec![],
             outputs: Mutex::new(vec![]),
+            secrets: vec![],
         };
         lab.write_env(env_text);
         lab
@@ -89,6 +92,78 @@ impl Lab {
     pub fn with_env(mut self, key: &str, value: &str) -> Lab {
         self.envs.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Sets a secret's variable for every later kiln run; the value is scanned for in every
+    /// output by [`Lab::no_secret_in_any_output`].
+    pub fn with_secret(mut self, key: &str, value: &str) -> Lab {
+        self.secrets.push(value.to_string());
+        self.with_env(key, value)
+    }
+
+    /// Every secret of the suite: the values it set, and every secret kiln generated for an
+    /// environment of the scratch repository (`~/.local/state/kiln/secrets/ENV/NAME`).
+    pub fn known_secrets(&self) -> Vec<String> {
+        let mut out = self.secrets.clone();
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+            .join("kiln/secrets");
+        if let Ok(envs) = std::fs::read_dir(self.path("environments")) {
+            for e in envs.flatten() {
+                let p = e.path();
+                if p.extension().is_none_or(|x| x != "toml") {
+                    continue;
+                }
+                let name = p.file_stem().unwrap_or_default().to_owned();
+                for s in std::fs::read_dir(state.join(name))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Ok(v) = std::fs::read_to_string(s.path()) {
+                        out.push(v.trim_end_matches('\n').to_string());
+                    }
+                }
+            }
+        }
+        out.retain(|v| v.len() >= 8);
+        out
+    }
+
+    /// No output of any kiln run of the suite (but `kiln ssh`, which the suites use to read
+    /// hosts' files on purpose) holds a secret, its sha256 hex or its base64.
+    pub fn no_secret_in_any_output(&self) -> Result<(), String> {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let outputs = self.outputs.lock().expect("lock");
+        let secrets = self.known_secrets();
+        for v in &secrets {
+            let forms = [
+                ("the value", v.clone()),
+                ("its sha256", hex_of(&sha2::Sha256::digest(v.as_bytes()))),
+                (
+                    "its base64",
+                    base64::engine::general_purpose::STANDARD.encode(v),
+                ),
+            ];
+            for (what, f) in &forms {
+                if let Some(o) = outputs.iter().find(|o| o.contains(f.as_str())) {
+                    return Err(format!(
+                        "a kiln output holds a secret ({what}; {} chars):\n{}",
+                        v.len(),
+                        o.replace(f.as_str(), "<SECRET>")
+                    ));
+                }
+            }
+        }
+        println!(
+            "      scanned {} outputs for {} secrets (value, sha256, base64)",
+            outputs.len(),
+            secrets.len()
+        );
+        Ok(())
     }
 
     pub fn kiln(&self, args: &[&str]) -> Run {
@@ -155,6 +230,10 @@ pub fn expect(cond: bool, what: &str, run: &Run) -> Result<(), String> {
     } else {
         Err(format!("{what}\n--- exit {} ---\n{}", run.code, run.all()))
     }
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// What a suite does after a scenario failed. The first scenario brings the lab up: when it
