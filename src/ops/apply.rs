@@ -20,6 +20,7 @@ pub struct ApplyArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Only these hosts or roles (comma-separated; not with a saved plan).
     #[arg(long)]
     pub limit: Option<String>,
     /// Hosts applied at once.
@@ -31,22 +32,37 @@ pub struct ApplyArgs {
     pub lock_timeout: u64,
 }
 
+/// A plan saved with `kiln plan -o FILE`, recognised by its content (a JSON document with
+/// kiln's plan fields), whatever the file is called; `None` for anything else (an
+/// environment name or file).
+fn saved_plan(target: &str) -> Result<Option<Plan>> {
+    let path = Path::new(target);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {target}"))?;
+    let Ok(serde_json::Value::Object(doc)) = serde_json::from_str::<serde_json::Value>(&text)
+    else {
+        return Ok(None);
+    };
+    if !(doc.contains_key("kiln_version") && doc.contains_key("format")) {
+        bail!("{target} is a JSON document but not a kiln plan (no `kiln_version`/`format`)");
+    }
+    let format = doc.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+    if format != u64::from(PLAN_FORMAT) {
+        bail!(
+            "{target} has plan format {format}, this kiln reads format {PLAN_FORMAT}; make the plan again"
+        );
+    }
+    let plan: Plan =
+        serde_json::from_str(&text).with_context(|| format!("{target} is not a kiln plan"))?;
+    Ok(Some(plan))
+}
+
 pub async fn run(args: ApplyArgs) -> Result<i32> {
     let paint = Paint::detect();
-    let is_plan_file = args.target.ends_with(".json") && Path::new(&args.target).is_file();
     let mut refused = 0;
-    let (loaded, plan, mut conns) = if is_plan_file {
-        let text = std::fs::read_to_string(&args.target)
-            .with_context(|| format!("reading {}", args.target))?;
-        let mut plan: Plan = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a kiln plan", args.target))?;
-        if plan.format != PLAN_FORMAT {
-            bail!(
-                "{} has plan format {}, this kiln reads format {PLAN_FORMAT}; make the plan again",
-                args.target,
-                plan.format
-            );
-        }
+    let (loaded, plan, mut conns) = if let Some(mut plan) = saved_plan(&args.target)? {
         if args.limit.is_some() {
             bail!("--limit cannot narrow a saved plan; make a new plan with --limit");
         }
@@ -103,10 +119,19 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
 }
 
 fn confirm() -> Result<bool> {
+    ask(
+        "refusing to apply without --yes: standard input is not a terminal",
+        "\nApply these changes?",
+    )
+}
+
+/// Asks `question` on the terminal; only `yes` is accepted. Without a terminal, fails with
+/// `refusal` (the caller's `--yes` is the way to run unattended).
+pub fn ask(refusal: &str, question: &str) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
-        bail!("refusing to apply without --yes: standard input is not a terminal");
+        bail!("{refusal}");
     }
-    print!("\nApply these changes? Only 'yes' is accepted: ");
+    print!("{question} Only 'yes' is accepted: ");
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;

@@ -91,6 +91,7 @@ exit $rc
 
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
+    /// Environment name under environments/, or a path to a .toml file.
     pub env: String,
     /// A backup timestamp (YYYYMMDDTHHMMSSZ, see `kiln-backup list`) or `latest`.
     #[arg(long, default_value = "latest")]

@@ -1,9 +1,11 @@
 //! `kiln explain ENV KEY`: a value of the merged environment and where it comes from —
 //! the file and line that set it, the values it overrides through the `extends` chain, or
-//! the module default it falls back to.
+//! the module default it falls back to. `--format json` prints [`Explained`].
 
 use anyhow::{bail, Result};
+use serde::Serialize;
 
+use crate::ops::plan::Format;
 use crate::spec::{source::join_key, Environment};
 
 /// Splits `a.b[2]."c.d"` into segments (`a`, `b`, `[2]`, `c.d`).
@@ -87,8 +89,82 @@ fn show(v: &toml::Value) -> String {
     }
 }
 
-pub fn run(env_arg: &str, key: &str) -> Result<i32> {
+/// Where a value comes from: `kiln explain --format json` prints this document.
+#[derive(Debug, Serialize)]
+pub struct Explained {
+    pub key: String,
+    /// The merged value (as JSON).
+    pub value: serde_json::Value,
+    /// The file and line that set it (`part_of`: the enclosing key that set it whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_by: Option<At>,
+    /// The values it overrides through `extends`, nearest parent first.
+    pub overrides: Vec<At>,
+    /// Not set by the environment: the module whose default it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_of: Option<At>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct At {
+    pub file: String,
+    pub line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+impl At {
+    fn new(file: &std::path::Path, line: usize) -> At {
+        At {
+            file: file.display().to_string(),
+            line,
+            part_of: None,
+            text: None,
+            module: None,
+        }
+    }
+}
+
+pub fn run(env_arg: &str, key: &str, format: Format) -> Result<i32> {
     let env = crate::engine::load_env(env_arg)?;
+    let (e, shown) = explain(&env, key)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+        Format::Human => {
+            println!("{} = {shown}", e.key);
+            if let Some(at) = &e.set_by {
+                match &at.part_of {
+                    None => println!("  set by {}:{}", at.file, at.line),
+                    Some(p) => println!("  set by {}:{} (as part of `{p}`)", at.file, at.line),
+                }
+            }
+            for o in &e.overrides {
+                println!(
+                    "  overrides {}:{} = {}",
+                    o.file,
+                    o.line,
+                    o.text.as_deref().unwrap_or_default()
+                );
+            }
+            if let Some(d) = &e.default_of {
+                println!(
+                    "  not set by the environment: the default of module `{}` ({}:{})",
+                    d.module.as_deref().unwrap_or_default(),
+                    d.file,
+                    d.line
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The explanation of `key` and its value as the human output shows it.
+pub fn explain(env: &Environment, key: &str) -> Result<(Explained, String)> {
     let segs = segments(key);
     if segs.is_empty() {
         bail!("give a key such as `hosts.web.address` or `modules.nginx.sites`");
@@ -96,22 +172,18 @@ pub fn run(env_arg: &str, key: &str) -> Result<i32> {
     let key = canonical(&segs);
     let merged = toml::Value::try_from(&env.spec)?;
     match lookup(&merged, &segs) {
-        Some(v) if env.provenance.contains_key(&key) || ancestor_set(&env, &key) => {
-            println!("{key} = {}", show(v));
+        Some(v) if env.provenance.contains_key(&key) || ancestor_set(env, &key) => {
             let (file, found) = env.source_of(&key);
             let at = file
                 .key_span(&found)
                 .map(|s| file.location(s.start).line)
                 .unwrap_or(1);
-            if found == key {
-                println!("  set by {}:{at}", file.path.display());
-            } else {
-                println!(
-                    "  set by {}:{at} (as part of `{found}`)",
-                    file.path.display()
-                );
+            let mut set_by = At::new(&file.path, at);
+            if found != key {
+                set_by.part_of = Some(found.clone());
             }
             // The values it overrides, nearest parent first.
+            let mut overrides = vec![];
             for src in env.sources.iter().rev() {
                 if std::ptr::eq(src, file) || !src.has(&key) {
                     continue;
@@ -127,11 +199,22 @@ pub fn run(env_arg: &str, key: &str) -> Result<i32> {
                 } else {
                     text.to_string()
                 };
-                println!("  overrides {}:{line} = {text}", src.path.display());
+                let mut o = At::new(&src.path, line);
+                o.text = Some(text);
+                overrides.push(o);
             }
-            Ok(0)
+            Ok((
+                Explained {
+                    key,
+                    value: serde_json::to_value(v)?,
+                    set_by: Some(set_by),
+                    overrides,
+                    default_of: None,
+                },
+                show(v),
+            ))
         }
-        _ => explain_default(&env, &segs, &key),
+        _ => explain_default(env, &segs, &key),
     }
 }
 
@@ -147,7 +230,7 @@ fn ancestor_set(env: &Environment, key: &str) -> bool {
 }
 
 /// `modules.M.P` not set by the environment: the module's default.
-fn explain_default(env: &Environment, segs: &[String], key: &str) -> Result<i32> {
+fn explain_default(env: &Environment, segs: &[String], key: &str) -> Result<(Explained, String)> {
     if segs.len() >= 3 && segs[0] == "modules" {
         if let Some(m) = env.modules.get(&segs[1]) {
             if let Some(p) = m.spec.params.get(&segs[2]) {
@@ -157,26 +240,28 @@ fn explain_default(env: &Environment, segs: &[String], key: &str) -> Result<i32>
                     .key_span(&pkey)
                     .map(|s| m.source.location(s.start).line)
                     .unwrap_or(1);
-                match &p.default {
-                    Some(d) => {
-                        let v = lookup(d, &segs[3..]);
-                        match v {
-                            Some(v) => println!("{key} = {}", show(v)),
-                            None => bail!("`{key}` is not set (module default has no such part)"),
-                        }
-                        println!(
-                            "  not set by the environment: the default of module `{}` ({}:{line})",
-                            m.name,
-                            m.source.path.display()
-                        );
-                    }
-                    None => bail!(
+                let Some(d) = &p.default else {
+                    bail!(
                         "`{key}` is not set, and module `{}` has no default for it ({}:{line})",
                         m.name,
                         m.source.path.display()
-                    ),
-                }
-                return Ok(0);
+                    );
+                };
+                let Some(v) = lookup(d, &segs[3..]) else {
+                    bail!("`{key}` is not set (module default has no such part)");
+                };
+                let mut at = At::new(&m.source.path, line);
+                at.module = Some(m.name.clone());
+                return Ok((
+                    Explained {
+                        key: key.to_string(),
+                        value: serde_json::to_value(v)?,
+                        set_by: None,
+                        overrides: vec![],
+                        default_of: Some(at),
+                    },
+                    show(v),
+                ));
             }
         }
     }
