@@ -185,3 +185,33 @@ pub fn print_summary(outcomes: &[HostOutcome], paint: &Paint) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_plan_is_known_by_content_and_an_environment_is_not_a_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan {
+            format: PLAN_FORMAT,
+            kiln_version: "test".into(),
+            environment: "lab".into(),
+            env_file: "environments/lab.toml".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            hosts: vec![],
+        };
+        let saved = dir.path().join("x.plan");
+        std::fs::write(&saved, serde_json::to_string_pretty(&plan).unwrap()).unwrap();
+        let read = saved_plan(saved.to_str().unwrap())
+            .unwrap()
+            .expect("a plan");
+        assert_eq!(read.environment, "lab");
+
+        let env = dir.path().join("prod.toml");
+        std::fs::write(&env, "[hosts.web]\naddress = \"10.0.0.5\"\n").unwrap();
+        assert!(saved_plan(env.to_str().unwrap()).unwrap().is_none());
+        // A name, not a file: an environment under environments/.
+        assert!(saved_plan("no-such-environment").unwrap().is_none());
+    }
+}
