@@ -252,3 +252,27 @@ fn the_help_lists_every_kiln_variable_the_code_reads() {
         );
     }
 }
+
+#[test]
+fn apply_json_needs_yes_and_prints_one_document() {
+    let (code, out, err) = run(kiln().args(["apply", "lab", "--format", "json"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("--format json needs --yes"), "{err}");
+    // A saved plan with nothing to do, under a `.plan` name: applied (no host contacted),
+    // and standard output is exactly one JSON document.
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("empty.plan");
+    let env_file = repo().join("environments/lab.toml");
+    let plan = serde_json::json!({"format": 1, "kiln_version": "test", "environment": "lab",
+        "env_file": env_file, "created_at": "2026-01-01T00:00:00Z", "hosts": []});
+    std::fs::write(&saved, plan.to_string()).unwrap();
+    let (code, out, err) = run(kiln()
+        .arg("apply")
+        .arg(&saved)
+        .args(["--yes", "--format", "json"]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["plan"]["environment"], "lab");
+    assert!(v["hosts"].as_array().unwrap().is_empty());
+}

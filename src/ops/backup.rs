@@ -118,8 +118,6 @@ fn confirm(what: &str) -> Result<bool> {
     Ok(line.trim() == "yes")
 }
 
-/// A here-document delimiter that no line of `content` equals.
-
 pub async fn restore(args: RestoreArgs) -> Result<i32> {
     let loaded = load(&args.env, None)?;
     let source = backup_host(&loaded.desired.hosts)?;

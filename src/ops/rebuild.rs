@@ -144,6 +144,7 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>, yes: bool)
         limit: None,
         parallel: None,
         lock_timeout: 10,
+        format: super::plan::Format::Human,
     })
     .await?;
     phases.push(Phase {
