@@ -2,7 +2,7 @@
 //! checked for staleness first. Hosts run in parallel (bounded), each as one script; a
 //! failing host does not stop the others.
 
-mod output;
+pub mod output;
 mod saved;
 
 use std::io::{BufRead, IsTerminal, Write};

@@ -18,6 +18,19 @@ pub(super) fn print_json(
     clusters_ok: bool,
     code: i32,
 ) -> Result<()> {
+    let doc = json_doc(plan, refused, outcomes, clusters_ok, code);
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+/// The `--format json` document (shape in the module's doc).
+pub fn json_doc(
+    plan: &Plan,
+    refused: usize,
+    outcomes: &[HostOutcome],
+    clusters_ok: bool,
+    code: i32,
+) -> serde_json::Value {
     let hosts: Vec<_> = outcomes
         .iter()
         .map(|o| {
@@ -25,7 +38,7 @@ pub(super) fn print_json(
                    "error": o.error, "seconds": o.secs})
         })
         .collect();
-    let doc = json!({
+    json!({
         "environment": plan.environment,
         "status": if code == 0 { "ok" } else { "failed" },
         "exit_code": code,
@@ -33,9 +46,7 @@ pub(super) fn print_json(
         "refused_stale": refused,
         "hosts": hosts,
         "clusters_ok": clusters_ok,
-    });
-    println!("{}", serde_json::to_string_pretty(&doc)?);
-    Ok(())
+    })
 }
 
 /// While alive, what is printed to standard output goes to standard error (the cluster
