@@ -5,75 +5,11 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+mod keys;
+
 use crate::ops::plan::Format;
 use crate::spec::{source::join_key, Environment};
-
-/// Splits `a.b[2]."c.d"` into segments (`a`, `b`, `[2]`, `c.d`).
-fn segments(key: &str) -> Vec<String> {
-    let mut out = vec![];
-    let mut cur = String::new();
-    let mut chars = key.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                for c in chars.by_ref() {
-                    if c == '"' {
-                        break;
-                    }
-                    cur.push(c);
-                }
-            }
-            '.' => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            '[' => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-                let mut idx = String::from("[");
-                for c in chars.by_ref() {
-                    idx.push(c);
-                    if c == ']' {
-                        break;
-                    }
-                }
-                out.push(idx);
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// The canonical key path (as provenance and errors spell it).
-fn canonical(segs: &[String]) -> String {
-    let mut p = String::new();
-    for s in segs {
-        if s.starts_with('[') {
-            p.push_str(s);
-        } else {
-            p = join_key(&p, s);
-        }
-    }
-    p
-}
-
-fn lookup<'a>(v: &'a toml::Value, segs: &[String]) -> Option<&'a toml::Value> {
-    let mut cur = v;
-    for s in segs {
-        cur = if let Some(i) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-            cur.as_array()?.get(i.parse::<usize>().ok()?)?
-        } else {
-            cur.as_table()?.get(s)?
-        };
-    }
-    Some(cur)
-}
+use keys::{canonical, lookup, segments};
 
 fn show(v: &toml::Value) -> String {
     match v {
@@ -269,26 +205,4 @@ fn explain_default(env: &Environment, segs: &[String], key: &str) -> Result<(Exp
         "`{key}` is not set in {} or the environments it extends",
         env.file.display()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_split_like_errors_print_them() {
-        assert_eq!(
-            segments("modules.nginx.sites[1].domains"),
-            ["modules", "nginx", "sites", "[1]", "domains"]
-        );
-        assert_eq!(
-            segments("hosts.\"odd.name\".address"),
-            ["hosts", "odd.name", "address"]
-        );
-        assert_eq!(
-            canonical(&segments("hosts.\"odd.name\".address")),
-            "hosts.\"odd.name\".address"
-        );
-        assert_eq!(canonical(&segments("a.b[2]")), "a.b[2]");
-    }
 }
