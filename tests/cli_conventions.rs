@@ -92,6 +92,19 @@ fn the_man_page_renders() {
         // No man(1) on this machine: the roff source above is what can be checked.
         _ => eprintln!("man -l not available; checked the roff source only"),
     }
+    // The pages the top page refers to (kiln-plan(1), …) with --dir.
+    let pages = dir.path().join("pages");
+    let (code, _, err) = run(kiln().arg("man").arg("--dir").arg(&pages));
+    assert_eq!(code, 0, "{err}");
+    for p in [
+        "kiln.1",
+        "kiln-plan.1",
+        "kiln-rebuild.1",
+        "kiln-module-show.1",
+    ] {
+        let text = std::fs::read_to_string(pages.join(p)).unwrap_or_default();
+        assert!(text.contains(".TH"), "{p} missing or empty");
+    }
 }
 
 #[test]
