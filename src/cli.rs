@@ -5,14 +5,37 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::ops;
+use crate::ui::ColorChoice;
+
+/// The environment variables kiln reads, listed at the end of `kiln --help`.
+pub const ENV_HELP: &str = "\
+Environment variables:
+  KILN_ROOT        Directory holding environments/, modules/ and templates/ (default: .)
+  KILN_SSH_USER    SSH user for every non-lab host (CI drift runs with their own account)
+  KILN_SSH_KEY     SSH private key for every non-lab host (with KILN_SSH_USER)
+  KILN_LAB_DIR     The lab's state directory (default /var/lib/kiln/lab)
+  KILN_RECORD_DIR  Record every host's answers there as tapes (redacted) for tests
+  KILN_S3S_FS      The s3s-fs binary the lab's object-storage stand-in runs
+  NO_COLOR         Set and non-empty: no colour with --color auto
+  XDG_STATE_HOME   Where kiln keeps this machine's private state (default ~/.local/state)
+Secrets named with `env = \"VAR\"` in an environment are read from that variable.";
 
 /// kiln — declare Debian servers in TOML, see exactly what differs, apply it idempotently.
 ///
 /// Exit codes: 0 success / no changes; 2 changes or drift (plan --detailed-exitcode, drift,
 /// verify); 1 error (bad spec, unreachable or failed host).
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, long_about)]
+#[command(name = "kiln", version, about, long_about, after_help = ENV_HELP)]
 pub struct Cli {
+    /// When to colour output: auto (a terminal and NO_COLOR unset), always or never.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        global = true,
+        value_name = "WHEN"
+    )]
+    pub color: ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,20 +48,29 @@ pub enum Command {
     Apply(ops::apply::ApplyArgs),
     /// Plan several environments (all by default) for CI: exit 0 clean, 2 drift, 1 error.
     Drift {
+        /// Environment names or paths (default: every environments/*.toml).
         envs: Vec<String>,
+        /// Report format: human, json or markdown.
         #[arg(long, value_enum, default_value = "human")]
         format: ops::drift::DriftFormat,
     },
     /// Re-plan (must be empty), then run the modules' health checks.
     Verify {
+        /// Environment name under environments/, or a path to a .toml file.
         env: String,
+        /// Only these hosts or roles (comma-separated).
         #[arg(long)]
         limit: Option<String>,
+        /// Output: human, or json (the plan and every check's result; never a secret).
+        #[arg(long, value_enum, default_value = "human")]
+        format: ops::plan::Format,
     },
     /// Local Debian 12 hosts (systemd-nspawn) for an environment's `lab` hosts.
     Lab {
+        /// What to do with the lab hosts.
         #[arg(value_enum)]
         action: ops::lab::LabAction,
+        /// Environment name under environments/, or a path to a .toml file.
         env: String,
         /// Hosts (for `destroy`).
         #[arg(long = "host")]
@@ -47,14 +79,20 @@ pub enum Command {
     /// Show a value of the merged environment and the file and line that set it (through
     /// `extends`), or the module default it falls back to.
     Explain {
+        /// Environment name under environments/, or a path to a .toml file.
         env: String,
         /// A key path: `hosts.web.address`, `modules.nginx.sites[0].domains`, `ssh.user`.
         key: String,
+        /// Output: human, or json (`key`, `value`, `set_by`, `overrides`, `default_of`).
+        #[arg(long, value_enum, default_value = "human")]
+        format: ops::plan::Format,
     },
     /// Write environments/DST.toml: extends SRC, overriding only hosts, domains, the ACME
     /// directory (staging), secrets and cluster size.
     Clone {
+        /// The environment to copy (name or path).
         src: String,
+        /// The new environment's name (written as environments/DST.toml).
         dst: String,
         /// FROM=TO: `api.example.com=api.qa.example.com` or a parent domain `example.com=qa.example.com`.
         #[arg(long = "domain-map")]
@@ -73,6 +111,7 @@ pub enum Command {
     /// Disaster recovery: create missing hosts through their provider, apply the full plan,
     /// verify, and print the timeline of the phases (the measured RTO).
     Rebuild {
+        /// Environment name under environments/, or a path to a .toml file.
         env: String,
         /// Only these hosts are expected to be gone (default: any missing host).
         #[arg(long = "host")]
@@ -80,12 +119,17 @@ pub enum Command {
         /// Also write the timeline as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Do not ask for confirmation (required without a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// EC2 instances for an environment's `provider = "ec2"` hosts (found by their
     /// kiln:env/kiln:host tags, created when missing).
     Ec2 {
+        /// What to do with the instances.
         #[arg(value_enum)]
         action: ops::ec2::Ec2Action,
+        /// Environment name under environments/, or a path to a .toml file.
         env: String,
         /// Only these hosts (repeatable).
         #[arg(long = "host")]
@@ -100,6 +144,7 @@ pub enum Command {
     /// Terminate a host's EC2 instance (asks unless --yes). Only instances tagged as kiln's
     /// own for this environment and host are ever terminated.
     Destroy {
+        /// Environment name under environments/, or a path to a .toml file.
         env: String,
         /// The ec2 host whose instance(s) to terminate.
         #[arg(long)]
@@ -107,31 +152,73 @@ pub enum Command {
         /// One instance by id; refused unless it is tagged as a host of this environment.
         #[arg(long)]
         instance: Option<String>,
+        /// Do not ask for confirmation (required without a terminal).
         #[arg(long, short = 'y')]
         yes: bool,
     },
     /// SSH to a host with the environment's key and known_hosts.
     Ssh {
+        /// Environment name under environments/, or a path to a .toml file.
         env: String,
+        /// The host (as named in the environment).
         host: String,
+        /// A command to run instead of a login shell (after `--`).
         #[arg(last = true)]
         command: Vec<String>,
     },
     /// Print an OpenSSH config block for the environment's hosts.
-    SshConfig { env: String },
+    SshConfig {
+        /// Environment name under environments/, or a path to a .toml file.
+        env: String,
+    },
     /// Print the resource graph as Graphviz DOT.
     Graph {
+        /// Environment name under environments/, or a path to a .toml file.
         env: String,
+        /// Only these hosts or roles (comma-separated).
         #[arg(long)]
         limit: Option<String>,
     },
     /// Run a backup now on the environment's backup host (the `backup` module) and wait.
-    Backup { env: String },
+    Backup {
+        /// Environment name under environments/, or a path to a .toml file.
+        env: String,
+    },
     /// Restore databases (and media) from a backup, after checking its manifest.
     Restore(ops::backup::RestoreArgs),
+    /// List the modules (modules/*.toml): name and description.
+    Modules,
+    /// Show a module: its description, parameters (type, default, format, description)
+    /// and health checks.
+    Module {
+        #[command(subcommand)]
+        action: ModuleAction,
+    },
+    /// Print a shell completion script (e.g. `kiln completions bash > /etc/bash_completion.d/kiln`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; `kiln man | man -l -`), or write every page to a directory.
+    Man {
+        /// Write kiln.1 and one page per subcommand (kiln-plan.1, …) into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModuleAction {
+    /// A module's description, parameters and health checks (like ansible-doc).
+    Show {
+        /// The module's name (`kiln modules` lists them).
+        name: String,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    crate::ui::set_color(cli.color);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -140,9 +227,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Plan(args) => rt.block_on(ops::plan::run(args)),
         Command::Apply(args) => rt.block_on(ops::apply::run(args)),
         Command::Drift { envs, format } => rt.block_on(ops::drift::run(envs, format)),
-        Command::Verify { env, limit } => rt.block_on(ops::verify::run(&env, limit.as_deref())),
+        Command::Verify { env, limit, format } => {
+            rt.block_on(ops::verify::run(&env, limit.as_deref(), format))
+        }
         Command::Lab { action, env, hosts } => rt.block_on(ops::lab::run(action, &env, &hosts)),
-        Command::Explain { env, key } => ops::explain::run(&env, &key),
+        Command::Explain { env, key, format } => ops::explain::run(&env, &key, format),
         Command::Clone {
             src,
             dst,
@@ -167,9 +256,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 &command,
             )
         }
-        Command::Rebuild { env, hosts, json } => {
-            rt.block_on(ops::rebuild::run(&env, &hosts, json.as_deref()))
-        }
+        Command::Rebuild {
+            env,
+            hosts,
+            json,
+            yes,
+        } => rt.block_on(ops::rebuild::run(&env, &hosts, json.as_deref(), yes)),
         Command::Ec2 {
             action,
             env,
@@ -193,5 +285,27 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Graph { env, limit } => ops::graph::run(&env, limit.as_deref()),
         Command::Backup { env } => rt.block_on(ops::backup::backup(&env)),
         Command::Restore(args) => rt.block_on(ops::backup::restore(args)),
+        Command::Modules => ops::modules::list(),
+        Command::Module {
+            action: ModuleAction::Show { name },
+        } => ops::modules::show(&name),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "kiln", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    clap_mangen::generate_to(Cli::command(), &dir)?;
+                    println!("Man pages written to {}", dir.display());
+                }
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?,
+            }
+            Ok(0)
+        }
     }
 }

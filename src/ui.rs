@@ -1,8 +1,44 @@
-//! Terminal styling: colour only when stdout is a terminal and NO_COLOR is unset.
+//! Terminal styling: `--color auto|always|never` (global); `auto` colours only when stdout
+//! is a terminal and NO_COLOR is unset.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use owo_colors::OwoColorize;
+
+/// When to colour output (`--color`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when standard output is a terminal and `NO_COLOR` is unset.
+    #[default]
+    Auto,
+    /// Always colour (even through a pipe; overrides `NO_COLOR`).
+    Always,
+    /// Never colour.
+    Never,
+}
+
+static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// Set once by the command line, before anything is printed.
+pub fn set_color(choice: ColorChoice) {
+    CHOICE.store(
+        match choice {
+            ColorChoice::Auto => 0,
+            ColorChoice::Always => 1,
+            ColorChoice::Never => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+pub fn color_choice() -> ColorChoice {
+    match CHOICE.load(Ordering::Relaxed) {
+        1 => ColorChoice::Always,
+        2 => ColorChoice::Never,
+        _ => ColorChoice::Auto,
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Paint {
@@ -11,6 +47,11 @@ pub struct Paint {
 
 impl Paint {
     pub fn detect() -> Paint {
+        match color_choice() {
+            ColorChoice::Always => return Paint { enabled: true },
+            ColorChoice::Never => return Paint { enabled: false },
+            ColorChoice::Auto => {}
+        }
         let no_color = std::env::var_os("NO_COLOR")
             .map(|v| !v.is_empty())
             .unwrap_or(false);

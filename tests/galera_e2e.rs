@@ -152,7 +152,7 @@ fn rebuild_a_lost_node(lab: &Lab) -> Result<(), String> {
             "after losing db3 the cluster size is {size:?}, want 2"
         ));
     }
-    let r = lab.kiln(&["rebuild", ENV]);
+    let r = lab.kiln(&["rebuild", ENV, "--yes"]);
     expect(
         r.code == 0
             && r.stdout.contains("Rebuild of galeratest — timeline (RTO")

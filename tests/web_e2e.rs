@@ -452,7 +452,7 @@ fn rebuild_after_losing_the_web_host(lab: &Lab) -> Result<(), String> {
     expect(r.code == 0, "kiln lab destroy --host web", &r)?;
     let gone = https(lab, "api.lab.test", "/health");
     expect(gone.code != 0, "the site is gone with its host", &gone)?;
-    let r = lab.kiln(&["rebuild", ENV, "--json", "timeline.json"]);
+    let r = lab.kiln(&["rebuild", ENV, "--yes", "--json", "timeline.json"]);
     expect(
         r.code == 0 && r.stdout.contains("Rebuild of webtest — timeline (RTO"),
         "kiln rebuild",

@@ -91,6 +91,7 @@ exit $rc
 
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
+    /// Environment name under environments/, or a path to a .toml file.
     pub env: String,
     /// A backup timestamp (YYYYMMDDTHHMMSSZ, see `kiln-backup list`) or `latest`.
     #[arg(long, default_value = "latest")]
@@ -116,8 +117,6 @@ fn confirm(what: &str) -> Result<bool> {
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim() == "yes")
 }
-
-/// A here-document delimiter that no line of `content` equals.
 
 pub async fn restore(args: RestoreArgs) -> Result<i32> {
     let loaded = load(&args.env, None)?;

@@ -10,8 +10,11 @@ use crate::verify::drift::{from_plan, human, markdown, DriftReport, EnvDrift, St
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DriftFormat {
+    /// Text for a terminal.
     Human,
+    /// The drift report as JSON (schema `kiln.drift/…`).
     Json,
+    /// A Markdown summary (for a CI issue or job summary).
     Markdown,
 }
 

@@ -7,8 +7,11 @@ use crate::spec::{self, Environment};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LabAction {
+    /// Create and start the environment's lab hosts (containers).
     Up,
+    /// Stop and remove the environment's lab hosts.
     Down,
+    /// Show the lab hosts and whether they run.
     Status,
     /// Print the root certificate of the lab's ACME server (the `pebble` module's host):
     /// what the lab's served certificate chains verify against.

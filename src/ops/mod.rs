@@ -9,6 +9,7 @@ pub mod ec2;
 pub mod explain;
 pub mod graph;
 pub mod lab;
+pub mod modules;
 pub mod plan;
 pub mod rebuild;
 pub mod ssh;

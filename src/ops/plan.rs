@@ -10,7 +10,9 @@ use crate::ui::Paint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Text for a terminal.
     Human,
+    /// One JSON document on standard output (never a secret).
     Json,
 }
 
@@ -21,9 +23,10 @@ pub struct PlanArgs {
     /// Only these hosts or roles (comma-separated).
     #[arg(long)]
     pub limit: Option<String>,
-    /// Save the plan as JSON for `kiln apply PLAN.json`.
+    /// Save the plan (JSON, any file name) for `kiln apply FILE`.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
+    /// Output: human, or json (the plan document `-o` saves).
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
     /// Exit 2 when there are changes (0 none, 1 error).

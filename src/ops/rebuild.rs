@@ -57,7 +57,7 @@ impl Timeline {
     }
 }
 
-pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<i32> {
+pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>, yes: bool) -> Result<i32> {
     let start = Instant::now();
     let path = spec::resolve_env_path(env_arg);
     if !path.exists() {
@@ -65,6 +65,24 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
             "no environment `{env_arg}` ({} does not exist)",
             path.display()
         );
+    }
+    if !yes {
+        let what = if only.is_empty() {
+            "any missing host".to_string()
+        } else {
+            only.join(", ")
+        };
+        if !super::apply::ask(
+            "refusing to rebuild without --yes: standard input is not a terminal",
+            &format!(
+                "Rebuild {}: create {what} through its provider (lab containers, EC2 instances), \
+                 apply the full plan, restore the latest backup if every database host is new, verify?",
+                path.display()
+            ),
+        )? {
+            println!("Rebuild cancelled; nothing was changed.");
+            return Ok(1);
+        }
     }
     // The spec is checked (and its secrets read) before anything is created.
     let t = Instant::now();
@@ -126,6 +144,7 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
         limit: None,
         parallel: None,
         lock_timeout: 10,
+        format: super::plan::Format::Human,
     })
     .await?;
     phases.push(Phase {
@@ -205,7 +224,7 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>) -> Result<
     // Verify: the re-plan is empty and every health check passes.
     if phases.iter().all(|p| p.ok) {
         let t = Instant::now();
-        let v = super::verify::run(env_arg, None).await?;
+        let v = super::verify::run(env_arg, None, super::plan::Format::Human).await?;
         phases.push(Phase {
             name: "verify".into(),
             seconds: t.elapsed().as_secs_f64(),
