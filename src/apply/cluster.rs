@@ -62,12 +62,30 @@ kiln_wait_synced() {
 }
 "#;
 
+/// Where the executor's progress lines go: standard output for people, standard error
+/// when standard output carries a document (`kiln apply --format json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Stdout,
+    Stderr,
+}
+
+impl Progress {
+    fn line(self, text: std::fmt::Arguments<'_>) {
+        match self {
+            Progress::Stdout => println!("{text}"),
+            Progress::Stderr => eprintln!("{text}"),
+        }
+    }
+}
+
 struct Exec<'a> {
     loaded: &'a Loaded,
     transports: BTreeMap<String, Arc<dyn Transport>>,
     recovered: BTreeMap<String, (String, i64)>,
     paint: &'a Paint,
     holder: String,
+    progress: Progress,
 }
 
 impl Exec<'_> {
@@ -133,7 +151,8 @@ impl Exec<'_> {
     }
 
     fn say(&self, line: &str) {
-        println!("      {}", self.paint.dim(line));
+        self.progress
+            .line(format_args!("      {}", self.paint.dim(line)));
     }
 
     async fn stop(&self, host: &str) -> Result<()> {
@@ -423,22 +442,23 @@ pub async fn execute(
     conns: &mut Connections,
     failed_hosts: &BTreeSet<String>,
     paint: &Paint,
+    progress: Progress,
 ) -> bool {
     let mut ok = true;
     for (cluster, steps) in steps_of(plan) {
         let Some(first) = steps.first() else { continue };
         let start = Instant::now();
-        println!(
+        progress.line(format_args!(
             "\n{} {} step{}",
             paint.bold(&format!("Galera cluster {cluster}:")),
             steps.len(),
             if steps.len() == 1 { "" } else { "s" }
-        );
+        ));
         if let Some(h) = first.nodes.iter().find(|n| failed_hosts.contains(*n)) {
-            println!(
+            progress.line(format_args!(
                 "  {} the apply of {h} failed, so the cluster steps do not run",
                 paint.red("skipped:")
-            );
+            ));
             ok = false;
             continue;
         }
@@ -448,6 +468,7 @@ pub async fn execute(
             recovered: BTreeMap::new(),
             paint,
             holder: crate::engine::holder(),
+            progress,
         };
         let mut connected = true;
         for n in &first.nodes {
@@ -456,7 +477,7 @@ pub async fn execute(
                     exec.transports.insert(n.clone(), t);
                 }
                 Err(e) => {
-                    println!("  {} {n}: {e:#}", paint.red("unreachable:"));
+                    progress.line(format_args!("  {} {n}: {e:#}", paint.red("unreachable:")));
                     connected = false;
                 }
             }
@@ -468,7 +489,7 @@ pub async fn execute(
         let summaries = summaries(plan);
         for g in &steps {
             let t = Instant::now();
-            println!(
+            progress.line(format_args!(
                 "  [{}/{}] {} galera_node[{cluster}]: {}",
                 g.seq,
                 g.total,
@@ -477,7 +498,7 @@ pub async fn execute(
                     .get(&(cluster.clone(), g.seq))
                     .cloned()
                     .unwrap_or_default()
-            );
+            ));
             let r = match &g.op {
                 GaleraOp::Stop => exec.stop(&g.host).await,
                 GaleraOp::Bootstrap { set_safe } => exec.bootstrap(g, &g.host, *set_safe).await,
@@ -494,34 +515,34 @@ pub async fn execute(
                 } => exec.schema(g, databases, users, digest).await,
             };
             match r {
-                Ok(()) => println!(
+                Ok(()) => progress.line(format_args!(
                     "      {} ({:.1} s)",
                     paint.green("ok"),
                     t.elapsed().as_secs_f64()
-                ),
+                )),
                 Err(e) => {
                     let msg = loaded.env.redactor().redact(&format!("{e:#}"));
                     let mut lines = msg.lines();
-                    println!(
+                    progress.line(format_args!(
                         "      {} {}",
                         paint.red("FAILED:"),
                         lines.next().unwrap_or_default()
-                    );
+                    ));
                     for l in lines {
-                        println!("        {l}");
+                        progress.line(format_args!("        {l}"));
                     }
-                    println!("      later cluster steps not run");
+                    progress.line(format_args!("      later cluster steps not run"));
                     ok = false;
                     break;
                 }
             }
         }
         if ok {
-            println!(
+            progress.line(format_args!(
                 "  {} cluster {cluster} done in {:.1} s",
                 paint.green("✓"),
                 start.elapsed().as_secs_f64()
-            );
+            ));
         }
     }
     ok

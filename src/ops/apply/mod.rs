@@ -112,10 +112,15 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         .filter(|o| o.error.is_some())
         .map(|o| o.host.clone())
         .collect();
-    let clusters_ok = {
-        let _to_stderr = json.then(output::StdoutToStderr::new).transpose()?;
-        crate::apply::cluster::execute(&loaded, &plan, &mut conns, &failed_hosts, &paint).await
+    // In JSON mode standard output carries only the document.
+    let progress = if json {
+        crate::apply::cluster::Progress::Stderr
+    } else {
+        crate::apply::cluster::Progress::Stdout
     };
+    let clusters_ok =
+        crate::apply::cluster::execute(&loaded, &plan, &mut conns, &failed_hosts, &paint, progress)
+            .await;
     let failed = outcomes.iter().any(|o| o.error.is_some()) || !clusters_ok;
     let code = if failed || plan.has_errors() || refused > 0 {
         1

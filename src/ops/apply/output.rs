@@ -49,40 +49,6 @@ pub fn json_doc(
     })
 }
 
-/// While alive, what is printed to standard output goes to standard error (the cluster
-/// steps' progress in JSON mode); dropped, standard output is restored.
-pub(super) struct StdoutToStderr {
-    saved: i32,
-}
-
-impl StdoutToStderr {
-    pub(super) fn new() -> Result<StdoutToStderr> {
-        use std::io::Write;
-        std::io::stdout().flush()?;
-        // SAFETY: dup/dup2 on the process's own standard descriptors.
-        let saved = unsafe { libc::dup(1) };
-        if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
-            anyhow::bail!(
-                "cannot redirect standard output: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(StdoutToStderr { saved })
-    }
-}
-
-impl Drop for StdoutToStderr {
-    fn drop(&mut self) {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        // SAFETY: restores the descriptor saved by `new`.
-        unsafe {
-            libc::dup2(self.saved, 1);
-            libc::close(self.saved);
-        }
-    }
-}
-
 pub fn print_summary(outcomes: &[HostOutcome], paint: &Paint) {
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
     let applied: usize = outcomes.iter().map(|o| o.applied).sum();
