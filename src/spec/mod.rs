@@ -523,7 +523,16 @@ impl Environment {
                             v.type_str()
                         ),
                     )),
-                    Some(_) => {}
+                    Some(p) => {
+                        for (path, msg) in validate::check_entries(v, &p.entry, &key) {
+                            errors.push(
+                                self.error(
+                                    &path,
+                                    format!("parameter `{k}` of module `{m}`: {msg}"),
+                                ),
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -575,6 +584,19 @@ fn validate_module(source: &SourceFile, spec: &ModuleSpec) -> Vec<SpecError> {
                     source,
                     &format!("params.{k}.default"),
                     format!("default must be {}, found {}", p.ty.name(), d.type_str()),
+                ));
+            }
+            let base = format!("params.{k}.default");
+            for (path, msg) in validate::check_entries(d, &p.entry, &base) {
+                errors.push(SpecError::at_key(source, &path, format!("default: {msg}")));
+            }
+        }
+        if !p.entry.is_empty() {
+            for field in p.fields.keys().filter(|f| !p.entry.contains_key(*f)) {
+                errors.push(SpecError::at_key(
+                    source,
+                    &format!("params.{k}.fields.{field}"),
+                    format!("`{field}` has a format but is not a key of `entry`"),
                 ));
             }
         }

@@ -22,9 +22,12 @@
 //! * [`names`]: the grammars of single values, most of them one table-like [`names::Word`];
 //! * [`formats`]: the `format`s a module parameter may declare, and the walk that checks a
 //!   parameter value against its format;
+//! * [`entries`]: the `entry` schema of list entries and nested tables (unknown keys,
+//!   wrong types);
 //! * [`relocate`]: points an error in a module's resource at the environment key that set
 //!   the offending value.
 
+pub mod entries;
 pub mod formats;
 pub mod names;
 mod relocate;
@@ -34,6 +37,7 @@ use crate::spec::error::SpecError;
 use crate::spec::source::join_key;
 use crate::spec::{Environment, Module};
 
+pub use entries::check_entries;
 pub use formats::{format_check, module_formats, FORMATS};
 use names::*;
 pub use relocate::relocate;
