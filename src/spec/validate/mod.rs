@@ -24,12 +24,15 @@
 //!   parameter value against its format;
 //! * [`entries`]: the `entry` schema of list entries and nested tables (unknown keys,
 //!   wrong types);
+//! * [`refs`]: references between module parameters of a host (site → certificate,
+//!   php site → pool);
 //! * [`relocate`]: points an error in a module's resource at the environment key that set
 //!   the offending value.
 
 pub mod entries;
 pub mod formats;
 pub mod names;
+mod refs;
 mod relocate;
 
 use crate::resource::{Kind, Resource};
@@ -127,12 +130,42 @@ pub fn environment(
             for (path, msg) in formats::check_value(v, p.format.as_deref(), &p.fields, &key) {
                 errors.push(env.error(&path, format!("parameter `{k}` of module `{m}`: {msg}")));
             }
+            // Secrets a module is told to read must be declared.
+            for (path, name) in
+                formats::values_of_format(v, p.format.as_deref(), &p.fields, &key, "secret")
+            {
+                if secret_name(&name).is_ok() && !env.spec.secrets.contains_key(&name) {
+                    errors.push(env.error(
+                        &path,
+                        format!(
+                            "parameter `{k}` of module `{m}` names the secret `{name}`, which is not a `[secrets]` entry (secrets: {})",
+                            secret_list(env)
+                        ),
+                    ));
+                }
+            }
         }
     }
     for m in modules.values() {
         errors.extend(module_formats(m));
     }
+    if errors.is_empty() {
+        errors.extend(refs::references(env));
+    }
     errors
+}
+
+/// The declared secrets, for messages (`none` when there are none).
+fn secret_list(env: &Environment) -> String {
+    if env.spec.secrets.is_empty() {
+        return "none".into();
+    }
+    env.spec
+        .secrets
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ---------------------------------------------------------------------------------------
