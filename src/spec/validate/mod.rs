@@ -149,8 +149,57 @@ pub fn environment(
     for m in modules.values() {
         errors.extend(module_formats(m));
     }
+    errors.extend(default_secrets(env, modules));
     if errors.is_empty() {
         errors.extend(refs::references(env));
+    }
+    errors
+}
+
+/// A module's parameter of format `secret` left to its default (`minio_root_user`) on a
+/// host that uses the module must name a declared secret too: reported at the role that
+/// brings the module in.
+fn default_secrets(
+    env: &Environment,
+    modules: &indexmap::IndexMap<String, Module>,
+) -> Vec<SpecError> {
+    let mut errors = vec![];
+    for (rname, role) in &env.spec.roles {
+        for (i, m) in role.modules.iter().enumerate() {
+            let Some(module) = modules.get(m) else {
+                continue;
+            };
+            let hosts: Vec<_> = env
+                .spec
+                .hosts
+                .values()
+                .filter(|h| h.roles.contains(rname))
+                .collect();
+            for (k, p) in &module.spec.params {
+                let is_secret =
+                    p.format.as_deref().map(|f| f.trim_end_matches('?')) == Some("secret");
+                let Some(name) = p.default.as_ref().and_then(|d| d.as_str()) else {
+                    continue;
+                };
+                if !is_secret || name.is_empty() || env.spec.secrets.contains_key(name) {
+                    continue;
+                }
+                let env_sets = env.spec.modules.get(m).is_some_and(|t| t.contains_key(k));
+                let defaulted = !env_sets
+                    && hosts
+                        .iter()
+                        .any(|h| !h.modules.get(m).is_some_and(|t| t.contains_key(k)));
+                if defaulted {
+                    errors.push(env.error(
+                        &format!("roles.{}.modules[{i}]", join_key("", rname)),
+                        format!(
+                            "module `{m}` reads the secret `{name}` (the default of its parameter `{k}`), which is not a `[secrets]` entry: declare it, or set `{k}` (secrets: {})",
+                            secret_list(env)
+                        ),
+                    ));
+                }
+            }
+        }
     }
     errors
 }
