@@ -522,3 +522,93 @@ modules = ["m"]
         assert!(!all.contains(aws), "AWS was called ({aws}):\n{all}");
     }
 }
+
+#[test]
+fn offline_plan_lists_the_secrets_that_became_placeholders() {
+    let r = Repo::new();
+    r.write(
+        "environments/e.toml",
+        &env(
+            "\n[secrets.db_password]\nenv = \"KILN_TEST_UNSET_DB_PASSWORD\"\n\n[secrets.api_token]\nenv = \"KILN_TEST_UNSET_API_TOKEN\"\n\n[secrets.session]\ngenerate = 32\n",
+        ),
+    );
+    let out = Command::cargo_bin("kiln")
+        .expect("binary")
+        .current_dir(r.dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("KILN_TEST_UNSET_DB_PASSWORD")
+        .env_remove("KILN_TEST_UNSET_API_TOKEN")
+        .args(["plan", "e", "--offline"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("The spec is valid."), "{stdout}");
+    // Unreadable secrets are named (a generated one is no placeholder), values never.
+    assert!(
+        stdout.contains("Secrets not read, placeholders used: db_password, api_token."),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("session"), "{stdout}");
+    // With every secret readable, nothing is listed.
+    r.write(
+        "environments/e.toml",
+        &env("\n[secrets.session]\ngenerate = 32\n"),
+    );
+    let out = Command::cargo_bin("kiln")
+        .expect("binary")
+        .current_dir(r.dir.path())
+        .env("NO_COLOR", "1")
+        .args(["plan", "e", "--offline"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("placeholders used"), "{stdout}");
+}
+
+#[test]
+fn list_entries_and_references_are_checked_offline() {
+    let r = Repo::new();
+    r.write(
+        "modules/m.toml",
+        r#"description = "test module"
+[params.items]
+type = "list"
+entry = { name = "string", size = "int" }
+default = []
+
+[params.greeting]
+type = "string"
+default = "hello"
+
+[[resource]]
+type = "file"
+path = "/etc/kiln-test"
+template = "t.j2"
+"#,
+    );
+    r.write(
+        "environments/e.toml",
+        &env("\n[modules.m]\nitems = [{ name = \"a\", size = 1 }, { name = \"b\", szie = 2 }]\n"),
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/e.toml:10:",
+            "modules.m.items[1].szie",
+            "unknown key `szie` (keys: name, size)",
+        ],
+    );
+    r.write(
+        "environments/e.toml",
+        &env("\n[modules.m]\nitems = [{ name = \"a\", size = \"1\" }]\n"),
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "modules.m.items[0].size",
+            "`size` must be an integer, found string",
+        ],
+    );
+}

@@ -55,6 +55,12 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
             "Offline: no host was contacted; this is the plan for bare hosts. \
              The spec is valid."
         );
+        if !loaded.env.placeholders.is_empty() {
+            println!(
+                "Secrets not read, placeholders used: {}.",
+                loaded.env.placeholders.join(", ")
+            );
+        }
     }
     match args.format {
         Format::Human => print!("{}", render_plan(&plan, &Paint::detect())),

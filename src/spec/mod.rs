@@ -43,6 +43,9 @@ pub struct Environment {
     /// Modules used by any role, by name.
     pub modules: IndexMap<String, Module>,
     pub secrets: BTreeMap<String, SecretValue>,
+    /// Secrets that could not be read and stand in as `<secret NAME>` (offline only; see
+    /// [`Environment::resolve_secrets_or_placeholders`]).
+    pub placeholders: Vec<String>,
 }
 
 /// Finds the environment file for a command-line argument: a path to a `.toml` file, or a
@@ -212,6 +215,7 @@ impl Environment {
             provenance,
             modules: IndexMap::new(),
             secrets: BTreeMap::new(),
+            placeholders: vec![],
         };
         env.validate()?;
         Ok(env)
@@ -311,14 +315,17 @@ impl Environment {
     /// Reads every secret's value (environment variable or file). Called by the commands
     /// that render templates; `lab`, `ssh` and `ssh-config` never need secrets.
     /// For offline checks: every secret that cannot be resolved gets a placeholder value
-    /// (still redacted like a real one).
+    /// (still redacted like a real one); their names are kept in `placeholders`.
     pub fn resolve_secrets_or_placeholders(&mut self) {
         let names: Vec<String> = self.spec.secrets.keys().cloned().collect();
         let _ = self.resolve_secrets();
+        self.placeholders.clear();
         for name in names {
-            self.secrets
-                .entry(name.clone())
-                .or_insert_with(|| SecretValue::new(&format!("<secret {name}>")));
+            if !self.secrets.contains_key(&name) {
+                self.secrets
+                    .insert(name.clone(), SecretValue::new(&format!("<secret {name}>")));
+                self.placeholders.push(name);
+            }
         }
     }
 
@@ -523,7 +530,16 @@ impl Environment {
                             v.type_str()
                         ),
                     )),
-                    Some(_) => {}
+                    Some(p) => {
+                        for (path, msg) in validate::check_entries(v, &p.entry, &key) {
+                            errors.push(
+                                self.error(
+                                    &path,
+                                    format!("parameter `{k}` of module `{m}`: {msg}"),
+                                ),
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -575,6 +591,19 @@ fn validate_module(source: &SourceFile, spec: &ModuleSpec) -> Vec<SpecError> {
                     source,
                     &format!("params.{k}.default"),
                     format!("default must be {}, found {}", p.ty.name(), d.type_str()),
+                ));
+            }
+            let base = format!("params.{k}.default");
+            for (path, msg) in validate::check_entries(d, &p.entry, &base) {
+                errors.push(SpecError::at_key(source, &path, format!("default: {msg}")));
+            }
+        }
+        if !p.entry.is_empty() {
+            for field in p.fields.keys().filter(|f| !p.entry.contains_key(*f)) {
+                errors.push(SpecError::at_key(
+                    source,
+                    &format!("params.{k}.fields.{field}"),
+                    format!("`{field}` has a format but is not a key of `entry`"),
                 ));
             }
         }

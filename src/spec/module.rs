@@ -77,6 +77,13 @@ pub struct ParamSpec {
     /// (`fields = { domains = "domain", name = "word" }`).
     #[serde(default)]
     pub fields: IndexMap<String, String>,
+    /// The schema of the entries of a list (or the values of a table, and the tables in
+    /// their lists): the keys an entry may have and their types
+    /// (`entry = { name = "string", domains = "list", hsts = "bool" }`). Any other key is
+    /// refused at the environment key that wrote it, with the allowed ones listed. Empty:
+    /// entries are not checked (free-form tables such as `env`).
+    #[serde(default)]
+    pub entry: IndexMap<String, ParamType>,
 }
 
 /// A health check `kiln verify` runs on each host of the module (templated like resources).

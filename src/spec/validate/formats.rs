@@ -6,8 +6,8 @@ use crate::spec::source::join_key;
 use crate::spec::Module;
 
 use super::names::{
-    abs_path, address, cidr, domain, email, line, locale, network, package_name, port, size,
-    timezone, unit_name, url, url_path, user_name, word,
+    abs_path, address, cidr, domain, email, line, locale, network, package_name, port, secret_name,
+    size, timezone, unit_name, url, url_path, user_name, word,
 };
 use super::Check;
 
@@ -31,6 +31,8 @@ pub const FORMATS: &[(&str, Check)] = &[
     ("timezone", timezone),
     ("urlpath", url_path),
     ("line", line),
+    // The name of a `[secrets]` entry; the environment check also requires it declared.
+    ("secret", secret_name),
 ];
 
 /// The checks of a declared format (`a|b`: either), and whether it accepts "" (a
@@ -153,6 +155,53 @@ fn walk(
                 out.push((path.to_string(), msgs.join("; and ")));
             }
         }
+    }
+}
+
+/// The non-empty string scalars of a parameter value whose declared format (or `fields`
+/// format) is `wanted` (`secret`), with their key paths: the references the environment
+/// check resolves.
+pub(super) fn values_of_format(
+    v: &toml::Value,
+    format: Option<&str>,
+    fields: &indexmap::IndexMap<String, String>,
+    path: &str,
+    wanted: &str,
+) -> Vec<(String, String)> {
+    let mut out = vec![];
+    collect(v, format, fields, path, wanted, &mut out);
+    out
+}
+
+fn collect(
+    v: &toml::Value,
+    format: Option<&str>,
+    fields: &indexmap::IndexMap<String, String>,
+    path: &str,
+    wanted: &str,
+    out: &mut Vec<(String, String)>,
+) {
+    match v {
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                collect(x, format, fields, &format!("{path}[{i}]"), wanted, out);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t {
+                let p = join_key(path, k);
+                match fields.get(k) {
+                    Some(f) => collect(x, Some(f), &indexmap::IndexMap::new(), &p, wanted, out),
+                    None => collect(x, format, fields, &p, wanted, out),
+                }
+            }
+        }
+        toml::Value::String(s)
+            if !s.is_empty() && format.map(|f| f.trim_end_matches('?')) == Some(wanted) =>
+        {
+            out.push((path.to_string(), s.clone()));
+        }
+        _ => {}
     }
 }
 

@@ -22,11 +22,17 @@
 //! * [`names`]: the grammars of single values, most of them one table-like [`names::Word`];
 //! * [`formats`]: the `format`s a module parameter may declare, and the walk that checks a
 //!   parameter value against its format;
+//! * [`entries`]: the `entry` schema of list entries and nested tables (unknown keys,
+//!   wrong types);
+//! * [`refs`]: references between module parameters of a host (site → certificate,
+//!   php site → pool);
 //! * [`relocate`]: points an error in a module's resource at the environment key that set
 //!   the offending value.
 
+pub mod entries;
 pub mod formats;
 pub mod names;
+mod refs;
 mod relocate;
 
 use crate::resource::{Kind, Resource};
@@ -34,6 +40,7 @@ use crate::spec::error::SpecError;
 use crate::spec::source::join_key;
 use crate::spec::{Environment, Module};
 
+pub use entries::check_entries;
 pub use formats::{format_check, module_formats, FORMATS};
 use names::*;
 pub use relocate::relocate;
@@ -123,12 +130,91 @@ pub fn environment(
             for (path, msg) in formats::check_value(v, p.format.as_deref(), &p.fields, &key) {
                 errors.push(env.error(&path, format!("parameter `{k}` of module `{m}`: {msg}")));
             }
+            // Secrets a module is told to read must be declared.
+            for (path, name) in
+                formats::values_of_format(v, p.format.as_deref(), &p.fields, &key, "secret")
+            {
+                if secret_name(&name).is_ok() && !env.spec.secrets.contains_key(&name) {
+                    errors.push(env.error(
+                        &path,
+                        format!(
+                            "parameter `{k}` of module `{m}` names the secret `{name}`, which is not a `[secrets]` entry (secrets: {})",
+                            secret_list(env)
+                        ),
+                    ));
+                }
+            }
         }
     }
     for m in modules.values() {
         errors.extend(module_formats(m));
     }
+    errors.extend(default_secrets(env, modules));
+    if errors.is_empty() {
+        errors.extend(refs::references(env));
+    }
     errors
+}
+
+/// A module's parameter of format `secret` left to its default (`minio_root_user`) on a
+/// host that uses the module must name a declared secret too: reported at the role that
+/// brings the module in.
+fn default_secrets(
+    env: &Environment,
+    modules: &indexmap::IndexMap<String, Module>,
+) -> Vec<SpecError> {
+    let mut errors = vec![];
+    for (rname, role) in &env.spec.roles {
+        for (i, m) in role.modules.iter().enumerate() {
+            let Some(module) = modules.get(m) else {
+                continue;
+            };
+            let hosts: Vec<_> = env
+                .spec
+                .hosts
+                .values()
+                .filter(|h| h.roles.contains(rname))
+                .collect();
+            for (k, p) in &module.spec.params {
+                let is_secret =
+                    p.format.as_deref().map(|f| f.trim_end_matches('?')) == Some("secret");
+                let Some(name) = p.default.as_ref().and_then(|d| d.as_str()) else {
+                    continue;
+                };
+                if !is_secret || name.is_empty() || env.spec.secrets.contains_key(name) {
+                    continue;
+                }
+                let env_sets = env.spec.modules.get(m).is_some_and(|t| t.contains_key(k));
+                let defaulted = !env_sets
+                    && hosts
+                        .iter()
+                        .any(|h| !h.modules.get(m).is_some_and(|t| t.contains_key(k)));
+                if defaulted {
+                    errors.push(env.error(
+                        &format!("roles.{}.modules[{i}]", join_key("", rname)),
+                        format!(
+                            "module `{m}` reads the secret `{name}` (the default of its parameter `{k}`), which is not a `[secrets]` entry: declare it, or set `{k}` (secrets: {})",
+                            secret_list(env)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// The declared secrets, for messages (`none` when there are none).
+fn secret_list(env: &Environment) -> String {
+    if env.spec.secrets.is_empty() {
+        return "none".into();
+    }
+    env.spec
+        .secrets
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ---------------------------------------------------------------------------------------
