@@ -3,7 +3,8 @@
 //!
 //! The suite works in a scratch copy of the repository with its own small environment on
 //! its own addresses (10.233.0.21/.22), so it never touches a lab you brought up yourself. It needs
-//! root; without root it fails loudly rather than pretending to pass.
+//! root; without root it prints NOT RUN and runs no scenario (and fails under KILN_E2E=require,
+//! as in .ci/run).
 
 mod common;
 
