@@ -418,23 +418,31 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
         let poller = s.spawn(|| {
             let mut round = 0;
             while !stop.load(Ordering::SeqCst) {
-                for h in NODES {
-                    let r = lab.sql(
-                        h,
-                        "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('WSREP_CLUSTER_STATUS','WSREP_CLUSTER_SIZE') ORDER BY VARIABLE_NAME",
-                    );
-                    let lines: Vec<&str> = r.stdout.lines().collect();
-                    let status = if r.code == 0 && lines.len() == 2 {
-                        Some((lines[1].to_string(), lines[0].parse().unwrap_or(0)))
-                    } else {
-                        None
-                    };
-                    samples.lock().expect("lock").push(Sample {
-                        round,
-                        host: h,
-                        status,
-                    });
-                }
+                // The three nodes are asked at the same moment (one thread each): asked one
+                // after the other, a node that just came back and the next one just stopped
+                // would look "down at once" while the restarts never overlapped.
+                std::thread::scope(|r| {
+                    for h in NODES {
+                        let samples = &samples;
+                        r.spawn(move || {
+                            let r = lab.sql(
+                                h,
+                                "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('WSREP_CLUSTER_STATUS','WSREP_CLUSTER_SIZE') ORDER BY VARIABLE_NAME",
+                            );
+                            let lines: Vec<&str> = r.stdout.lines().collect();
+                            let status = if r.code == 0 && lines.len() == 2 {
+                                Some((lines[1].to_string(), lines[0].parse().unwrap_or(0)))
+                            } else {
+                                None
+                            };
+                            samples.lock().expect("lock").push(Sample {
+                                round,
+                                host: h,
+                                status,
+                            });
+                        });
+                    }
+                });
                 round += 1;
             }
         });
