@@ -219,6 +219,7 @@ fn plans(f: &Fixture, facts: &[HostFacts]) -> Plan {
         env_file: "prod.toml".into(),
         created_at: "now".into(),
         hosts,
+        targets: None,
     }
 }
 
