@@ -300,7 +300,10 @@ fn an_exclude_leaves_out_what_requires_it_and_says_so() {
         },
     );
     assert!(
-        md.contains("> left out because they require an excluded resource: "),
+        md.lines().any(
+            |l| l.starts_with("> left out because they require an excluded resource: ")
+                && l.contains("web:file:/var/www/kiln/index.html")
+        ),
         "{md}"
     );
 }
@@ -432,4 +435,33 @@ fn target_flags_through_the_binary() {
         err.contains("--target `nope`: expected `type:name`"),
         "{err}"
     );
+}
+
+/// The pull-request workflow (checked with actionlint when it was written; no YAML crate is
+/// in Cargo.lock, so here: what it must keep saying, and no tab, which YAML refuses).
+#[test]
+fn the_pull_request_workflow_plans_offline_by_default_and_keeps_one_comment() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/plan.yml");
+    let wf = std::fs::read_to_string(&path).expect(".github/workflows/plan.yml");
+    assert!(!wf.contains('\t'), "a tab in YAML");
+    for must in [
+        "pull_request:",
+        "KILN_PLAN_ONLINE: \"\"",
+        "mode=--offline",
+        "--format markdown --detailed-exitcode",
+        "echo '<!-- kiln-plan -->'",
+        "startswith(\"<!-- kiln-plan -->\")",
+        "--method PATCH \"repos/$REPO/issues/comments/$id\"",
+        "pull-requests: write",
+    ] {
+        assert!(wf.contains(must), "plan.yml should contain {must:?}");
+    }
+    // Untrusted values reach the shell through env, never spliced into a script.
+    for line in wf.lines().filter(|l| l.contains("${{")) {
+        let t = line.trim_start();
+        assert!(
+            !t.starts_with("run:") && (t.contains(": ${{") || t.starts_with("group:")),
+            "an expression outside `env:`/`with:`: {line}"
+        );
+    }
 }

@@ -26,6 +26,25 @@ pub fn html(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Kiln's own text (a reason, an attribute) as Markdown: code spans it holds stay code
+/// (where `<` is literal and an entity would show as typed); outside them `<`, `>`, `&` are
+/// escaped as HTML and `*`, `_` (a glob, a path) with a backslash. With unbalanced backticks,
+/// every backtick is escaped too.
+pub fn text(s: &str) -> String {
+    let plain = |p: &str| html(p).replace('*', "\\*").replace('_', "\\_");
+    let line = s.replace(['\r', '\n'], " ");
+    let parts: Vec<&str> = line.split('`').collect();
+    if parts.len() % 2 == 0 {
+        return plain(&line).replace('`', "\\`");
+    }
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if i % 2 == 1 { p.to_string() } else { plain(p) })
+        .collect::<Vec<_>>()
+        .join("`")
+}
+
 /// The longest run of backticks in `s`.
 fn longest_backticks(s: &str) -> usize {
     s.split(|c| c != '`').map(str::len).max().unwrap_or(0)
@@ -84,10 +103,10 @@ pub fn details(out: &mut String, d: &Detail) {
     );
     let mut body = String::new();
     if let Some(r) = d.reason {
-        let _ = writeln!(body, "_{}_\n", html(r).replace('_', "\\_"));
+        let _ = writeln!(body, "> {}\n", text(r));
     }
     for a in d.attributes {
-        let _ = writeln!(body, "- {}", html(&attribute(a)));
+        let _ = writeln!(body, "- {}", text(&attribute(a)));
     }
     if d.sensitive && !d.attributes.iter().any(|a| a.new == Shown::Sensitive) {
         body.push_str("- (sensitive value changed)\n");
@@ -192,7 +211,7 @@ pub fn render_markdown(plan: &Plan, notes: &Notes) -> String {
     }
     if let Some(t) = &plan.targets {
         for line in t.describe() {
-            let _ = writeln!(out, "> {}", html(&line));
+            let _ = writeln!(out, "> {}", text(&line));
         }
         out.push('\n');
     }
@@ -306,6 +325,11 @@ mod tests {
     fn cells_escape_pipes_and_line_breaks() {
         assert_eq!(cell("a|b\nc"), "a\\|b c");
         assert_eq!(html("<b>&"), "&lt;b&gt;&amp;");
+        assert_eq!(
+            text("`a && b <x>` failed <here> file:/etc/*_x"),
+            "`a && b <x>` failed &lt;here&gt; file:/etc/\\*\\_x"
+        );
+        assert_eq!(text("odd ` <b>"), "odd \\` &lt;b&gt;");
     }
 
     #[test]

@@ -213,11 +213,11 @@ impl Targeting {
                 n(&self.targeted),
                 list(&self.targeted)
             ));
+            out.push(format!(
+                "pulled in as dependencies: {}",
+                list(&self.pulled_in)
+            ));
         }
-        out.push(format!(
-            "pulled in as dependencies: {}",
-            list(&self.pulled_in)
-        ));
         if !self.exclude.is_empty() {
             out.push(format!(
                 "excluded ({}): {}",
