@@ -34,7 +34,7 @@ pub fn text(s: &str) -> String {
     let plain = |p: &str| html(p).replace('*', "\\*").replace('_', "\\_");
     let line = s.replace(['\r', '\n'], " ");
     let parts: Vec<&str> = line.split('`').collect();
-    if parts.len() % 2 == 0 {
+    if parts.len().is_multiple_of(2) {
         return plain(&line).replace('`', "\\`");
     }
     parts

@@ -88,6 +88,12 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// Whether pattern `p` selects resource `id`. A service is also named without its
+/// `.service` suffix, as systemctl allows: `service:nginx` is `service:nginx.service`.
+pub fn matches(p: &str, id: &str) -> bool {
+    glob(p, id) || (p.starts_with("service:") && glob(&format!("{p}.service"), id))
+}
+
 /// A pattern must be `type:name` with a resource type kiln knows (or a glob over types).
 fn check_pattern(flag: &str, p: &str) -> Result<(), String> {
     let Some((kind, name)) = p.split_once(':') else {
@@ -138,7 +144,7 @@ pub fn select(
         let found: BTreeSet<NodeRef> = all
             .iter()
             .copied()
-            .filter(|&(h, r)| glob(p, &desired.hosts[h].resources[r].id))
+            .filter(|&(h, r)| matches(p, &desired.hosts[h].resources[r].id))
             .collect();
         if found.is_empty() {
             let hosts: Vec<&str> = desired.hosts.iter().map(|h| h.name.as_str()).collect();
@@ -221,7 +227,7 @@ pub fn select(
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::{glob, matches};
 
     #[test]
     fn globs_match_across_slashes_and_single_characters() {
@@ -236,5 +242,8 @@ mod tests {
         assert!(!glob("file:/etc/*.conf", "file:/etc/nginx.conf.bak"));
         assert!(glob("*", ""));
         assert!(!glob("a", ""));
+        assert!(matches("service:nginx", "service:nginx.service"));
+        assert!(matches("service:php8.?-fpm", "service:php8.2-fpm.service"));
+        assert!(!matches("file:/etc/x", "file:/etc/x.service"));
     }
 }
