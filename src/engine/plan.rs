@@ -41,15 +41,22 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
         all_facts.push(g.facts.ok());
     }
     // Cluster decisions need every node's facts at once (Galera bootstrap, joins, rolls).
+    // A targeted run without any `galera_node` decides nothing (nor refuses anything) there.
     let facts_refs: Vec<Option<&HostFacts>> = all_facts.iter().map(|f| f.as_ref()).collect();
-    for note in crate::cluster::galera::plan_clusters(
-        &loaded.desired,
-        &facts_refs,
-        &mut hosts,
-        &loaded.env.secrets,
-        &seal_key,
-    ) {
-        eprintln!("note: {note}");
+    let clusters = loaded
+        .selection
+        .as_ref()
+        .is_none_or(|s| s.keeps_type(&loaded.desired, "galera_node"));
+    if clusters {
+        for note in crate::cluster::galera::plan_clusters(
+            &loaded.desired,
+            &facts_refs,
+            &mut hosts,
+            &loaded.env.secrets,
+            &seal_key,
+        ) {
+            eprintln!("note: {note}");
+        }
     }
     if let Some(sel) = &loaded.selection {
         sel.retain_clusters(&loaded.desired, &mut hosts);

@@ -5,7 +5,10 @@
 //! As OpenTofu's `-target`, what a targeted resource requires (its graph predecessors:
 //! package → its files, directory → its contents, explicit `after`, on any host of the run)
 //! is pulled in, so the run is never planned against a state that only an untargeted
-//! resource would make true. Handlers fire as always: a kept change that notifies a unit
+//! resource would make true. A `galera_node` also requires the rest of its module on its
+//! host: the cluster steps assume the server installed and configured. A kept file that a
+//! `galera_node` restarts on (`restart_on`) brings the cluster's nodes, as a `notify` brings
+//! its handler, and a cluster is always selected whole. Handlers fire as always: a kept change that notifies a unit
 //! brings its reload or restart. Unlike OpenTofu's `-exclude` (which drops dependents
 //! silently), what requires an excluded resource is left out too and the plan says so —
 //! and when that would leave out a resource a `--target` asked for, the run is refused.
@@ -30,6 +33,13 @@ impl Selection {
     /// Whether resource `r` of host `h` is planned in this run.
     pub fn keeps(&self, h: usize, r: usize) -> bool {
         self.keep.contains(&(h, r))
+    }
+
+    /// Whether any selected resource is of type `kind` (e.g. `galera_node`).
+    pub fn keeps_type(&self, desired: &Desired, kind: &str) -> bool {
+        self.keep
+            .iter()
+            .any(|&(h, r)| desired.hosts[h].resources[r].kind.type_name() == kind)
     }
 
     /// Cluster steps run only when the cluster's `galera_node` resource is selected on
@@ -115,6 +125,42 @@ fn check_pattern(flag: &str, p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The `galera_node` resources that `kept` brings: those of a cluster one of whose nodes is
+/// kept, and those whose `restart_on` names a kept file of their host.
+fn cluster_nodes_fired(
+    desired: &Desired,
+    all: &[NodeRef],
+    kept: &BTreeSet<NodeRef>,
+) -> BTreeSet<NodeRef> {
+    let galera = |(h, r): NodeRef| match &desired.hosts[h].resources[r].kind {
+        Kind::GaleraNode(g) => Some(g),
+        _ => None,
+    };
+    let mut clusters: BTreeSet<&str> = BTreeSet::new();
+    for &(h, r) in all {
+        let Some(g) = galera((h, r)) else { continue };
+        let restarts = desired.hosts[h]
+            .resources
+            .iter()
+            .enumerate()
+            .any(|(o, other)| {
+                kept.contains(&(h, o))
+                    && matches!(other.kind, Kind::File(_))
+                    && other
+                        .kind
+                        .path()
+                        .is_some_and(|p| g.restart_on.iter().any(|x| x == p))
+            });
+        if restarts || kept.contains(&(h, r)) {
+            clusters.insert(g.cluster.as_str());
+        }
+    }
+    all.iter()
+        .copied()
+        .filter(|&n| galera(n).is_some_and(|g| clusters.contains(g.cluster.as_str())))
+        .collect()
+}
+
 /// The selection for `target` and `exclude` patterns; `None` when both are empty (the
 /// whole run). An error names the pattern: one that matches no resource of the hosts in
 /// the run, or an exclude that removes what a targeted resource requires.
@@ -160,12 +206,34 @@ pub fn select(
         excluded.extend(matching("--exclude", p)?);
     }
     let node = |n: NodeRef| graph.node(n);
+    // Cluster steps run after the hosts' scripts and assume everything their module sets up
+    // on the node (the server package, its configuration): a `galera_node` requires the
+    // other resources of its module on its host, beside its graph edges.
+    let mut extra: Vec<(NodeRef, NodeRef)> = vec![]; // (required, requirer)
+    for &(h, r) in &all {
+        let res = &desired.hosts[h].resources[r];
+        if matches!(res.kind, Kind::GaleraNode(_)) {
+            for (o, other) in desired.hosts[h].resources.iter().enumerate() {
+                if o != r && other.module == res.module {
+                    extra.push(((h, o), (h, r)));
+                }
+            }
+        }
+    }
     let walk = |from: &BTreeSet<NodeRef>, dir: Direction| -> BTreeSet<NodeRef> {
         let mut seen: BTreeSet<NodeRef> = from.clone();
         let mut todo: Vec<NodeRef> = from.iter().copied().collect();
         while let Some(n) = todo.pop() {
-            for m in graph.graph.neighbors_directed(node(n), dir) {
-                let m = graph.graph[m];
+            let edges = graph
+                .graph
+                .neighbors_directed(node(n), dir)
+                .map(|m| graph.graph[m]);
+            let implied = extra.iter().filter_map(|&(req, by)| match dir {
+                Direction::Incoming if by == n => Some(req),
+                Direction::Outgoing if req == n => Some(by),
+                _ => None,
+            });
+            for m in edges.chain(implied).collect::<Vec<_>>() {
                 if seen.insert(m) {
                     todo.push(m);
                 }
@@ -193,7 +261,19 @@ pub fn select(
                 target.join(" --target ")
             ));
         }
-        let needed = walk(&targeted, Direction::Incoming);
+        let mut needed = walk(&targeted, Direction::Incoming);
+        // What would fire: a file a `galera_node` restarts on brings the cluster's steps
+        // (a rolling restart), and a cluster is planned whole — every node of it in the run.
+        loop {
+            let fired = cluster_nodes_fired(desired, &all, &needed);
+            if fired.is_subset(&needed) {
+                break;
+            }
+            needed = walk(
+                &needed.union(&fired).copied().collect(),
+                Direction::Incoming,
+            );
+        }
         if let Some(&x) = needed.iter().find(|n| excluded.contains(n)) {
             let by = targeted
                 .iter()
