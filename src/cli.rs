@@ -53,6 +53,8 @@ pub enum Command {
         /// Report format: human, json or markdown.
         #[arg(long, value_enum, default_value = "human")]
         format: ops::drift::DriftFormat,
+        #[command(flatten)]
+        select: ops::plan::TargetArgs,
     },
     /// Re-plan (must be empty), then run the modules' health checks.
     Verify {
@@ -226,7 +228,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Plan(args) => rt.block_on(ops::plan::run(args)),
         Command::Apply(args) => rt.block_on(ops::apply::run(args)),
-        Command::Drift { envs, format } => rt.block_on(ops::drift::run(envs, format)),
+        Command::Drift {
+            envs,
+            format,
+            select,
+        } => rt.block_on(ops::drift::run(envs, format, select)),
         Command::Verify { env, limit, format } => {
             rt.block_on(ops::verify::run(&env, limit.as_deref(), format))
         }

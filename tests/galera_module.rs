@@ -219,6 +219,7 @@ fn plans(f: &Fixture, facts: &[HostFacts]) -> Plan {
         env_file: "prod.toml".into(),
         created_at: "now".into(),
         hosts,
+        targets: None,
     }
 }
 
@@ -355,4 +356,72 @@ fn split_brain_refuses_every_node() {
         assert!(h.changes.is_empty());
     }
     assert!(plan.hosts[3].error.is_none());
+}
+
+/// Targeted runs and the cluster: `--target 'galera_node:*'` keeps the cluster's steps (and
+/// pulls in what the node resource requires); a target elsewhere on the nodes drops them,
+/// all of them, never a part of the sequence.
+#[test]
+fn a_targeted_run_keeps_or_drops_a_clusters_steps_whole() {
+    use kiln::plan::build::host_plan_selected;
+    use kiln::plan::select::select;
+    let f = fixture(ENV);
+    let facts = vec![HostFacts::default(); f.desired.hosts.len()];
+    let plan_with = |target: &[&str]| {
+        let target: Vec<String> = target.iter().map(|s| s.to_string()).collect();
+        let sel = select(&f.desired, &f.graph, &target, &[])
+            .expect("a valid selection")
+            .expect("a selection");
+        let mut hosts: Vec<HostPlan> = (0..f.desired.hosts.len())
+            .map(|h| host_plan_selected(&f.desired, &f.graph, h, &facts[h], SEAL_KEY, Some(&sel)))
+            .collect();
+        let refs: Vec<Option<&HostFacts>> = facts.iter().map(Some).collect();
+        if sel.keeps_type(&f.desired, "galera_node") {
+            plan_clusters(&f.desired, &refs, &mut hosts, &f.env.secrets, SEAL_KEY);
+        }
+        sel.retain_clusters(&f.desired, &mut hosts);
+        (sel, hosts)
+    };
+    let (sel, hosts) = plan_with(&["galera_node:*"]);
+    let steps: usize = hosts
+        .iter()
+        .flat_map(|h| &h.changes)
+        .filter(|c| c.resource.starts_with("galera_node:"))
+        .count();
+    assert!(steps >= 3, "a first formation of the nodes: {steps} steps");
+    assert!(
+        sel.targeting
+            .pulled_in
+            .iter()
+            .any(|r| r.ends_with(":package:mariadb-server")),
+        "{:?}",
+        sel.targeting
+    );
+    // One node's targeted resource brings the whole cluster.
+    let (sel, _) = plan_with(&["galera_node:prod"]);
+    assert_eq!(sel.targeting.targeted.len(), 3, "{:?}", sel.targeting);
+    // A file the nodes restart on fires the cluster's steps, as a notify fires its handler.
+    let (sel, hosts) = plan_with(&["file:/etc/mysql/mariadb.conf.d/60-galera.cnf"]);
+    assert!(
+        sel.targeting
+            .pulled_in
+            .iter()
+            .any(|r| r.ends_with(":galera_node:prod")),
+        "{:?}",
+        sel.targeting
+    );
+    assert!(hosts
+        .iter()
+        .flat_map(|h| &h.changes)
+        .any(|c| c.resource.starts_with("galera_node:")));
+    // A target elsewhere on the nodes plans no cluster step.
+    let (_, hosts) = plan_with(&["package:mariadb-server"]);
+    assert!(hosts
+        .iter()
+        .flat_map(|h| &h.changes)
+        .all(|c| !c.resource.starts_with("galera_node:")));
+    assert!(hosts
+        .iter()
+        .flat_map(|h| &h.changes)
+        .any(|c| c.resource == "package:mariadb-server"));
 }

@@ -24,6 +24,7 @@ const RANKS: &[(&str, u32)] = &[
     ("desired", 6),
     ("plan::build", 7),
     ("plan::graph", 7),
+    ("plan::select", 7),
     ("cluster", 8),
     ("transport", 9),
     ("provider", 10),

@@ -724,6 +724,7 @@ fn make_plan(l: &Loaded, hp: HostPlan) -> Plan {
         env_file: PathBuf::from("environments/x.toml"),
         created_at: "2024-01-01T00:00:00Z".into(),
         hosts: vec![hp],
+        targets: None,
     }
 }
 

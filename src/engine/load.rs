@@ -12,6 +12,18 @@ pub struct Loaded {
     pub env: Environment,
     pub desired: Desired,
     pub graph: ResourceGraph,
+    /// A targeted run's selection (`--target`, `--exclude`); `None` plans everything.
+    pub selection: Option<crate::plan::select::Selection>,
+}
+
+impl Loaded {
+    /// Narrows the run to `target` patterns (with what they require) minus `exclude`
+    /// patterns. A pattern that matches nothing is an error naming it; no host is contacted.
+    pub fn select(&mut self, target: &[String], exclude: &[String]) -> Result<()> {
+        self.selection = crate::plan::select::select(&self.desired, &self.graph, target, exclude)
+            .map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
 }
 
 /// Loads and validates the spec and expands the selected hosts. Every spec error surfaces
@@ -53,6 +65,7 @@ pub fn load_with(env_arg: &str, limit: Option<&str>, offline: bool) -> Result<Lo
         env,
         desired,
         graph,
+        selection: None,
     })
 }
 

@@ -19,7 +19,14 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
     for (h, g) in gathered.into_iter().enumerate() {
         let host = &loaded.desired.hosts[h];
         let mut hp = match &g.facts {
-            Ok(f) => build::host_plan(&loaded.desired, &loaded.graph, h, f, &seal_key),
+            Ok(f) => build::host_plan_selected(
+                &loaded.desired,
+                &loaded.graph,
+                h,
+                f,
+                &seal_key,
+                loaded.selection.as_ref(),
+            ),
             Err(e) => HostPlan {
                 host: host.name.clone(),
                 address: host.connection.address.clone(),
@@ -34,15 +41,25 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
         all_facts.push(g.facts.ok());
     }
     // Cluster decisions need every node's facts at once (Galera bootstrap, joins, rolls).
+    // A targeted run without any `galera_node` decides nothing (nor refuses anything) there.
     let facts_refs: Vec<Option<&HostFacts>> = all_facts.iter().map(|f| f.as_ref()).collect();
-    for note in crate::cluster::galera::plan_clusters(
-        &loaded.desired,
-        &facts_refs,
-        &mut hosts,
-        &loaded.env.secrets,
-        &seal_key,
-    ) {
-        eprintln!("note: {note}");
+    let clusters = loaded
+        .selection
+        .as_ref()
+        .is_none_or(|s| s.keeps_type(&loaded.desired, "galera_node"));
+    if clusters {
+        for note in crate::cluster::galera::plan_clusters(
+            &loaded.desired,
+            &facts_refs,
+            &mut hosts,
+            &loaded.env.secrets,
+            &seal_key,
+        ) {
+            eprintln!("note: {note}");
+        }
+    }
+    if let Some(sel) = &loaded.selection {
+        sel.retain_clusters(&loaded.desired, &mut hosts);
     }
     Ok(Plan {
         format: PLAN_FORMAT,
@@ -51,6 +68,7 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
         env_file: std::fs::canonicalize(&loaded.env.file).unwrap_or(loaded.env.file.clone()),
         created_at: now_rfc3339(),
         hosts,
+        targets: loaded.selection.as_ref().map(|s| s.targeting.clone()),
     })
 }
 
@@ -60,7 +78,16 @@ pub fn offline_plan(loaded: &Loaded) -> Result<Plan> {
     let seal_key = crate::plan::seal::load_key()?;
     let bare = HostFacts::default();
     let hosts = (0..loaded.desired.hosts.len())
-        .map(|h| build::host_plan(&loaded.desired, &loaded.graph, h, &bare, &seal_key))
+        .map(|h| {
+            build::host_plan_selected(
+                &loaded.desired,
+                &loaded.graph,
+                h,
+                &bare,
+                &seal_key,
+                loaded.selection.as_ref(),
+            )
+        })
         .collect();
     Ok(Plan {
         format: PLAN_FORMAT,
@@ -69,6 +96,7 @@ pub fn offline_plan(loaded: &Loaded) -> Result<Plan> {
         env_file: std::fs::canonicalize(&loaded.env.file).unwrap_or(loaded.env.file.clone()),
         created_at: now_rfc3339(),
         hosts,
+        targets: loaded.selection.as_ref().map(|s| s.targeting.clone()),
     })
 }
 

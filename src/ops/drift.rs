@@ -5,6 +5,7 @@
 use anyhow::Result;
 
 use crate::engine::{load, make_plan, Connections};
+use crate::ops::plan::TargetArgs;
 use crate::ui::Paint;
 use crate::verify::drift::{from_plan, human, markdown, DriftReport, EnvDrift, Status};
 
@@ -33,7 +34,7 @@ fn env_names() -> Result<Vec<String>> {
     Ok(names)
 }
 
-pub async fn run(envs: Vec<String>, format: DriftFormat) -> Result<i32> {
+pub async fn run(envs: Vec<String>, format: DriftFormat, select: TargetArgs) -> Result<i32> {
     let envs = if envs.is_empty() { env_names()? } else { envs };
     let mut out = vec![];
     for e in &envs {
@@ -41,7 +42,11 @@ pub async fn run(envs: Vec<String>, format: DriftFormat) -> Result<i32> {
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or(e.clone());
-        let entry = match load(e, None) {
+        let loaded = load(e, None).and_then(|mut l| {
+            l.select(&select.targets, &select.exclude)?;
+            Ok(l)
+        });
+        let entry = match loaded {
             Err(err) => EnvDrift {
                 name,
                 status: Status::Error,

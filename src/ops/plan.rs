@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::engine::{make_plan, Connections};
+use crate::plan::markdown::{render_markdown, Notes};
 use crate::plan::render::render_plan;
 use crate::ui::Paint;
 
@@ -14,6 +15,35 @@ pub enum Format {
     Human,
     /// One JSON document on standard output (never a secret).
     Json,
+}
+
+/// Output of `kiln plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    /// Text for a terminal.
+    Human,
+    /// One JSON document on standard output (never a secret).
+    Json,
+    /// Markdown for a pull request comment: a table per host, a collapsible diff per change.
+    Markdown,
+}
+
+/// `--target`/`--exclude`, shared by plan, apply and drift.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TargetArgs {
+    /// Only resources matching TYPE:NAME (`*`/`?` globs: `file:/etc/nginx/*`,
+    /// `galera_node:*`), with what they require; repeatable.
+    #[arg(long = "target", value_name = "TYPE:NAME")]
+    pub targets: Vec<String>,
+    /// Leave out resources matching TYPE:NAME, and what requires them; repeatable.
+    #[arg(long = "exclude", value_name = "TYPE:NAME")]
+    pub exclude: Vec<String>,
+}
+
+impl TargetArgs {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty() && self.exclude.is_empty()
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -26,9 +56,9 @@ pub struct PlanArgs {
     /// Save the plan (JSON, any file name) for `kiln apply FILE`.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
-    /// Output: human, or json (the plan document `-o` saves).
+    /// Output: human, json (the plan document `-o` saves), or markdown (for a pull request).
     #[arg(long, value_enum, default_value = "human")]
-    pub format: Format,
+    pub format: PlanFormat,
     /// Exit 2 when there are changes (0 none, 1 error).
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -36,6 +66,8 @@ pub struct PlanArgs {
     /// that cannot be read are replaced by placeholders).
     #[arg(long)]
     pub offline: bool,
+    #[command(flatten)]
+    pub select: TargetArgs,
 }
 
 /// Exit code: 0 no changes, 2 changes (with `detailed_exitcode`), 1 when a host failed.
@@ -43,14 +75,15 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
     if args.offline && args.out.is_some() {
         anyhow::bail!("an --offline plan describes bare hosts and cannot be saved for apply");
     }
-    let loaded = crate::engine::load_with(&args.env, args.limit.as_deref(), args.offline)?;
+    let mut loaded = crate::engine::load_with(&args.env, args.limit.as_deref(), args.offline)?;
+    loaded.select(&args.select.targets, &args.select.exclude)?;
     let plan = if args.offline {
         crate::engine::offline_plan(&loaded)?
     } else {
         let mut conns = Connections::ssh(&loaded.env);
         make_plan(&loaded, &mut conns).await?
     };
-    if args.offline && args.format == Format::Human {
+    if args.offline && args.format == PlanFormat::Human {
         println!(
             "Offline: no host was contacted; this is the plan for bare hosts. \
              The spec is valid."
@@ -63,12 +96,22 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
         }
     }
     match args.format {
-        Format::Human => print!("{}", render_plan(&plan, &Paint::detect())),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        PlanFormat::Human => print!("{}", render_plan(&plan, &Paint::detect())),
+        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        PlanFormat::Markdown => print!(
+            "{}",
+            render_markdown(
+                &plan,
+                &Notes {
+                    offline: args.offline,
+                    placeholders: &loaded.env.placeholders,
+                }
+            )
+        ),
     }
     if let Some(out) = &args.out {
         crate::state::write_private(out, serde_json::to_string_pretty(&plan)?.as_bytes())?;
-        if args.format == Format::Human {
+        if args.format == PlanFormat::Human {
             println!(
                 "Saved the plan to {}; apply it exactly with `kiln apply {}`.",
                 out.display(),

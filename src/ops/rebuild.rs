@@ -145,6 +145,7 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>, yes: bool)
         parallel: None,
         lock_timeout: 10,
         format: super::plan::Format::Human,
+        select: Default::default(),
     })
     .await?;
     phases.push(Phase {

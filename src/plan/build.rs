@@ -11,6 +11,7 @@ use crate::facts::{FactQuery, FactRules, HostFacts};
 use crate::resource::{Kind, Notify, Predicted};
 
 use super::graph::ResourceGraph;
+use super::select::Selection;
 use super::{Action, Change, Content, HandlerAction, HostPlan, OnChange, Step, SystemctlVerb};
 
 /// Every fact a host's plan needs: its resources' facts and the handler journal.
@@ -50,6 +51,21 @@ pub fn host_plan(
     facts: &HostFacts,
     seal_key: &[u8],
 ) -> HostPlan {
+    host_plan_selected(desired, graph, h, facts, seal_key, None)
+}
+
+/// The plan for one host, of only the resources `selection` keeps (a targeted run). The
+/// others are not planned; what every resource declares still counts (a purged directory
+/// keeps the files of unselected resources), handlers come only from planned changes, and
+/// handlers owed by an earlier run wait for a run that is not targeted.
+pub fn host_plan_selected(
+    desired: &Desired,
+    graph: &ResourceGraph,
+    h: usize,
+    facts: &HostFacts,
+    seal_key: &[u8],
+    selection: Option<&Selection>,
+) -> HostPlan {
     let host = &desired.hosts[h];
     let rules = fact_rules(desired);
     let mut plan = HostPlan {
@@ -75,6 +91,9 @@ pub fn host_plan(
     let mut owed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut starting: BTreeSet<String> = BTreeSet::new();
     for r in graph.host_order(desired, h) {
+        if selection.is_some_and(|s| !s.keeps(h, r)) {
+            continue;
+        }
         let res = &host.resources[r];
         predicted.module = res.module.clone();
         let planned = match res.kind.plan(facts, &predicted) {
@@ -140,7 +159,7 @@ pub fn host_plan(
     }
     // Handlers journalled by an earlier run that did not get to run them.
     let mut from_journal = BTreeSet::new();
-    for p in &facts.pending {
+    for p in facts.pending.iter().filter(|_| selection.is_none()) {
         if Notify::parse_handler(p).is_some() && !owed.contains_key(p) {
             owed.insert(p.clone(), vec![]);
             from_journal.insert(p.clone());

@@ -70,6 +70,11 @@ impl ResourceGraph {
         Ok(g)
     }
 
+    /// The graph node of resource `r` of host `h`.
+    pub fn node(&self, n: NodeRef) -> NodeIndex {
+        self.nodes[&n]
+    }
+
     fn check_cycles(&self, env: &Environment, desired: &Desired) -> Result<(), SpecError> {
         for scc in petgraph::algo::tarjan_scc(&self.graph) {
             if scc.len() < 2 && !self.graph.contains_edge(scc[0], scc[0]) {

@@ -6,8 +6,10 @@
 
 pub mod build;
 pub mod graph;
+pub mod markdown;
 pub mod render;
 pub mod seal;
+pub mod select;
 pub mod step;
 
 use serde::{Deserialize, Serialize};
@@ -151,6 +153,90 @@ pub struct Plan {
     pub env_file: std::path::PathBuf,
     pub created_at: String,
     pub hosts: Vec<HostPlan>,
+    /// A targeted run (`--target`, `--exclude`): what was asked and what it selected. A
+    /// saved plan carries it, so `kiln apply FILE` needs no flags and says what it applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Targeting>,
+}
+
+/// What `--target`/`--exclude` selected, by `host:type:name`, for the plan to say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Targeting {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Resources a `--target` pattern matched (every resource of the run without one).
+    pub targeted: Vec<String>,
+    /// Resources the targeted ones require, planned with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pulled_in: Vec<String>,
+    /// Resources an `--exclude` pattern matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+    /// Resources left out because they require an excluded one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+}
+
+impl Targeting {
+    /// The lines a plan shows about the selection (human and Markdown alike).
+    pub fn describe(&self) -> Vec<String> {
+        let n = |v: &[String]| {
+            format!(
+                "{} resource{}",
+                v.len(),
+                if v.len() == 1 { "" } else { "s" }
+            )
+        };
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let mut out = vec![];
+        if self.target.is_empty() {
+            out.push(format!(
+                "targeted: every resource but the excluded ({})",
+                n(&self.targeted)
+            ));
+        } else {
+            out.push(format!(
+                "targeted ({}): {}: {}",
+                self.target
+                    .iter()
+                    .map(|t| format!("--target {t}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                n(&self.targeted),
+                list(&self.targeted)
+            ));
+            out.push(format!(
+                "pulled in as dependencies: {}",
+                list(&self.pulled_in)
+            ));
+        }
+        if !self.exclude.is_empty() {
+            out.push(format!(
+                "excluded ({}): {}",
+                self.exclude
+                    .iter()
+                    .map(|t| format!("--exclude {t}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                list(&self.excluded)
+            ));
+            if !self.left_out.is_empty() {
+                out.push(format!(
+                    "left out because they require an excluded resource: {}",
+                    list(&self.left_out)
+                ));
+            }
+        }
+        out
+    }
 }
 
 impl Plan {

@@ -11,6 +11,11 @@ use crate::ui::Paint;
 
 pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
     let mut out = String::new();
+    if let Some(t) = &plan.targets {
+        for line in t.describe() {
+            let _ = writeln!(out, "{}", paint.cyan(&line));
+        }
+    }
     for host in &plan.hosts {
         let _ = write!(
             out,

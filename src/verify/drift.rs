@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-use crate::plan::{Action, AttrChange, Plan, Shown};
+use crate::plan::markdown::{cell, code, details, html, Detail};
+use crate::plan::{Action, AttrChange, Plan};
 use crate::ui::Paint;
 
 #[derive(Debug, Serialize)]
@@ -148,10 +149,6 @@ fn icon(s: Status) -> &'static str {
     }
 }
 
-fn shown(s: &Shown) -> String {
-    s.to_string()
-}
-
 pub fn markdown(r: &DriftReport) -> String {
     let mut s = format!("## kiln drift report — {}\n\n", icon(r.status));
     s.push_str("| environment | host | status | changes |\n|---|---|---|---|\n");
@@ -159,64 +156,46 @@ pub fn markdown(r: &DriftReport) -> String {
         if e.hosts.is_empty() {
             s.push_str(&format!(
                 "| {} | — | {} | {} |\n",
-                e.name,
+                cell(&html(&e.name)),
                 icon(e.status),
-                e.error
-                    .as_deref()
-                    .unwrap_or("")
-                    .replace('\n', " ")
-                    .replace('|', "\\|")
+                cell(&html(e.error.as_deref().unwrap_or("")))
             ));
         }
         for h in &e.hosts {
             let what = match &h.error {
-                Some(err) => err.replace('\n', " ").replace('|', "\\|"),
+                Some(err) => html(err),
                 None => h
                     .changes
                     .iter()
-                    .map(|c| format!("`{} {}`", c.action.symbol(), c.resource))
+                    .map(|c| code(&format!("{} {}", c.action.symbol(), c.resource)))
                     .collect::<Vec<_>>()
                     .join(", "),
             };
             s.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
-                e.name,
-                h.host,
+                cell(&html(&e.name)),
+                cell(&html(&h.host)),
                 icon(h.status),
-                what
+                cell(&what)
             ));
         }
     }
     for e in &r.environments {
         for h in &e.hosts {
             for c in &h.changes {
-                s.push_str(&format!(
-                    "\n<details><summary><code>{} {}</code> on {}/{}: {}</summary>\n\n",
-                    c.action.symbol(),
-                    c.resource,
-                    e.name,
-                    h.host,
-                    c.summary
-                ));
-                if let Some(reason) = &c.reason {
-                    s.push_str(&format!("_{reason}_\n\n"));
-                }
-                for a in &c.attributes {
-                    if a.old == Shown::Sensitive || a.new == Shown::Sensitive {
-                        s.push_str(&format!("- {}: (sensitive value changed)\n", a.name));
-                    } else {
-                        s.push_str(&format!(
-                            "- {}: {} → {}\n",
-                            a.name,
-                            shown(&a.old),
-                            shown(&a.new)
-                        ));
-                    }
-                }
-                if let Some(d) = &c.diff {
-                    s.push_str(&format!("\n```diff\n{}```\n", d));
-                }
-                s.push_str("\n</details>\n");
+                details(
+                    &mut s,
+                    &Detail {
+                        action: c.action,
+                        resource: &c.resource,
+                        summary: &c.summary,
+                        place: &format!("{}/{}", e.name, h.host),
+                        reason: c.reason.as_deref(),
+                        attributes: &c.attributes,
+                        diff: c.diff.as_deref(),
+                        sensitive: c.sensitive,
+                    },
+                );
             }
         }
     }

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 
 use crate::apply::run::{execute, refuse_stale};
 use crate::engine::{load, make_plan, Connections};
-use crate::ops::plan::Format;
+use crate::ops::plan::{Format, TargetArgs};
 use crate::plan::render::render_plan;
 use crate::ui::Paint;
 
@@ -39,6 +39,9 @@ pub struct ApplyArgs {
     /// never a secret; needs --yes). Progress goes to standard error.
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
+    /// Not with a saved plan: it records its own selection.
+    #[command(flatten)]
+    pub select: TargetArgs,
 }
 
 pub async fn run(args: ApplyArgs) -> Result<i32> {
@@ -63,6 +66,12 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         if args.limit.is_some() {
             bail!("--limit cannot narrow a saved plan; make a new plan with --limit");
         }
+        if !args.select.is_empty() {
+            bail!(
+                "--target/--exclude cannot narrow a saved plan (it records its own selection); \
+                 make a new plan with them"
+            );
+        }
         let hosts: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
         let env_file = plan.env_file.to_string_lossy().to_string();
         let loaded = load(&env_file, Some(&hosts.join(",")))?;
@@ -71,7 +80,8 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         show(&plan);
         (loaded, plan, conns)
     } else {
-        let loaded = load(&args.target, args.limit.as_deref())?;
+        let mut loaded = load(&args.target, args.limit.as_deref())?;
+        loaded.select(&args.select.targets, &args.select.exclude)?;
         let mut conns = Connections::ssh(&loaded.env);
         let plan = make_plan(&loaded, &mut conns).await?;
         show(&plan);

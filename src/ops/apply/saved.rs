@@ -47,6 +47,7 @@ mod tests {
             env_file: "environments/lab.toml".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
             hosts: vec![],
+            targets: None,
         };
         let saved = dir.path().join("x.plan");
         std::fs::write(&saved, serde_json::to_string_pretty(&plan).unwrap()).unwrap();
