@@ -661,6 +661,10 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
     let samples = samples.lock().expect("lock");
     let rounds = samples.iter().map(|s| s.round).max().unwrap_or(0) + 1;
     let mut down_seen = 0;
+    // A node that was seen down is rejoining until it is seen in a Primary component again:
+    // while it joins it may report a non-Primary view of its own (seen: "non-Primary, size
+    // 2" on the node coming back). Every other node must stay Primary with >= 2 members.
+    let mut rejoining: std::collections::BTreeSet<&str> = Default::default();
     for round in 0..rounds {
         let in_round: Vec<&Sample> = samples.iter().filter(|s| s.round == round).collect();
         let down = in_round.iter().filter(|s| s.status.is_none()).count();
@@ -669,11 +673,21 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
             return Err(format!("more than one node down at once: {in_round:?}"));
         }
         for s in &in_round {
+            match &s.status {
+                None => {
+                    rejoining.insert(s.host);
+                }
+                Some((status, size)) if status == "Primary" && *size >= 2 => {
+                    rejoining.remove(s.host);
+                }
+                _ => {}
+            }
+        }
+        for s in &in_round {
             if let Some((status, size)) = &s.status {
-                // A restarting node answers before it is back in the cluster; every node
-                // in the cluster must be Primary with at least 2 members.
                 let restarting_alone = status != "Primary" && *size <= 1;
-                if !restarting_alone && (status != "Primary" || *size < 2) {
+                let joining = status != "Primary" && rejoining.contains(s.host);
+                if !restarting_alone && !joining && (status != "Primary" || *size < 2) {
                     return Err(format!(
                         "round {round}: {} reports {status} with cluster size {size}",
                         s.host
