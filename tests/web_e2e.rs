@@ -3,7 +3,8 @@
 //! Debian 12 containers, served over HTTPS by the lab's own ACME server (pebble).
 //!
 //! Scenarios (in order, each building on the last): fresh apply, every URL over verified
-//! HTTPS, HTTP redirects, verify, an idempotent second apply, one site's change reloads
+//! HTTPS, HTTP redirects, verify, testssl.sh's judgement of the TLS setup (Debian's
+//! `testssl.sh` package), an idempotent second apply, one site's change reloads
 //! nginx once and touches nothing else, a broken template never reaches the running
 //! nginx, a removed site loses its config and its certificate renewal, `kiln clone` makes a
 //! QA copy that serves its own names with its own certificates while the source keeps
@@ -186,6 +187,200 @@ fn verify_runs_every_health_check(lab: &Lab) -> Result<(), String> {
         "kiln-certs status: four valid chains",
         &s,
     )
+}
+
+/// The sites testssl.sh judges: one answered by PHP (BREACH matters most there: a response
+/// built from the request) and one static.
+const TESTSSL_SITES: [&str; 2] = ["api.lab.test", "app.lab.test"];
+
+/// testssl.sh findings that are expected in the lab, by id, each with why. Any other finding
+/// of severity LOW or worse, WARN, or saying "NOT ok", fails the scenario; "VULNERABLE" is
+/// never allowed. README.md has the same table ("testssl.sh findings in the lab and why").
+const TESTSSL_ALLOWED: &[(&str, &str)] = &[
+    (
+        "cert_revocation",
+        "pebble, the lab's ACME server, puts neither a CRL nor an OCSP URL in its certificates",
+    ),
+    (
+        "cert_validityPeriod",
+        "pebble's test certificates live for years (flagged above 825 days); public CAs stop at 398 (Let's Encrypt: 90)",
+    ),
+    (
+        "DNS_CAArecord",
+        "the lab's names (*.lab.test) are not in any DNS zone, so no CAA record can exist",
+    ),
+    (
+        "secure_renego",
+        "testssl.sh 3.0 asks this without SNI and the default server refuses a handshake without a known name; secure_client_renego (with SNI) must be OK",
+    ),
+];
+
+/// One site's testssl.sh findings: (section, id, severity, finding).
+type Findings = Vec<(String, String, String, String)>;
+
+fn testssl(lab: &Lab, name: &str) -> Result<Findings, String> {
+    let json = lab.path(&format!("testssl-{name}.json"));
+    let _ = std::fs::remove_file(&json);
+    // Protocols, standard cipher categories, forward secrecy (every suite offered with it),
+    // server defaults (certificate, tickets), headers, vulnerabilities (BREACH included);
+    // the lab CA added to the trust store; about a minute a site.
+    let r = local(
+        "testssl",
+        &[
+            "--quiet",
+            "--color",
+            "0",
+            "--warnings",
+            "off",
+            "--add-ca",
+            lab.path("ca.pem").to_str().unwrap(),
+            "--ip",
+            WEB,
+            "--jsonfile-pretty",
+            json.to_str().unwrap(),
+            "-p",
+            "-s",
+            "-f",
+            "-U",
+            "-S",
+            "-h",
+            &format!("https://{name}/"),
+        ],
+    );
+    let text = std::fs::read_to_string(&json)
+        .map_err(|e| format!("testssl {name}: no JSON ({e}): {}", r.all()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("testssl {name}: {e}"))?;
+    let mut out = vec![];
+    for scan in doc["scanResult"].as_array().cloned().unwrap_or_default() {
+        for (section, v) in scan.as_object().cloned().unwrap_or_default() {
+            for f in v.as_array().cloned().unwrap_or_default() {
+                let field = |k: &str| f[k].as_str().unwrap_or("").to_string();
+                out.push((
+                    section.clone(),
+                    field("id"),
+                    field("severity"),
+                    field("finding"),
+                ));
+            }
+        }
+    }
+    if !out.iter().any(|(s, ..)| s == "protocols") {
+        return Err(format!("testssl {name}: no protocol findings: {}", r.all()));
+    }
+    Ok(out)
+}
+
+/// The judgement of one site's findings; every broken rule is named.
+fn judge_testssl(name: &str, findings: &Findings) -> Vec<String> {
+    let mut bad = vec![];
+    let get = |id: &str| findings.iter().find(|(_, i, ..)| i == id);
+    let finding = |id: &str| get(id).map(|(.., f)| f.as_str()).unwrap_or("(missing)");
+    for id in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        if !finding(id).starts_with("not offered") {
+            bad.push(format!("{name}: {id} offered: {}", finding(id)));
+        }
+    }
+    if !finding("TLS1_3").starts_with("offered") {
+        bad.push(format!(
+            "{name}: TLS 1.3 not offered: {}",
+            finding("TLS1_3")
+        ));
+    }
+    // No CBC: testssl's "obsolete CBC" category empty, and every suite offered AEAD.
+    for id in [
+        "cipherlist_AVERAGE",
+        "cipherlist_3DES_IDEA",
+        "cipherlist_LOW",
+        "cipherlist_NULL",
+        "cipherlist_aNULL",
+        "cipherlist_EXPORT",
+    ] {
+        if !finding(id).starts_with("not offered") {
+            bad.push(format!("{name}: {id}: {}", finding(id)));
+        }
+    }
+    let suites: Vec<&str> = finding("PFS_ciphers").split_whitespace().collect();
+    if suites.is_empty()
+        || suites
+            .iter()
+            .any(|c| !(c.contains("GCM") || c.contains("CHACHA20")))
+    {
+        bad.push(format!("{name}: a suite that is not AEAD: {suites:?}"));
+    }
+    if !finding("BREACH").starts_with("not vulnerable") {
+        bad.push(format!("{name}: BREACH: {}", finding("BREACH")));
+    }
+    if finding("sessionresumption_ticket") != "not supported" {
+        bad.push(format!(
+            "{name}: session tickets: {}",
+            finding("sessionresumption_ticket")
+        ));
+    }
+    if finding("secure_client_renego") != "not vulnerable" {
+        bad.push(format!(
+            "{name}: client renegotiation: {}",
+            finding("secure_client_renego")
+        ));
+    }
+    for (section, id, severity, f) in findings {
+        let allowed = TESTSSL_ALLOWED.iter().any(|(a, _)| a == id);
+        if f.contains("VULNERABLE") {
+            bad.push(format!("{name}: {section}/{id} {severity}: {f}"));
+        } else if (matches!(
+            severity.as_str(),
+            "LOW" | "MEDIUM" | "HIGH" | "CRITICAL" | "WARN" | "FATAL"
+        ) || f.contains("NOT ok"))
+            && !allowed
+        {
+            bad.push(format!(
+                "{name}: unexplained {section}/{id} {severity}: {f}"
+            ));
+        }
+    }
+    bad
+}
+
+fn testssl_finds_no_weak_tls_and_no_breach(lab: &Lab) -> Result<(), String> {
+    // Both sites at once: each run is mostly waiting on handshakes.
+    let results: Vec<(&str, Result<Findings, String>)> = std::thread::scope(|s| {
+        let runs: Vec<_> = TESTSSL_SITES
+            .iter()
+            .map(|name| (*name, s.spawn(move || testssl(lab, name))))
+            .collect();
+        runs.into_iter()
+            .map(|(n, h)| {
+                (
+                    n,
+                    h.join()
+                        .unwrap_or_else(|_| Err("testssl thread panicked".into())),
+                )
+            })
+            .collect()
+    });
+    let mut bad = vec![];
+    for (name, r) in results {
+        let findings = r?;
+        bad.extend(judge_testssl(name, &findings));
+        let seen: Vec<&str> = TESTSSL_ALLOWED
+            .iter()
+            .filter(|(a, _)| {
+                findings
+                    .iter()
+                    .any(|(_, id, sev, _)| id == a && sev != "OK" && sev != "INFO")
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        println!(
+            "    testssl {name}: {} findings, allowed as expected in the lab: {seen:?}",
+            findings.len()
+        );
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("testssl.sh:\n  {}", bad.join("\n  ")))
+    }
 }
 
 fn second_apply_changes_nothing(lab: &Lab) -> Result<(), String> {
@@ -508,6 +703,10 @@ fn main() {
             (
                 "verify runs every health check",
                 &verify_runs_every_health_check,
+            ),
+            (
+                "testssl.sh: no TLS 1.0/1.1, no CBC, no BREACH, every finding explained",
+                &testssl_finds_no_weak_tls_and_no_breach,
             ),
             (
                 "second apply changes nothing",

@@ -7,7 +7,7 @@ use crate::spec::Module;
 
 use super::names::{
     abs_path, address, cidr, domain, email, line, locale, network, package_name, port, secret_name,
-    size, timezone, unit_name, url, url_path, user_name, word,
+    shown, size, timezone, unit_name, url, url_path, user_name, word,
 };
 use super::Check;
 
@@ -33,7 +33,25 @@ pub const FORMATS: &[(&str, Check)] = &[
     ("line", line),
     // The name of a `[secrets]` entry; the environment check also requires it declared.
     ("secret", secret_name),
+    ("tls_profile", tls_profile),
 ];
+
+/// The TLS profiles the nginx module renders, after Mozilla's server-side TLS guidelines.
+pub const TLS_PROFILES: &[&str] = &["intermediate", "modern"];
+
+/// A TLS profile name (`intermediate`, `modern`): the template picks protocols by it, so any
+/// other word would silently fall back to one of them.
+fn tls_profile(s: &str) -> Result<(), String> {
+    if TLS_PROFILES.contains(&s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "TLS profile `{}` must be one of: {}",
+            shown(s),
+            TLS_PROFILES.join(", ")
+        ))
+    }
+}
 
 /// The checks of a declared format (`a|b`: either), and whether it accepts "" (a
 /// trailing `?`); `None` when a format is unknown.
@@ -254,5 +272,33 @@ mod tests {
         let bad = toml::Value::String("$(id)".into());
         assert_eq!(check_value(&bad, Some("path|word"), &none, "t").len(), 1);
         assert!(format_check("path|nope").is_none());
+    }
+
+    #[test]
+    fn tls_profiles_are_a_closed_set() {
+        let none = indexmap::IndexMap::new();
+        for ok in ["intermediate", "modern"] {
+            assert!(check_value(
+                &toml::Value::String(ok.into()),
+                Some("tls_profile"),
+                &none,
+                "t"
+            )
+            .is_empty());
+        }
+        for bad in ["old", "Modern", "", "modern; ssl_protocols TLSv1"] {
+            let errs = check_value(
+                &toml::Value::String(bad.into()),
+                Some("tls_profile"),
+                &none,
+                "t",
+            );
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert!(
+                errs[0].1.contains("must be one of: intermediate, modern"),
+                "{}",
+                errs[0].1
+            );
+        }
     }
 }
