@@ -1076,14 +1076,26 @@ fn fact_and_check_scripts_pass_shellcheck() {
     let (ok, report) = kiln_shellcheck(&s);
     assert!(ok, "fact script:\n{report}\n--- script ---\n{s}");
 
-    let checks = vec![kiln::desired::Check {
-        module: "m".into(),
-        name: "c".into(),
-        run: "curl -fsS http://127.0.0.1/ | grep -q 'ok' # it's".into(),
-        timeout_secs: 5,
-        retries: 2,
-        sensitive: false,
-    }];
+    let checks = vec![
+        kiln::desired::Check {
+            module: "m".into(),
+            name: "c".into(),
+            run: "curl -fsS http://127.0.0.1/ | grep -q 'ok' # it's".into(),
+            timeout_secs: 5,
+            retries: 2,
+            report: false,
+            sensitive: false,
+        },
+        kiln::desired::Check {
+            module: "m".into(),
+            name: "reported".into(),
+            run: "printf 'db1 UP (writer)\\n'".into(),
+            timeout_secs: 5,
+            retries: 0,
+            report: true,
+            sensitive: false,
+        },
+    ];
     let s = kiln::verify::checks_script(&checks);
     let (ok, report) = kiln_shellcheck(&s);
     assert!(ok, "check script:\n{report}\n--- script ---\n{s}");

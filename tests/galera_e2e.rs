@@ -43,8 +43,29 @@ address = "10.233.0.33"
 provider = "lab"
 roles = ["db"]
 
+[hosts.app]
+address = "10.233.0.30"
+provider = "lab"
+roles = ["app"]
+
 [roles.db]
 modules = ["mariadb-galera"]
+
+# The lab's PHP API (its /health queries the database) behind HAProxy on 127.0.0.1:3306.
+[roles.app]
+modules = ["galera-endpoint", "php", "node", "lab-apps", "nginx"]
+
+[modules.galera-endpoint]
+nodes = ["db1", "db2", "db3"]
+
+[modules.php]
+pools = [{ name = "api", user = "api", dir = "/srv/api", env = { DB_HOST = "127.0.0.1", DB_PORT = "3306", DB_NAME = "app", DB_USER = "app" }, secret_env = { DB_PASSWORD = "db_app" } }]
+
+[modules.node]
+apps = [{ name = "node-api", dir = "/srv/node-api", port = 3000, health = "/health" }]
+
+[modules.nginx]
+sites = [{ name = "api", type = "php", domains = ["api.galera.test"], root = "/srv/api/public", pool = "api" }]
 
 [modules.mariadb-galera]
 cluster_name = "galeratest"
@@ -172,6 +193,164 @@ fn rebuild_a_lost_node(lab: &Lab) -> Result<(), String> {
     Ok(())
 }
 
+/// The app host (module galera-endpoint: HAProxy on its 127.0.0.1:3306 in front of the
+/// cluster) and the name of its PHP site.
+const APP: &str = "10.233.0.30";
+
+/// One call of the PHP API's /health: the Galera node that answered its query, or the error.
+fn health_once() -> Result<String, String> {
+    let r = common::local(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "3",
+            "-H",
+            "Host: api.galera.test",
+            &format!("http://{APP}/health"),
+        ],
+    );
+    if r.code != 0 {
+        return Err(format!("curl exit {}: {}", r.code, r.stderr.trim()));
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .map_err(|e| format!("/health is not JSON ({e}): {}", r.stdout))?;
+    let db = &v["database"];
+    if db["ok"] == serde_json::Value::Bool(true) {
+        Ok(db["node"].as_str().unwrap_or("?").to_string())
+    } else {
+        Err(format!("database not ok: {}", db))
+    }
+}
+
+#[derive(Debug)]
+struct Health {
+    at: Instant,
+    db: Result<String, String>,
+}
+
+/// Runs `f` while a poller calls /health every 200 ms; returns f's result and every answer.
+fn polling<R: Send>(f: impl FnOnce() -> R) -> (R, Vec<Health>) {
+    let stop = AtomicBool::new(false);
+    let samples: Mutex<Vec<Health>> = Mutex::new(vec![]);
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let at = Instant::now();
+                let db = health_once();
+                samples.lock().expect("lock").push(Health { at, db });
+                std::thread::sleep(Duration::from_millis(200).saturating_sub(at.elapsed()));
+            }
+        });
+        let r = f();
+        stop.store(true, Ordering::SeqCst);
+        r
+    });
+    (r, samples.into_inner().expect("lock"))
+}
+
+/// Waits (up to `secs`) until every node is Synced in a Primary component of 3.
+fn wait_all_synced(lab: &Lab, secs: u64) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        match all_synced(lab) {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() > Duration::from_secs(secs) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Waits (up to `secs`) until /health is answered by `node`.
+fn wait_writer(node: &str, secs: u64) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let h = health_once();
+        if h.as_deref() == Ok(node) {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            return Err(format!(
+                "/health is not served by {node} after {secs} s: {h:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Issue 12: the app survives the loss of any one node. With a poller on /health every
+/// 200 ms: MariaDB stopped on db1, then on db2, then db3's server killed with -9 (the
+/// others back in between). After each loss the database is ok again within 10 s, served
+/// by another node; the writer is always the first healthy node of the list.
+fn app_survives_each_node_loss(lab: &Lab) -> Result<(), String> {
+    wait_writer("db1", 30)?;
+    let losses = [
+        ("db1", "systemctl stop mariadb"),
+        ("db2", "systemctl stop mariadb"),
+        ("db3", "pkill -9 -x mariadbd"),
+    ];
+    for (victim, how) in losses {
+        let (t0, samples) = polling(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            let t0 = Instant::now();
+            let r = lab.sh(victim, how);
+            std::thread::sleep(Duration::from_secs(12));
+            (r.code == 0).then_some(t0).ok_or(r)
+        });
+        let t0 = t0.map_err(|r| format!("{victim}: `{how}` failed: {}", r.all()))?;
+        let after: Vec<&Health> = samples.iter().filter(|h| h.at >= t0).collect();
+        let last_error = after.iter().rposition(|h| h.db.is_err());
+        let outage = match last_error {
+            None => Duration::ZERO,
+            Some(i) => match after.get(i + 1) {
+                Some(h) => h.at - t0,
+                None => {
+                    return Err(format!(
+                        "{victim} lost: /health never recovered: last answers {:?}",
+                        &after[after.len().saturating_sub(5)..]
+                    ))
+                }
+            },
+        };
+        let errors = after.iter().filter(|h| h.db.is_err()).count();
+        let served: std::collections::BTreeSet<&str> =
+            after.iter().filter_map(|h| h.db.as_deref().ok()).collect();
+        println!(
+            "    {victim} lost ({how}): database ok again after {:.1} s ({errors} failed of {} calls; served by {served:?})",
+            outage.as_secs_f64(),
+            after.len()
+        );
+        if outage > Duration::from_secs(10) {
+            return Err(format!(
+                "{victim} lost: /health reported the database failing for {:.1} s (> 10 s)",
+                outage.as_secs_f64()
+            ));
+        }
+        if served.contains(victim)
+            && after.last().and_then(|h| h.db.as_deref().ok()) == Some(victim)
+        {
+            return Err(format!(
+                "{victim} is down but still answers /health's queries"
+            ));
+        }
+        if victim == "db1" && after.last().map(|h| h.db.as_deref()) != Some(Ok("db2")) {
+            return Err(format!(
+                "with db1 down the writer must be db2 (the next node of the list): {:?}",
+                after.last()
+            ));
+        }
+        // Back in between: a stopped node is started (a killed one systemd restarts), then
+        // db1, the first of the list, takes the writes again.
+        if how.starts_with("systemctl") {
+            let r = lab.sh(victim, "systemctl start mariadb");
+            expect(r.code == 0, &format!("start mariadb on {victim}"), &r)?;
+        }
+        wait_all_synced(lab, 180)?;
+        wait_writer("db1", 30)?;
+    }
+    Ok(())
+}
+
 fn up(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln(&["lab", "down", ENV]);
     expect(r.code == 0, "kiln lab down (cleanup before start)", &r)?;
@@ -179,8 +358,8 @@ fn up(lab: &Lab) -> Result<(), String> {
     expect(r.code == 0, "kiln lab up failed", &r)?;
     let r = lab.kiln(&["lab", "status", ENV]);
     expect(
-        r.code == 0 && r.stdout.matches("running").count() == 3,
-        "three hosts running",
+        r.code == 0 && r.stdout.matches("running").count() == 4,
+        "four hosts running (three nodes and the app host)",
         &r,
     )
 }
@@ -446,19 +625,46 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
                 round += 1;
             }
         });
-        let r = lab.kiln(&["apply", ENV, "--yes"]);
+        let (r, health) = polling(|| lab.kiln(&["apply", ENV, "--yes"]));
         stop.store(true, Ordering::SeqCst);
         poller.join().expect("poller");
-        r
+        (r, health)
     });
+    let (apply, health) = apply;
     expect(
-        apply.code == 0 && apply.stdout.matches("rolling restart").count() >= 3,
-        "apply rolls the restart",
+        apply.code == 0
+            && apply.stdout.matches("rolling restart").count() >= 3
+            && apply
+                .stdout
+                .matches("drained: its health check answers 503")
+                .count()
+                == 3,
+        "apply rolls the restart, draining each node first",
         &apply,
     )?;
+    // The app's /health during the rolling restart: kiln drains each node before its
+    // restart, so the proxy has moved away first and no call sees a database error.
+    let failed: Vec<&Health> = health.iter().filter(|h| h.db.is_err()).collect();
+    let served: std::collections::BTreeSet<&str> =
+        health.iter().filter_map(|h| h.db.as_deref().ok()).collect();
+    println!(
+        "    /health during the rolling restart: {} calls, {} failed, served by {served:?}",
+        health.len(),
+        failed.len()
+    );
+    if !failed.is_empty() || health.len() < 20 || served.len() < 2 {
+        return Err(format!(
+            "during the rolling restart /health must never fail (and move between nodes): {} calls, failed: {failed:?}",
+            health.len()
+        ));
+    }
     let samples = samples.lock().expect("lock");
     let rounds = samples.iter().map(|s| s.round).max().unwrap_or(0) + 1;
     let mut down_seen = 0;
+    // A node that was seen down is rejoining until it is seen in a Primary component again:
+    // while it joins it may report a non-Primary view of its own (seen: "non-Primary, size
+    // 2" on the node coming back). Every other node must stay Primary with >= 2 members.
+    let mut rejoining: std::collections::BTreeSet<&str> = Default::default();
     for round in 0..rounds {
         let in_round: Vec<&Sample> = samples.iter().filter(|s| s.round == round).collect();
         let down = in_round.iter().filter(|s| s.status.is_none()).count();
@@ -467,11 +673,21 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
             return Err(format!("more than one node down at once: {in_round:?}"));
         }
         for s in &in_round {
+            match &s.status {
+                None => {
+                    rejoining.insert(s.host);
+                }
+                Some((status, size)) if status == "Primary" && *size >= 2 => {
+                    rejoining.remove(s.host);
+                }
+                _ => {}
+            }
+        }
+        for s in &in_round {
             if let Some((status, size)) = &s.status {
-                // A restarting node answers before it is back in the cluster; every node
-                // in the cluster must be Primary with at least 2 members.
                 let restarting_alone = status != "Primary" && *size <= 1;
-                if !restarting_alone && (status != "Primary" || *size < 2) {
+                let joining = status != "Primary" && rejoining.contains(s.host);
+                if !restarting_alone && !joining && (status != "Primary" || *size < 2) {
                     return Err(format!(
                         "round {round}: {} reports {status} with cluster size {size}",
                         s.host
@@ -515,8 +731,14 @@ fn verify_passes(lab: &Lab) -> Result<(), String> {
         r.code == 0
             && r.stdout
                 .contains("db3: galera: cluster size equals the node count")
-            && r.stdout.contains("galera: node is Synced"),
-        "verify runs the galera checks",
+            && r.stdout.contains("galera: node is Synced")
+            && r.stdout
+                .contains("db2: galera: the health check proxies ask answers 200")
+            && r.stdout
+                .contains("app: db endpoint: a node takes the writes")
+            && r.stdout
+                .contains("app: db endpoint: every node is up behind it"),
+        "verify runs the galera and endpoint checks",
         &r,
     )?;
     lab.sh("db2", "systemctl stop mariadb");
@@ -567,6 +789,7 @@ fn main() {
         ("galera_lab_up", up),
         ("fresh_formation", fresh_formation),
         ("second_apply_changes_nothing", second_apply_changes_nothing),
+        ("app_survives_each_node_loss", app_survives_each_node_loss),
         ("clean_stop_of_all_nodes", clean_stop_of_all_nodes),
         ("kill_all_nodes", kill_all_nodes),
         ("config_change_rolls", config_change_rolls),

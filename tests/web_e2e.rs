@@ -31,6 +31,10 @@ fn env_text() -> String {
             hosts.remove(&n);
         }
     }
+    // No database hosts here, so no endpoint in front of them (tests/galera_e2e.rs has it).
+    if let Some(mods) = doc["roles"]["web"]["modules"].as_array_mut() {
+        mods.retain(|m| m.as_str() != Some("galera-endpoint"));
+    }
     doc["hosts"]["acme"]["address"] = toml_edit::value(ACME);
     doc["hosts"]["web"]["address"] = toml_edit::value(WEB);
     doc.to_string()

@@ -60,7 +60,36 @@ kiln_wait_synced() {
 	kiln_journal
 	return 1
 }
+# $1 = seconds: wait until no client connection is left (other than kiln's and the server's own)
+kiln_wait_idle() {
+	kiln_i=0; kiln_c=0
+	while [ "$kiln_i" -lt "$1" ]; do
+		kiln_c=$(kiln_q "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Daemon' AND USER NOT IN ('system user', 'event_scheduler', 'root', 'mysql', 'mariadb.sys')")
+		if [ "${kiln_c:-0}" -eq 0 ]; then
+			echo "no client connection left after ${kiln_i} s"
+			return 0
+		fi
+		sleep 1; kiln_i=$((kiln_i+1))
+	done
+	echo "$kiln_c client connection(s) still open after $1 s (persistent connections?): restarting anyway"
+}
+# Before a restart: the node's health check (module option `health`) answers 503, so the
+# proxies of the galera-endpoint module move their connections to another node first.
+# The drain ends with this script, however it ends (and counts as stale after 15 minutes).
+kiln_drain() {
+	systemctl is-active -q kiln-galera-health.socket || return 0
+	mkdir -p /run/kiln && : > /run/kiln/galera-drain || return 1
+	trap 'rm -f /run/kiln/galera-drain' EXIT
+	trap 'exit 1' HUP INT TERM
+	echo "drained: its health check answers 503 and proxies move to another node (${DRAIN_SECS} s)"
+	sleep "$DRAIN_SECS"
+	kiln_wait_idle 30
+}
 "#;
+
+/// How long a drained node waits before its restart: proxies must have seen its health
+/// check fail by then (galera-endpoint: fall x check_interval_ms + 1 s stays below this).
+pub const DRAIN_SECS: u64 = 5;
 
 /// Where the executor's progress lines go: standard output for people, standard error
 /// when standard output carries a document (`kiln apply --format json`).
@@ -254,7 +283,7 @@ impl Exec<'_> {
         let out = self
             .run(
                 host,
-                &format!("systemctl restart mariadb.service || {{ kiln_journal; exit 1; }}\nkiln_wait_synced {size} {secs}\n"),
+                &format!("DRAIN_SECS={DRAIN_SECS}\nkiln_drain || exit 1\nsystemctl restart mariadb.service || {{ kiln_journal; exit 1; }}\nkiln_wait_synced {size} {secs}\n"),
                 SYNC_TIMEOUT + Duration::from_secs(600),
             )
             .await?;

@@ -28,6 +28,9 @@ pub struct Check {
     pub run: String,
     pub timeout_secs: u64,
     pub retries: u32,
+    /// Its output's last lines are shown even when it passes.
+    #[serde(default)]
+    pub report: bool,
     /// The command depends on a secret: never shown, never in a process argument.
     #[serde(default)]
     pub sensitive: bool,
@@ -194,6 +197,7 @@ fn expand_host(
                         run,
                         timeout_secs: c.timeout.unwrap_or(30),
                         retries: c.retries.unwrap_or(0),
+                        report: c.report,
                         sensitive: false,
                     }),
                     Err(e) => errors.push(e),

@@ -57,6 +57,9 @@ pub async fn run(env: &str, limit: Option<&str>, format: Format) -> Result<i32> 
                     c.name,
                     c.module
                 );
+                for l in &c.log {
+                    println!("      {}", paint.dim(l));
+                }
                 continue;
             }
             failed = true;

@@ -99,6 +99,10 @@ pub struct CheckSpec {
     /// Retries one second apart before failing (services that are still starting).
     #[serde(default)]
     pub retries: Option<u32>,
+    /// Show the last lines of its output even when it passes (a state worth seeing, such
+    /// as which node a proxy sends the writes to).
+    #[serde(default)]
+    pub report: bool,
 }
 
 #[derive(Debug, Clone)]

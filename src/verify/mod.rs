@@ -12,14 +12,16 @@ use std::time::Duration;
 use crate::engine::{Connections, Loaded};
 
 /// The checks of one host as one script: each check runs with its timeout and retries and
-/// reports `@@kiln:check N RC`, followed by the tail of its output when it failed.
+/// reports `@@kiln:check N RC`, followed by the tail of its output when it failed (or, for
+/// a check with `report`, always).
 pub fn checks_script(checks: &[crate::desired::Check]) -> String {
     let mut s = String::from("set -u\nexport LC_ALL=C\n");
     for (i, c) in checks.iter().enumerate() {
         let _ = writeln!(
             s,
-            "tries={tries}\nwhile :; do out=$({unit} 2>&1 </dev/null); rc=$?; [ \"$rc\" -eq 0 ] && break; tries=$((tries-1)); [ \"$tries\" -le 0 ] && break; sleep 1; done\nprintf '@@kiln:check {i} %s\\n' \"$rc\"\n[ \"$rc\" -ne 0 ] && printf '%s\\n' \"$out\" | tail -n 8 | sed 's/^/@@kiln:log {i} /'",
+            "tries={tries}\nwhile :; do out=$({unit} 2>&1 </dev/null); rc=$?; [ \"$rc\" -eq 0 ] && break; tries=$((tries-1)); [ \"$tries\" -le 0 ] && break; sleep 1; done\nprintf '@@kiln:check {i} %s\\n' \"$rc\"\n[ \"$rc\" -ne 0 ]{report} && printf '%s\\n' \"$out\" | tail -n 8 | sed 's/^/@@kiln:log {i} /'",
             tries = c.retries + 1,
+            report = if c.report { " || [ -n \"$out\" ]" } else { "" },
             // `timeout` runs the unit's own `sh`; the check's text is in no argument.
             unit = crate::shell::user_unit(&c.run).replacen(" sh -c ", &format!(" timeout {} sh -c ", c.timeout_secs), 1),
         );
@@ -35,7 +37,7 @@ pub struct CheckResult {
     pub module: String,
     /// Exit code; `None` when it did not run.
     pub rc: Option<i32>,
-    /// The tail of a failed check's output, redacted; empty when the check depends on a
+    /// The tail of a failed (or `report`) check's output, redacted; empty when the check depends on a
     /// secret (its output may carry what the secret became, not only the value).
     pub log: Vec<String>,
     pub sensitive: bool,
