@@ -283,7 +283,7 @@ mod tests {
     fn wrong_identity_and_not_age_and_empty_are_told_apart() {
         let (_, r) = pair();
         let (other, _) = pair();
-        let c = encrypt(&[r.clone()], b"x").expect("encrypt");
+        let c = encrypt(std::slice::from_ref(&r), b"x").expect("encrypt");
         let other = AgeIdentity::from_x25519(other, "other");
         assert_eq!(other.decrypt(&c).unwrap_err(), AgeError::WrongIdentity);
         assert!(matches!(
@@ -379,7 +379,7 @@ mod tests {
         }
         let (id, r) = pair();
         let repo = Repo::new("");
-        let c = encrypt(&[r.clone()], b"pa55-word\n").expect("encrypt");
+        let c = encrypt(std::slice::from_ref(&r), b"pa55-word\n").expect("encrypt");
         std::fs::write(repo.dir.path().join("environments/secrets/db.age"), c).expect("write");
         // Top-level keys first: in TOML, keys after `[secrets.db]` would belong to it.
         std::fs::write(
