@@ -18,6 +18,7 @@ Environment variables:
   KILN_S3S_FS      The s3s-fs binary the lab's object-storage stand-in runs
   NO_COLOR         Set and non-empty: no colour with --color auto
   XDG_STATE_HOME   Where kiln keeps this machine's private state (default ~/.local/state)
+  KILN_AGE_IDENTITY  The age identity file that decrypts `age` secrets (outside the repository)
 Secrets named with `env = \"VAR\"` in an environment are read from that variable.";
 
 /// kiln — declare Debian servers in TOML, see exactly what differs, apply it idempotently.
@@ -109,6 +110,12 @@ pub enum Command {
         /// Replace an existing DST file.
         #[arg(long)]
         force: bool,
+    },
+    /// Secrets encrypted with age in the repository: `set` one from standard input,
+    /// `rekey` all after `age_recipients` changed.
+    Secret {
+        #[command(subcommand)]
+        action: ops::secret::SecretAction,
     },
     /// Disaster recovery: create missing hosts through their provider, apply the full plan,
     /// verify, and print the timeline of the phases (the measured RTO).
@@ -262,6 +269,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 &command,
             )
         }
+        Command::Secret { action } => ops::secret::run(action),
         Command::Rebuild {
             env,
             hosts,

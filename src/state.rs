@@ -33,6 +33,12 @@ pub fn lab_artifacts_dir() -> PathBuf {
 /// file created exclusively under an unpredictable name in the same directory (no other
 /// user can plant or pre-open it), fsynced, then renamed over `path`.
 pub fn write_private(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    write_atomic(path, data, 0o600)
+}
+
+/// [`write_private`] with another mode, for files meant to be shared (an age-encrypted
+/// secret committed to the repository is ciphertext: 0644).
+pub fn write_atomic(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -44,6 +50,11 @@ pub fn write_private(path: &std::path::Path, data: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(data)?;
+    if mode != 0o600 {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(path)
         .map_err(|e| e.error)

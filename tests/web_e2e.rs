@@ -9,7 +9,8 @@
 //! file and its reload only, a broken template never reaches the running
 //! nginx, a removed site loses its config and its certificate renewal, `kiln clone` makes a
 //! QA copy that serves its own names with its own certificates while the source keeps
-//! serving, and `kiln rebuild` brings back a deleted web host with a timeline.
+//! serving, the database password as an age secret in the repository (issue 15: same
+//! value, no change; a wrong identity touches nothing), and `kiln rebuild` brings back a deleted web host with a timeline.
 
 mod common;
 
@@ -401,6 +402,106 @@ fn second_apply_changes_nothing(lab: &Lab) -> Result<(), String> {
         "web",
         "cat /run/nginx.pid; stat -c %Y /etc/nginx/sites-enabled/*.conf",
     );
+    expect(
+        before.stdout == after.stdout,
+        "nothing touched on the web host",
+        &after,
+    )
+}
+
+/// The lab's database password (`db_app`, rendered into the API's FPM pool) as an age
+/// secret committed beside the environment: `kiln secret set` encrypts the value kiln
+/// generated for this lab, and the environment that reads it from `secrets/db_app.age`
+/// plans no change (the decrypted value is the one on the host). With another identity:
+/// exit 1 naming the secret and the file, and nothing on the host is touched.
+fn db_password_as_an_age_secret(lab: &Lab) -> Result<(), String> {
+    let env_file = lab.env_file();
+    let original = std::fs::read_to_string(&env_file).map_err(|e| e.to_string())?;
+    let result = age_scenario(lab, &original);
+    std::fs::write(&env_file, original).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(lab.path("environments/secrets"));
+    result
+}
+
+fn age_scenario(lab: &Lab, original: &str) -> Result<(), String> {
+    use age::secrecy::ExposeSecret;
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("/tmp"));
+    let generated = std::fs::read_to_string(state.join("kiln/secrets").join(ENV).join("db_app"))
+        .map_err(|e| format!("the lab's generated db_app: {e}"))?;
+    // Identities outside the scratch repository.
+    let keys = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let key = |name: &str| -> Result<(std::path::PathBuf, String), String> {
+        let id = age::x25519::Identity::generate();
+        let p = keys.path().join(name);
+        std::fs::write(&p, format!("{}\n", id.to_string().expose_secret()))
+            .map_err(|e| e.to_string())?;
+        Ok((p, id.to_public().to_string()))
+    };
+    let (ops_key, ops_recipient) = key("ops.key")?;
+    let (other_key, _) = key("other.key")?;
+    let text = format!("age_recipients = [\"{ops_recipient}\"]\n{original}").replace(
+        "[secrets.db_app]\ngenerate = 24",
+        "[secrets.db_app]\nage = \"secrets/db_app.age\"",
+    );
+    if !text.contains("age = \"secrets/db_app.age\"") {
+        return Err("test setup: `[secrets.db_app] generate = 24` not found in lab.toml".into());
+    }
+    std::fs::write(lab.env_file(), text).map_err(|e| e.to_string())?;
+    // `kiln secret set` reads the value from standard input.
+    let mut c = std::process::Command::new(&lab.bin);
+    c.current_dir(lab.root.path())
+        .env("NO_COLOR", "1")
+        .env("KILN_ROOT", lab.root.path())
+        .args(["secret", "set", ENV, "db_app"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().map_err(|e| e.to_string())?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().ok_or("stdin")?,
+        generated.as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let set = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    };
+    lab.outputs
+        .lock()
+        .map_err(|e| e.to_string())?
+        .push(set.all());
+    expect(set.code == 0, "kiln secret set", &set)?;
+    let ops = ops_key.display().to_string();
+    let p = lab.kiln_env(
+        &["plan", ENV, "--detailed-exitcode"],
+        &[("KILN_AGE_IDENTITY", &ops)],
+    );
+    expect(
+        p.code == 0,
+        "the age secret decrypts to the value on the host: no change",
+        &p,
+    )?;
+    let pool = "stat -c %Y /etc/php/8.2/fpm/pool.d/*.conf; cat /run/nginx.pid";
+    let before = lab.sh("web", pool);
+    let other = other_key.display().to_string();
+    let r = lab.kiln_env(&["apply", ENV, "--yes"], &[("KILN_AGE_IDENTITY", &other)]);
+    expect(
+        r.code == 1
+            && r.stderr.contains("secret `db_app`")
+            && r.stderr
+                .contains("secrets/db_app.age was not encrypted to the identity")
+            && !r.all().contains("ssh to"),
+        "a wrong identity: exit 1 naming the secret and the file, before any connection",
+        &r,
+    )?;
+    let after = lab.sh("web", pool);
     expect(
         before.stdout == after.stdout,
         "nothing touched on the web host",
@@ -809,6 +910,10 @@ fn main() {
             (
                 "second apply changes nothing",
                 &second_apply_changes_nothing,
+            ),
+            (
+                "the database password as an age secret: no change",
+                &db_password_as_an_age_secret,
             ),
             (
                 "one site's change reloads nginx once, nothing else",

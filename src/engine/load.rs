@@ -37,7 +37,8 @@ pub fn load(env_arg: &str, limit: Option<&str>) -> Result<Loaded> {
 pub fn load_with(env_arg: &str, limit: Option<&str>, offline: bool) -> Result<Loaded> {
     let mut env = load_env(env_arg)?;
     if offline {
-        env.resolve_secrets_or_placeholders();
+        env.resolve_secrets_or_placeholders()
+            .map_err(anyhow::Error::new)?;
     } else {
         env.resolve_secrets().map_err(anyhow::Error::new)?;
     }

@@ -12,5 +12,6 @@ pub mod lab;
 pub mod modules;
 pub mod plan;
 pub mod rebuild;
+pub mod secret;
 pub mod ssh;
 pub mod verify;

@@ -390,6 +390,16 @@ pub fn render(env: &Environment, args: &CloneArgs, command: &str) -> Result<Stri
                 join_key("", name),
                 secret_path(f, src, dst)
             );
+        } else if let Some(a) = &r.age {
+            // The copy must not read the source's encrypted value (its identity may not
+            // even be there): it gets a fresh one, as a QA copy needs its own credentials
+            // and must converge with no one at hand. A value that cannot be random (an
+            // API token) is set with `kiln secret set` after making it `age = ...` here.
+            let _ = writeln!(
+                secrets,
+                "[secrets.{}]\ngenerate = 32  # {src}: age {a} (a fresh value for this copy)",
+                join_key("", name)
+            );
         } else if let Some(v) = &r.env {
             let _ = writeln!(
                 secrets,

@@ -30,6 +30,14 @@ pub struct EnvSpec {
     /// Secret references: `[secrets.db_password] env = "KILN_DB_PASSWORD"` or `file = "/etc/kiln/db"`.
     #[serde(default)]
     pub secrets: IndexMap<String, SecretRef>,
+    /// The age identity file that decrypts `age` secrets (`~` expanded; outside the
+    /// repository). `KILN_AGE_IDENTITY` takes precedence.
+    #[serde(default)]
+    pub age_identity: Option<String>,
+    /// The age recipients (`age1…` public keys) `kiln secret set` and `kiln secret rekey`
+    /// encrypt this environment's `age` secrets to.
+    #[serde(default)]
+    pub age_recipients: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -143,4 +151,9 @@ pub struct SecretRef {
     /// shares it, and it follows `KILN_LAB_DIR` wherever the lab lives.
     #[serde(default)]
     pub lab_artifact: Option<String>,
+    /// A file encrypted with age, committed in the repository: a path relative to the
+    /// environment file that sets it, inside that file's directory tree
+    /// (`secrets/db.age`). Decrypted in memory with the identity (`spec::age`).
+    #[serde(default)]
+    pub age: Option<String>,
 }

@@ -4,9 +4,12 @@
 //! # Merge rules for `extends`
 //! The child is laid over its parent key by key: tables merge recursively (a child's
 //! `[hosts.web]` changes only the keys it sets), while scalars and arrays are replaced
-//! whole (a child's `roles = [...]` is the new list, not an addition). Provenance — which
+//! whole (a child's `roles = [...]` is the new list, not an addition). A secret
+//! (`[secrets.NAME]`) is replaced whole too: it has one source, and a child that names
+//! another (`generate` over its parent's `age`) chooses it. Provenance — which
 //! file and line set each value — is kept for errors and `kiln explain`.
 
+pub mod age;
 pub mod clone;
 pub mod ec2;
 pub mod env;
@@ -312,14 +315,18 @@ impl Environment {
         Ok(out)
     }
 
-    /// Reads every secret's value (environment variable or file). Called by the commands
-    /// that render templates; `lab`, `ssh` and `ssh-config` never need secrets.
+    /// Reads every secret's value (environment variable, file, generated, lab artifact,
+    /// age file). Called by the commands that render templates; `lab`, `ssh` and
+    /// `ssh-config` never need secrets.
     /// For offline checks: every secret that cannot be resolved gets a placeholder value
-    /// (still redacted like a real one); their names are kept in `placeholders`.
-    pub fn resolve_secrets_or_placeholders(&mut self) {
-        let names: Vec<String> = self.spec.secrets.keys().cloned().collect();
-        let _ = self.resolve_secrets();
+    /// (still redacted like a real one); their names are kept in `placeholders`. An `age`
+    /// secret without an identity is a placeholder too, but its file must be there and be
+    /// an age file, and a wrong identity is still an error: both are the repository's
+    /// mistakes, which an offline check is for.
+    pub fn resolve_secrets_or_placeholders(&mut self) -> Result<(), SpecErrors> {
+        self.resolve(true)?;
         self.placeholders.clear();
+        let names: Vec<String> = self.spec.secrets.keys().cloned().collect();
         for name in names {
             if !self.secrets.contains_key(&name) {
                 self.secrets
@@ -327,12 +334,55 @@ impl Environment {
                 self.placeholders.push(name);
             }
         }
+        Ok(())
     }
 
     pub fn resolve_secrets(&mut self) -> Result<(), SpecErrors> {
+        self.resolve(false)
+    }
+
+    /// `offline`: only the errors of `age` secrets that an offline check can see are kept.
+    fn resolve(&mut self, offline: bool) -> Result<(), SpecErrors> {
         let mut errors = vec![];
+        let mut offline_errors = vec![];
+        // The identity is read once, only when an age secret needs it.
+        let mut identity: Option<Result<Option<age::AgeIdentity>, String>> = None;
         for (name, r) in &self.spec.secrets {
             let base = format!("secrets.{}", source::join_key("", name));
+            if r.age.is_some() {
+                let key = format!("{base}.age");
+                let id = identity.get_or_insert_with(|| self.age_identity());
+                let id = match id {
+                    Ok(id) => id.as_ref(),
+                    // Offline (CI), an identity file that is not there is no identity.
+                    Err(_) if offline => None,
+                    Err(e) => {
+                        let e = self.error(&key, format!("secret `{name}`: {e}"));
+                        offline_errors.push(e);
+                        continue;
+                    }
+                };
+                match self.read_age_secret(name, id) {
+                    Ok(Some(v)) => {
+                        self.secrets.insert(name.clone(), SecretValue::new(&v));
+                    }
+                    Ok(None) => errors.push(
+                        self.error(
+                            &key,
+                            format!(
+                                "secret `{name}` is encrypted with age ({}) and no identity is given",
+                                self.age_file(name)
+                                    .and_then(Result::ok)
+                                    .map(|p| p.display().to_string())
+                                    .unwrap_or_default()
+                            ),
+                        )
+                        .note(age::IDENTITY_HELP),
+                    ),
+                    Err(e) => offline_errors.push(self.error(&key, e)),
+                }
+                continue;
+            }
             if let Some(a) = &r.lab_artifact {
                 let p = crate::state::lab_artifacts_dir().join(a);
                 match std::fs::read_to_string(&p) {
@@ -390,6 +440,11 @@ impl Environment {
                 }
                 _ => {}
             }
+        }
+        if offline {
+            errors = offline_errors;
+        } else {
+            errors.extend(offline_errors);
         }
         if errors.is_empty() {
             Ok(())
@@ -547,9 +602,14 @@ impl Environment {
         // read only by `resolve_secrets`, for the commands that render templates.
         for (name, r) in &self.spec.secrets {
             let base = format!("secrets.{}", source::join_key("", name));
-            match (&r.env, &r.file, r.generate, &r.lab_artifact) {
-                (Some(_), None, None, None) | (None, None, Some(_), None) => {}
-                (None, None, None, Some(a)) => {
+            match (&r.env, &r.file, r.generate, &r.lab_artifact, &r.age) {
+                (Some(_), None, None, None, None) | (None, None, Some(_), None, None) => {}
+                (None, None, None, None, Some(_)) => {
+                    if let Some(Err(e)) = self.age_file(name) {
+                        errors.push(self.error(&format!("{base}.age"), e));
+                    }
+                }
+                (None, None, None, Some(a), None) => {
                     if a.is_empty() || a.contains('/') || a.starts_with('.') {
                         errors.push(self.error(
                             &format!("{base}.lab_artifact"),
@@ -557,18 +617,28 @@ impl Environment {
                         ));
                     }
                 }
-                (None, Some(file), None, None) => {
+                (None, Some(file), None, None, None) => {
                     let p = PathBuf::from(expand_home(file));
-                    let abs_root = std::fs::canonicalize(&self.root).unwrap_or(self.root.clone());
-                    let abs = std::fs::canonicalize(&p).unwrap_or(p.clone());
-                    if !p.is_absolute() || abs.starts_with(&abs_root) {
+                    if !p.is_absolute() || self.inside_repo(&p) {
                         errors.push(self.error(&format!("{base}.file"), "secret files must be absolute paths outside the repository (secrets are never stored in the repo)"));
                     }
                 }
                 _ => errors.push(self.error(
                     &base,
-                    "a secret needs exactly one of `env`, `file`, `generate` or `lab_artifact`",
+                    "a secret needs exactly one of `env`, `file`, `generate`, `lab_artifact` or `age`",
                 )),
+            }
+        }
+        // age: the identity file outside the repository, recipients that parse.
+        if let Some(p) = &self.spec.age_identity {
+            let path = PathBuf::from(expand_home(p));
+            if self.inside_repo(&path) {
+                errors.push(self.error("age_identity", "the age identity must be outside the repository (a private key is never committed)"));
+            }
+        }
+        for (i, r) in self.spec.age_recipients.iter().enumerate() {
+            if let Err(e) = age::parse_recipient(r) {
+                errors.push(self.error(&format!("age_recipients[{i}]"), e));
             }
         }
         errors.extend(ec2::validate(self));
@@ -644,7 +714,8 @@ fn merge(
                 let p = source::join_key(path, &k);
                 prov.insert(p.clone(), file);
                 match a.get_mut(&k) {
-                    Some(existing) if existing.is_table() && v.is_table() => {
+                    // A secret has one source: a child's `[secrets.X]` replaces the parent's.
+                    Some(existing) if existing.is_table() && v.is_table() && path != "secrets" => {
                         merge(existing, v, &p, file, prov)
                     }
                     _ => {
