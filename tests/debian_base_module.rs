@@ -118,7 +118,10 @@ const SWITCHES: &[(&str, &[&str])] = &[
             "file:/etc/systemd/coredump.conf.d/10-kiln.conf",
         ],
     ),
-    ("hardening_banner", &["file:/etc/issue", "file:/etc/issue.net"]),
+    (
+        "hardening_banner",
+        &["file:/etc/issue", "file:/etc/issue.net"],
+    ),
     (
         "hardening_packages",
         &[
@@ -177,7 +180,10 @@ fn each_switch_off_removes_its_items_and_only_those() {
         let f = expand(&format!("{switch} = false"));
         let ids = f.ids();
         for id in *items {
-            assert!(!ids.contains(&id.to_string()), "{switch} = false: {id} is still declared");
+            assert!(
+                !ids.contains(&id.to_string()),
+                "{switch} = false: {id} is still declared"
+            );
         }
         // Everything else stays: the switch is about its own items only.
         let gone: Vec<&String> = all
@@ -224,11 +230,18 @@ fn sshd_hardening_keeps_what_kiln_needs() {
 
     // A bastion keeps forwarding; hardening off is the module's previous config.
     let f = expand("ssh_tcp_forwarding = true");
-    assert!(lines(&f.file("/etc/ssh/sshd_config.d/10-kiln.conf")).contains(&"AllowTcpForwarding yes"));
+    assert!(
+        lines(&f.file("/etc/ssh/sshd_config.d/10-kiln.conf")).contains(&"AllowTcpForwarding yes")
+    );
     let f = expand("hardening_ssh = false\nhardening_banner = false");
     let conf = f.file("/etc/ssh/sshd_config.d/10-kiln.conf");
     let l = lines(&conf);
-    for gone in ["LogLevel VERBOSE", "TCPKeepAlive no", "Banner /etc/issue.net", "MaxAuthTries 3"] {
+    for gone in [
+        "LogLevel VERBOSE",
+        "TCPKeepAlive no",
+        "Banner /etc/issue.net",
+        "MaxAuthTries 3",
+    ] {
         assert!(!l.contains(&gone), "{gone:?} with hardening off:\n{conf}");
     }
     assert!(l.contains(&"MaxAuthTries 4") && l.contains(&"X11Forwarding no"));
@@ -268,7 +281,10 @@ fn fail2ban_ignoreip_is_checked_as_networks() {
         format!("{BASE}\n[modules.debian-base]\nfail2ban_ignoreip = [\"10.0.0.1; rm -rf /\"]\n"),
     )
     .unwrap();
-    let err = Environment::load(&p).err().expect("a bad address is refused").to_string();
+    let err = Environment::load(&p)
+        .err()
+        .expect("a bad address is refused")
+        .to_string();
     assert!(err.contains("fail2ban_ignoreip"), "{err}");
 }
 
@@ -292,7 +308,13 @@ fn login_defs_umask_rounds_and_ages_and_admins_without_age() {
     assert_eq!(get("ENCRYPT_METHOD"), "SHA512");
     assert!(get("SHA_CRYPT_MIN_ROUNDS").parse::<u32>().unwrap() >= 5000);
     // Debian's own keys are all still there.
-    for k in ["MAIL_DIR", "ENV_SUPATH", "ENV_PATH", "UID_MIN", "USERGROUPS_ENAB"] {
+    for k in [
+        "MAIL_DIR",
+        "ENV_SUPATH",
+        "ENV_PATH",
+        "UID_MIN",
+        "USERGROUPS_ENAB",
+    ] {
         get(k);
     }
     // Key-only admins never expire into a forced password change.
@@ -309,22 +331,35 @@ fn core_dumps_are_off_three_ways() {
     assert!(lines(&f.file("/etc/profile.d/kiln-core.sh")).contains(&"ulimit -c 0"));
     let cd = f.file("/etc/systemd/coredump.conf.d/10-kiln.conf");
     assert!(lines(&cd).contains(&"Storage=none") && lines(&cd).contains(&"ProcessSizeMax=0"));
-    assert!(lines(&f.file("/etc/sysctl.d/90-kiln-hardening.conf")).contains(&"fs.suid_dumpable = 0"));
+    assert!(
+        lines(&f.file("/etc/sysctl.d/90-kiln-hardening.conf")).contains(&"fs.suid_dumpable = 0")
+    );
     let f = expand("hardening_core_dumps = false");
-    assert!(!f.file("/etc/sysctl.d/90-kiln-hardening.conf").contains("suid_dumpable"));
+    assert!(!f
+        .file("/etc/sysctl.d/90-kiln-hardening.conf")
+        .contains("suid_dumpable"));
 }
 
 #[test]
 fn banner_text_is_a_parameter() {
     let f = expand("banner = \"Authorized use only; activity is monitored and logged.\\n\"");
     for p in ["/etc/issue", "/etc/issue.net"] {
-        assert_eq!(f.file(p), "Authorized use only; activity is monitored and logged.\n");
+        assert_eq!(
+            f.file(p),
+            "Authorized use only; activity is monitored and logged.\n"
+        );
     }
     // The default has the words lynis counts (5 or more) to call it a legal banner.
     let f = expand("");
     let text = f.file("/etc/issue").to_lowercase();
-    let words = ["access", "authori", "monitor", "log", "evidence", "criminal", "law", "consent", "private", "terms"];
-    assert!(words.iter().filter(|w| text.contains(*w)).count() >= 5, "{text}");
+    let words = [
+        "access", "authori", "monitor", "log", "evidence", "criminal", "law", "consent", "private",
+        "terms",
+    ];
+    assert!(
+        words.iter().filter(|w| text.contains(*w)).count() >= 5,
+        "{text}"
+    );
 }
 
 #[test]
@@ -339,9 +374,22 @@ fn blacklist_covers_protocols_and_storage_drivers() {
     let f = expand("");
     let conf = f.file("/etc/modprobe.d/kiln-blacklist.conf");
     let l = lines(&conf);
-    for m in ["dccp", "sctp", "rds", "tipc", "usb-storage", "firewire-core"] {
-        assert!(l.contains(&format!("blacklist {m}").as_str()), "{m}:\n{conf}");
-        assert!(l.contains(&format!("install {m} /bin/false").as_str()), "{m}:\n{conf}");
+    for m in [
+        "dccp",
+        "sctp",
+        "rds",
+        "tipc",
+        "usb-storage",
+        "firewire-core",
+    ] {
+        assert!(
+            l.contains(&format!("blacklist {m}").as_str()),
+            "{m}:\n{conf}"
+        );
+        assert!(
+            l.contains(&format!("install {m} /bin/false").as_str()),
+            "{m}:\n{conf}"
+        );
     }
 }
 
@@ -350,10 +398,18 @@ fn container_guards_skip_sysctl_apply_and_auditd() {
     let f = expand("");
     // A container (systemd-detect-virt -c succeeds) counts as converged: nothing is applied.
     let s = f.command("apply kiln's sysctl hardening");
-    assert!(s.unless.as_deref().unwrap().starts_with("systemd-detect-virt -cq || "));
+    assert!(s
+        .unless
+        .as_deref()
+        .unwrap()
+        .starts_with("systemd-detect-virt -cq || "));
     assert!(s.run.contains("-p /etc/sysctl.d/90-kiln-hardening.conf"));
     let a = f.command("auditd on a VM");
-    assert!(a.unless.as_deref().unwrap().starts_with("systemd-detect-virt -cq || "));
+    assert!(a
+        .unless
+        .as_deref()
+        .unwrap()
+        .starts_with("systemd-detect-virt -cq || "));
     assert!(a.run.contains("apt-get install") && a.run.contains("auditd"));
     // The file itself is written everywhere (a container's image may boot as a VM later).
     assert!(f.has("file:/etc/sysctl.d/90-kiln-hardening.conf"));
