@@ -389,9 +389,12 @@ fn testssl_finds_no_weak_tls_and_no_breach(lab: &Lab) -> Result<(), String> {
 /// container cannot earn; acme measured 80 (234 of 292 points) with debian-base's defaults.
 const LYNIS_MIN_INDEX: u32 = 80;
 
+/// A host's hardening index and the points behind it, or why there is none.
+type Audit = Result<(u32, String), String>;
+
 /// Installs Debian's lynis on `host`, runs a quick audit and returns the report's hardening
 /// index with the points behind it (what lynis logged as assigned, test by test).
-fn lynis(lab: &Lab, host: &str) -> Result<(u32, String), String> {
+fn lynis(lab: &Lab, host: &str) -> Audit {
     let r = lab.sh(
         host,
         "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends lynis >/dev/null \
@@ -416,7 +419,7 @@ fn lynis(lab: &Lab, host: &str) -> Result<(u32, String), String> {
 
 fn lynis_hardening_index_on_every_host(lab: &Lab) -> Result<(), String> {
     // Both hosts at once: each audit takes about three minutes, mostly its own sleeps.
-    let results: Vec<(&str, Result<(u32, String), String>)> = std::thread::scope(|s| {
+    let results: Vec<(&str, Audit)> = std::thread::scope(|s| {
         let runs: Vec<_> = ["web", "acme"]
             .iter()
             .map(|h| (*h, s.spawn(move || lynis(lab, h))))
