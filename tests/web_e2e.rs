@@ -37,6 +37,9 @@ fn env_text() -> String {
     if let Some(mods) = doc["roles"]["web"]["modules"].as_array_mut() {
         mods.retain(|m| m.as_str() != Some("galera-endpoint"));
     }
+    if let Some(modules) = doc["modules"].as_table_mut() {
+        modules.remove("galera-endpoint");
+    }
     doc["hosts"]["acme"]["address"] = toml_edit::value(ACME);
     doc["hosts"]["web"]["address"] = toml_edit::value(WEB);
     doc.to_string()
