@@ -154,6 +154,7 @@ const SWITCHES: &[(&str, &[&str])] = &[
         &[
             "package:aide",
             "package:aide-common",
+            "unit:kiln-aide-init.service",
             "command:aide database",
         ],
     ),
