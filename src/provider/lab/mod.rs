@@ -53,7 +53,7 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::known_hosts;
 use host::*;
@@ -166,6 +166,8 @@ pub fn up(cfg: &LabConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
 pub fn down(cfg: &LabConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
     let cfg = normalize(cfg)?;
     require_root()?;
+    fs::create_dir_all(&cfg.state_dir)?;
+    let _turn = lab_lock(&cfg.state_dir, log)?;
     let hosts = lab_hosts(&cfg);
     let results = in_parallel(&hosts, log, |host, say| remove_host(host, say));
     // The known_hosts lines go even when removing some host failed: a host that is
@@ -177,6 +179,34 @@ pub fn down(cfg: &LabConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
     // Only directories, never files, and only when empty: someone else's env may be here.
     let _ = fs::remove_dir(cfg.state_dir.join("hosts"));
     remove_shared_network_if_unused(&cfg.state_dir, log)
+}
+
+/// Takes this lab directory's lock (`flock` on `lab.lock`, exclusive, released when the
+/// returned file is dropped or the process dies). Environments of one lab directory share
+/// the bridge, apt-cacher-ng and the artifact server: `up` and `down` of two environments
+/// at once (tests/run runs two suites at a time) take turns, so that one never stops or
+/// restarts what the other is starting, nor removes the bridge under hosts being created.
+fn lab_lock(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join("lab.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        log("waiting for another `kiln lab` command on this lab directory");
+        // SAFETY: as above.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(f)
 }
 
 /// Deletes the host `name` of `cfg` (container, root filesystem, network, known_hosts

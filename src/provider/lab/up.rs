@@ -51,13 +51,14 @@ pub(super) fn bring_up(
     log: &mut dyn FnMut(&str),
 ) -> Result<()> {
     require_root()?;
-    ensure_machine_packages(log)?;
     fs::create_dir_all(&cfg.state_dir).with_context(|| {
         format!(
             "cannot create the lab state directory {}",
             cfg.state_dir.display()
         )
     })?;
+    let _turn = super::lab_lock(&cfg.state_dir, log)?;
+    ensure_machine_packages(log)?;
     let key = ensure_lab_key(&cfg.state_dir, log)?;
     let pubkey = read_public_key(&key.with_extension("pub"))?;
     let image = ensure_image(&cfg.state_dir, log)?;
