@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::cluster::galera::{schema_digest, steps_of, GaleraOp, GaleraStep};
 use crate::engine::{Connections, Loaded};
 use crate::facts::galera::{self as gf, GaleraFact};
-use crate::plan::{HostPlan, Plan, Step};
+use crate::plan::{Plan, Step};
 use crate::resource::galera::GaleraUser;
 use crate::shell::quote as sh_quote;
 use crate::transport::Transport;
@@ -515,7 +515,7 @@ pub async fn execute(
             ok = false;
             continue;
         }
-        let summaries = summaries(plan);
+        let summaries = plan.cluster_step_summaries();
         for g in &steps {
             let t = Instant::now();
             progress.line(format_args!(
@@ -525,7 +525,7 @@ pub async fn execute(
                 paint.bold(&g.who()),
                 summaries
                     .get(&(cluster.clone(), g.seq))
-                    .cloned()
+                    .copied()
                     .unwrap_or_default()
             ));
             let r = match &g.op {
@@ -575,24 +575,6 @@ pub async fn execute(
         }
     }
     ok
-}
-
-fn summaries(plan: &Plan) -> BTreeMap<(String, u32), String> {
-    let mut out = BTreeMap::new();
-    for c in plan.hosts.iter().flat_map(|h: &HostPlan| &h.changes) {
-        for s in &c.steps {
-            if let Step::Galera(g) = s {
-                let text = c
-                    .summary
-                    .split_once("] ")
-                    .map(|x| x.1)
-                    .unwrap_or(&c.summary)
-                    .to_string();
-                out.insert((g.cluster.clone(), g.seq), text);
-            }
-        }
-    }
-    out
 }
 
 async fn connect(

@@ -7,7 +7,6 @@
 //! are longer than any backtick run they hold. Sensitive values render exactly as in the
 //! human plan, `(sensitive value changed)`; a sensitive change never shows a diff.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::step::galera::steps_of;
@@ -267,23 +266,7 @@ pub fn render_markdown(plan: &Plan, notes: &Notes) -> String {
 /// The cluster steps in their cross-host order (as the human plan's overview).
 fn cluster_overview(plan: &Plan) -> String {
     let mut out = String::new();
-    let summaries: BTreeMap<(String, u32), &str> = plan
-        .hosts
-        .iter()
-        .flat_map(|h| &h.changes)
-        .flat_map(|c| {
-            c.steps.iter().filter_map(move |s| match s {
-                Step::Galera(g) => Some((
-                    (g.cluster.clone(), g.seq),
-                    c.summary
-                        .split_once("] ")
-                        .map(|x| x.1)
-                        .unwrap_or(&c.summary),
-                )),
-                _ => None,
-            })
-        })
-        .collect();
+    let summaries = plan.cluster_step_summaries();
     for (cluster, steps) in steps_of(plan) {
         let _ = writeln!(
             out,

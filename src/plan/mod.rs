@@ -240,6 +240,25 @@ impl Targeting {
 }
 
 impl Plan {
+    /// Each cluster step's summary (without its `galera_node[...] ` prefix), by cluster and
+    /// `seq`: the text the human plan, the Markdown plan and the executor's progress show.
+    pub fn cluster_step_summaries(&self) -> std::collections::BTreeMap<(String, u32), &str> {
+        let mut out = std::collections::BTreeMap::new();
+        for c in self.hosts.iter().flat_map(|h| &h.changes) {
+            for s in &c.steps {
+                if let Step::Galera(g) = s {
+                    let text = c
+                        .summary
+                        .split_once("] ")
+                        .map(|x| x.1)
+                        .unwrap_or(&c.summary);
+                    out.insert((g.cluster.clone(), g.seq), text);
+                }
+            }
+        }
+        out
+    }
+
     pub fn change_count(&self) -> usize {
         self.hosts.iter().map(|h| h.changes.len()).sum()
     }

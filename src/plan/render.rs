@@ -2,11 +2,10 @@
 //! with its symbol, attribute changes, and unified diffs for files. Sensitive values are
 //! typed (`Shown::Sensitive`) and render only as `(sensitive value changed)`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::step::galera::steps_of;
-use super::{Action, Change, Plan, Shown, Step};
+use super::{Action, Change, Plan, Shown};
 use crate::ui::Paint;
 
 pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
@@ -113,24 +112,7 @@ fn render_change(out: &mut String, c: &Change, paint: &Paint) {
 /// The cluster steps in their cross-host order, for the human plan.
 pub fn render_overview(plan: &Plan, paint: &Paint) -> String {
     let mut out = String::new();
-    let summaries: BTreeMap<(String, u32), String> = plan
-        .hosts
-        .iter()
-        .flat_map(|h| &h.changes)
-        .flat_map(|c| {
-            c.steps.iter().filter_map(move |s| match s {
-                Step::Galera(g) => Some((
-                    (g.cluster.clone(), g.seq),
-                    c.summary
-                        .split_once("] ")
-                        .map(|x| x.1)
-                        .unwrap_or(&c.summary)
-                        .to_string(),
-                )),
-                _ => None,
-            })
-        })
-        .collect();
+    let summaries = plan.cluster_step_summaries();
     for (cluster, steps) in steps_of(plan) {
         let _ = writeln!(
             out,
@@ -140,7 +122,7 @@ pub fn render_overview(plan: &Plan, paint: &Paint) -> String {
         for g in steps {
             let s = summaries
                 .get(&(cluster.clone(), g.seq))
-                .cloned()
+                .copied()
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
