@@ -19,7 +19,7 @@ fn kiln_backup_python_unit_tests() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("test_history_a ("), "{text}");
     assert!(text.trim_end().ends_with("OK"), "{text}");
-    assert!(text.contains("Ran 8 tests"), "{text}");
+    assert!(text.contains("Ran 15 tests"), "{text}");
     assert!(
         text.contains("test_absolute_climbing_and_odd_names_are_refused"),
         "{text}"
@@ -90,10 +90,35 @@ fn backup_module_expands_offline() {
             _ => None,
         })
         .collect();
-    assert_eq!(units.len(), 4);
-    assert!(units[0].contains("Type=oneshot\nExecStart=/usr/local/sbin/kiln-backup run"));
+    assert_eq!(units.len(), 5);
+    assert!(units[0]
+        .contains("Type=oneshot\nExecStart=/usr/local/sbin/kiln-backup run --if-leader"));
     assert!(units[1].contains("OnCalendar=*-*-* 02:30:00\nPersistent=true"));
     assert!(units[2].contains("ExecStart=/usr/local/sbin/kiln-backup verify"));
+    // Point-in-time recovery is on by default: the archiver runs, held to a 60 s target.
+    assert!(units[4].starts_with("kiln-binlog-archive.service\n"));
+    assert!(units[4].contains("Type=simple\nExecStart=/usr/local/sbin/kiln-backup archive\nRestart=always"));
+    assert_eq!(
+        cfg["binlog"],
+        serde_json::json!({"enabled": true, "interval": 20, "target_lag": 60, "peers": []})
+    );
+    assert_eq!(cfg["host"], "db1");
+    // A change of the tool, its configuration or credentials restarts the archiver.
+    for path in [
+        "/usr/local/sbin/kiln-backup",
+        "/etc/kiln/backup/backup.json",
+        "/etc/kiln/backup/s3.env",
+    ] {
+        let r = db1
+            .resources
+            .iter()
+            .find(|r| matches!(&r.kind, Kind::File(f) if f.path == path))
+            .unwrap();
+        assert!(
+            r.notify.iter().any(|n| n.unit == "kiln-binlog-archive.service"),
+            "{path}"
+        );
+    }
     // The tool as installed is the file the unit tests exercise.
     let tool = file("/usr/local/sbin/kiln-backup");
     let src = std::fs::read_to_string(repo.join("templates/backup/kiln-backup.py")).unwrap();

@@ -27,19 +27,45 @@ const TOOL_FILES: [&str; 4] = [
     "/etc/kiln/backup/s3.env",
 ];
 
+/// The host `kiln backup` and `kiln restore` drive: the only host running the `backup`
+/// module, or with several (a cluster's peers, each ready to take over the binlog archive),
+/// the first of the module's `peers` (else the first in the environment's order).
 fn backup_host(hosts: &[DesiredHost]) -> Result<&DesiredHost> {
-    let mut with = hosts
+    let with: Vec<&DesiredHost> = hosts
         .iter()
-        .filter(|h| h.resources.iter().any(|r| r.module == "backup"));
-    let first = with
-        .next()
+        .filter(|h| h.resources.iter().any(|r| r.module == "backup"))
+        .collect();
+    let first = *with
+        .first()
         .ok_or_else(|| anyhow!("no host of this environment runs the `backup` module"))?;
-    if let Some(second) = with.next() {
-        bail!(
-            "more than one host runs the `backup` module ({}, {}): this command needs one",
-            first.name,
-            second.name
-        );
+    if with.len() > 1 {
+        // The peers as the module rendered them into the host's backup.json.
+        let config: serde_json::Value = first
+            .resources
+            .iter()
+            .find_map(|r| match &r.kind {
+                Kind::File(f) if f.path == "/etc/kiln/backup/backup.json" => f.content.clone(),
+                _ => None,
+            })
+            .and_then(|c| serde_json::from_str(&c).ok())
+            .unwrap_or_default();
+        let peers: Vec<String> = config["binlog"]["peers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        if peers.is_empty() {
+            bail!(
+                "more than one host runs the `backup` module ({}): list them in its `peers` \
+                 (the first one leads) or keep one",
+                with.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        if let Some(h) = peers
+            .iter()
+            .find_map(|p| with.iter().find(|h| &h.name == p))
+        {
+            return Ok(h);
+        }
     }
     Ok(first)
 }
@@ -93,9 +119,15 @@ exit $rc
 pub struct RestoreArgs {
     /// Environment name under environments/, or a path to a .toml file.
     pub env: String,
-    /// A backup timestamp (YYYYMMDDTHHMMSSZ, see `kiln-backup list`) or `latest`.
-    #[arg(long, default_value = "latest")]
+    /// A backup timestamp (YYYYMMDDTHHMMSSZ, see `kiln-backup list`) restored as it was
+    /// taken, or `latest`: the newest backup rolled forward through the binlog archive to
+    /// its last archived second.
+    #[arg(long, default_value = "latest", conflicts_with = "to_time")]
     pub from: String,
+    /// Point in time (UTC, "YYYY-MM-DD HH:MM:SS"): the newest backup taken before it, then
+    /// the archived binary logs replayed up to and including that second.
+    #[arg(long, value_name = "TIME", value_parser = parse_to_time)]
+    pub to_time: Option<String>,
     /// Restore on this host instead of the backup host.
     #[arg(long)]
     pub into: Option<String>,
@@ -105,6 +137,32 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+/// `--to-time`: checked here, so a malformed time is a usage error before any host is
+/// contacted.
+fn parse_to_time(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let shape = b.len() == 19
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b' ',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        });
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(99);
+    if !shape
+        || !(1..=12).contains(&num(5..7))
+        || !(1..=31).contains(&num(8..10))
+        || num(11..13) > 23
+        || num(14..16) > 59
+        || num(17..19) > 59
+    {
+        return Err(format!(
+            "`{s}`: expected \"YYYY-MM-DD HH:MM:SS\" (UTC), e.g. \"2026-12-01 14:05:00\""
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn confirm(what: &str) -> Result<bool> {
@@ -130,16 +188,24 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
     };
     let redactor = loaded.env.redactor();
     let media = if args.no_media { "" } else { " and media" };
+    let point = match &args.to_time {
+        Some(t) => format!("the databases as of {t} UTC"),
+        None if args.from == "latest" => "the latest point (backup + binlog archive)".into(),
+        None => format!("backup `{}`", args.from),
+    };
     if !args.yes
         && !confirm(&format!(
-            "Restore backup `{}` of {} into {}: its databases are dropped and loaded again{media}.",
-            args.from, source.name, target.name
+            "Restore {point} of {} into {}: its databases are dropped and loaded again{media}.",
+            source.name, target.name
         ))?
     {
         println!("nothing restored");
         return Ok(1);
     }
-    let mut tool_args = format!("restore --from {}", crate::shell::quote(&args.from));
+    let mut tool_args = match &args.to_time {
+        Some(t) => format!("restore --to-time {}", crate::shell::quote(t)),
+        None => format!("restore --from {}", crate::shell::quote(&args.from)),
+    };
     if args.no_media {
         tool_args.push_str(" --no-media");
     }
@@ -174,8 +240,8 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         s
     };
     println!(
-        "restore `{}` from {}'s backups into {} ({})",
-        args.from, source.name, target.name, target.connection.address
+        "restore {point} from {}'s backups into {} ({})",
+        source.name, target.name, target.connection.address
     );
     let t = connect(&loaded.env, target).await?;
     let status = stream(t.as_ref(), &script, &redactor).await?;

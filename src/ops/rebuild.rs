@@ -200,19 +200,29 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>, yes: bool)
             let r = super::backup::restore(super::backup::RestoreArgs {
                 env: env_arg.to_string(),
                 from: "latest".into(),
+                to_time: None,
                 into: None,
                 no_media: false,
                 yes: true,
             })
             .await?;
-            (
-                r == 0,
-                if r == 0 {
-                    "latest backup restored (databases and media)".to_string()
-                } else {
-                    "restore failed (see above)".to_string()
-                },
-            )
+            if r != 0 {
+                (false, "restore failed (see above)".to_string())
+            } else {
+                // The rebuilt cluster is a new history: its binary logs continue no earlier
+                // backup, so a base backup of the restored data starts its point-in-time
+                // recovery at once (not at the next scheduled run).
+                let b = super::backup::backup(env_arg).await?;
+                (
+                    b == 0,
+                    if b == 0 {
+                        "restored to the latest archived point (backup + binary logs, media); a new base backup taken"
+                            .to_string()
+                    } else {
+                        "restored, but the new base backup failed (see above)".to_string()
+                    },
+                )
+            }
         };
         phases.push(Phase {
             name: "restore".into(),

@@ -179,14 +179,23 @@ def sha256_file(path):
 
 
 def pipe_to_gzip(cmd, path):
-    """Runs cmd, compressing its stdout into path; raises on any failure."""
+    """Runs cmd, compressing its stdout into path; raises on any failure. Returns the first
+    64 KiB of the output (where mariadb-dump writes the binlog position)."""
+    head = b""
     with open(path, "wb") as raw:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-            shutil.copyfileobj(p.stdout, gz, 1 << 20)
+            while True:
+                chunk = p.stdout.read(1 << 20)
+                if not chunk:
+                    break
+                if len(head) < 65536:
+                    head += chunk[:65536 - len(head)]
+                gz.write(chunk)
         err = p.stderr.read().decode("utf-8", "replace")
         if p.wait() != 0:
             raise RuntimeError("%s failed: %s" % (cmd[0], err.strip()))
+    return head.decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------------------------------
@@ -322,13 +331,36 @@ def previous_manifest(s3, cfg):
 
 def cmd_run(cfg, args):
     s3 = s3_client(cfg)
+    if args is not None and getattr(args, "if_leader", False):
+        lead, other = leads(s3, cfg)
+        if not lead:
+            log("%s leads the backups (its archiver's heartbeat is fresh): nothing to do here" % other)
+            return 0
     s3.make_bucket(cfg["bucket"])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime(STAMP)
     base = "%s/%s/" % (cfg["prefix"].rstrip("/"), stamp)
     manifest = {"format": 1, "timestamp": stamp, "host": socket.gethostname(),
                 "files": {}, "databases": {}}
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
-        for db in databases(cfg):
+        dbs = databases(cfg)
+        if binlog_on(cfg) and dbs:
+            # Point-in-time recovery replays the binary logs from the dump's position, so
+            # every database comes from one consistent snapshot with one GTID position.
+            before = {db: table_stats(cfg, db) for db in dbs}
+            name = "databases.sql.gz"
+            head = pipe_to_gzip(dump_cmd(cfg, "--single-transaction", "--master-data=2",
+                                         "--routines", "--triggers", "--events", "--hex-blob",
+                                         "--databases", *dbs),
+                                os.path.join(tmp, name))
+            manifest["binlog"] = dump_position(cfg, head)
+            for db in dbs:
+                after = table_stats(cfg, db)
+                manifest["databases"][db] = {"file": name, "tables": after,
+                                             "stable": before[db] == after}
+            log("dump at binlog position %s (GTID %s)" % (
+                "%s:%s" % (manifest["binlog"]["file"], manifest["binlog"]["pos"]),
+                manifest["binlog"]["gtid"] or "none yet"))
+        for db in (dbs if "binlog" not in manifest else []):
             before = table_stats(cfg, db)
             name = "db-%s.sql.gz" % db
             pipe_to_gzip(dump_cmd(cfg, "--single-transaction", "--routines", "--triggers",
@@ -403,6 +435,12 @@ def cmd_list(cfg, args):
 def cmd_health(cfg, args):
     s3 = s3_client(cfg)
     complete = sorted((s for s, b in backups(s3, cfg).items() if b["complete"]), reverse=True)
+    deadline = time.time() + (args.wait or 0)
+    while not complete and cfg.get("binlog", {}).get("enabled") and time.time() < deadline:
+        # A new environment: the archiver takes the first backup once the node is Synced.
+        log("no complete backup yet; the archiver takes the first one: waiting")
+        time.sleep(5)
+        complete = sorted((s for s, b in backups(s3, cfg).items() if b["complete"]), reverse=True)
     if not complete:
         log("UNHEALTHY: no complete backup under s3://%s/%s/" % (cfg["bucket"], cfg["prefix"]))
         return 1
@@ -414,7 +452,413 @@ def cmd_health(cfg, args):
         return 1
     log("newest backup %s is %.1f h old (at most %s h allowed)" %
         (complete[0], hours, cfg["max_age_hours"]))
+    if cfg.get("binlog", {}).get("enabled"):
+        ok, msg = archive_health(s3, cfg)
+        log(msg if ok else "UNHEALTHY: " + msg)
+        if not ok:
+            return 1
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Binary logs: positions, the archive, the replay chain
+# ---------------------------------------------------------------------------------------
+def binlog_on(cfg):
+    return bool(cfg.get("binlog", {}).get("enabled")) and \
+        sql(cfg, "SELECT @@log_bin")[0][0] == "1"
+
+
+def parse_gtids(text):
+    """'0-1-7,3-3-2' (or '[0-1-7]') -> {domain: (server, seq)}."""
+    out = {}
+    for part in (text or "").strip().strip("[]").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        d, srv, seq = (int(x) for x in part.split("-"))
+        out[d] = (srv, seq)
+    return out
+
+
+def gtid_seq(text, domain):
+    return parse_gtids(text).get(domain, (0, 0))[1]
+
+
+def dump_position(cfg, head):
+    """The binlog position mariadb-dump --master-data=2 wrote, with its GTID position."""
+    m = re.search(r"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+)", head)
+    if not m:
+        raise RuntimeError("mariadb-dump wrote no binlog position (is log_bin on?)")
+    f, pos = m.group(1), int(m.group(2))
+    gtid = sql(cfg, "SELECT BINLOG_GTID_POS('%s', %d)" % (f.replace("'", "''"), pos))[0][0]
+    return {"file": f, "pos": pos, "gtid": "" if gtid == "NULL" else gtid,
+            "domain": wsrep_domain(cfg), "history": history(cfg)}
+
+
+def history(cfg):
+    """The Galera cluster's state UUID: one per history of the data (kept across restarts
+    and state transfers; a cluster formed from empty data starts a new one). Binary logs
+    continue a backup only within its history."""
+    r = sql(cfg, "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_state_uuid'")
+    uuid = r[0][1] if r and len(r[0]) > 1 else ""
+    return uuid[:8] if re.fullmatch(r"[0-9a-f-]{36}", uuid) else "nogalera"
+
+
+def wsrep_domain(cfg):
+    """The GTID domain of the cluster's write sets (wsrep_gtid_domain_id; a joiner takes
+    its donor's, so the running value counts, not the configured one)."""
+    r = sql(cfg, "SELECT @@wsrep_on, @@wsrep_gtid_mode, @@wsrep_gtid_domain_id, @@gtid_domain_id")
+    on, mode, wdom, dom = r[0]
+    return int(wdom) if on == "1" and mode == "1" else int(dom)
+
+
+# An archived binlog file's key says everything the replay chain needs, so a restore lists
+# the archive and reads no per-file metadata:
+#   PREFIX/binlog/HISTORY/HOST-ID.FILE.DOMAIN-START-END-MTIME.SHA
+# HISTORY is the first 8 digits of the cluster's state UUID (see history()), SHA the first
+# 24 hex digits of the file's sha256 (short keys with few slashes: the lab's S3 stand-in
+# keeps objects as files and refuses long keys). START and END are the domain's GTID
+# sequence numbers before and after the file (its own Gtid_list event and the next file's),
+# MTIME its last write (its newest event).
+ARCHIVE_KEY = re.compile(r"^(?P<history>[0-9a-z]{8})/(?P<src>[A-Za-z0-9][A-Za-z0-9._-]*?-[0-9a-f]{8})\."
+                         r"(?P<file>[A-Za-z0-9_-]+\.\d{6,})\."
+                         r"(?P<domain>\d+)-(?P<start>\d+)-(?P<end>\d+)-(?P<mtime>\d+)\."
+                         r"(?P<sha>[0-9a-f]{24})$")
+
+
+def archive_prefix(cfg):
+    return cfg["prefix"].rstrip("/") + "/binlog/"
+
+
+def archived(s3, cfg):
+    """Every archived binlog file: [{key, src, file, domain, start, end, mtime, sha256, size}]."""
+    prefix = archive_prefix(cfg)
+    out = []
+    for o in s3.list(cfg["bucket"], prefix):
+        m = ARCHIVE_KEY.match(o["key"][len(prefix):])
+        if m:
+            out.append({"key": o["key"], "history": m["history"], "src": m["src"],
+                        "file": m["file"],
+                        "domain": int(m["domain"]), "start": int(m["start"]),
+                        "end": int(m["end"]), "mtime": int(m["mtime"]), "sha256": m["sha"],
+                        "size": o["size"]})
+    return out
+
+
+def chain(files, history, domain, pos):
+    """The archived files to replay after GTID sequence `pos` of `domain`, in order, each with
+    the sequence number to start after: every node logs every write set under the same GTID,
+    so the files of different nodes overlap and any of them continues another. Returns
+    (steps, reached, gap): `gap` is True when a later file exists that no chain reaches (a
+    hole in the archive: the replay stops before it)."""
+    files = [f for f in files
+             if f["history"] == history and f["domain"] == domain and f["end"] > f["start"]]
+    steps = []
+    while True:
+        cands = [f for f in files if f["start"] <= pos < f["end"]]
+        if not cands:
+            break
+        best = max(cands, key=lambda f: (f["end"], -f["mtime"], f["src"]))
+        steps.append((best, pos))
+        pos = best["end"]
+    gap = any(f["end"] > pos for f in files)
+    return steps, pos, gap
+
+
+def heartbeats(s3, cfg):
+    """{host: heartbeat} of every archiver that ever ran."""
+    prefix = archive_prefix(cfg) + "heartbeat-"
+    out = {}
+    for o in s3.list(cfg["bucket"], prefix):
+        try:
+            hb = json.loads(s3.get_bytes(cfg["bucket"], o["key"]))
+            out[hb["host"]] = hb
+        except Exception:  # noqa: BLE001 - a torn heartbeat is no heartbeat
+            continue
+    return out
+
+
+def local_binlogs(cfg):
+    """[(name, size)] of this server's binary logs, oldest first; the last one is open."""
+    return [(r[0], int(r[1])) for r in sql(cfg, "SHOW BINARY LOGS")]
+
+
+def gtid_list_of(cfg, name):
+    for r in sql(cfg, "SHOW BINLOG EVENTS IN '%s' LIMIT 4" % name.replace("'", "''")):
+        if len(r) > 5 and r[2] == "Gtid_list":
+            return r[5]
+    return ""
+
+
+def archive_identity(cfg):
+    """A random id for this node's binary logs, kept beside kiln-backup's state: a rebuilt
+    node (whose file names start again at .000001) archives under a new one."""
+    path = os.path.join(cfg["workdir"], "binlog-id")
+    try:
+        with open(path) as f:
+            ident = f.read().strip()
+        if re.fullmatch(r"[0-9a-f]{8}", ident):
+            return ident
+    except FileNotFoundError:
+        pass
+    ident = os.urandom(4).hex()
+    with open(path + ".tmp", "w") as f:
+        f.write(ident + "\n")
+    os.replace(path + ".tmp", path)
+    return ident
+
+
+class Archiver:
+    """One node's binlog archiver. Every `interval` seconds, when this node leads: make the
+    node apply every write set the cluster committed so far (wsrep_sync_wait), rotate the
+    binary log if anything was written since the last rotation, upload every closed file
+    not yet archived, and publish a heartbeat naming the second up to which the archive is
+    complete. A node leads when no node before it in `peers` has published a fresh
+    heartbeat (3 intervals), so the next node takes over by itself when a host is lost, and
+    gives back when it returns; for a moment two may archive, which costs only duplicate
+    files (the replay chain reads each write set once)."""
+
+    def __init__(self, cfg, s3):
+        self.cfg, self.s3 = cfg, s3
+        b = cfg["binlog"]
+        self.me = cfg["host"]
+        self.interval = int(b.get("interval", 30))
+        self.peers = list(b.get("peers") or [])
+        self.ident = archive_identity(cfg)
+        self.src = "%s-%s" % (self.me, self.ident)
+        self.done = set()
+        self.last_rotation = None
+        self.leading = None
+        self.history = None
+        self.datadir = sql(cfg, "SELECT @@datadir")[0][0]
+
+    def leads(self):
+        return leads(self.s3, self.cfg)
+
+    def synced(self):
+        r = sql(self.cfg, "SHOW GLOBAL STATUS WHERE Variable_name IN "
+                          "('wsrep_local_state', 'wsrep_ready')")
+        st = dict((k.lower(), v) for k, v in r)
+        if not st:
+            return True  # not a Galera node
+        return st.get("wsrep_local_state") == "4" and st.get("wsrep_ready") == "ON"
+
+    def known(self):
+        self.history = history(self.cfg)
+        prefix = "%s%s/%s." % (archive_prefix(self.cfg), self.history, self.src)
+        for o in self.s3.list(self.cfg["bucket"], prefix):
+            m = ARCHIVE_KEY.match(o["key"][len(archive_prefix(self.cfg)):])
+            if m:
+                self.done.add(m["file"])
+
+    def cycle(self):
+        leads, other = self.leads()
+        if leads != self.leading:
+            log("binlog archive: %s" % ("this node archives" if leads else
+                                        "%s archives; this node stands by" % other))
+            self.leading = leads
+            if leads:
+                self.known()
+        if not leads:
+            return False
+        if not self.synced():
+            log("binlog archive: this node is not Synced; not archiving")
+            return False
+        if history(self.cfg) != self.history:
+            log("binlog archive: the cluster's history changed (a new cluster formed): "
+                "archiving under %s" % history(self.cfg))
+            self.done = set()
+            self.known()
+        if not has_complete_backup(self.s3, self.cfg):
+            log("binlog archive: no complete backup under this prefix yet: taking the first one")
+            held = lock(self.cfg)
+            try:
+                cmd_run(self.cfg, None)
+            finally:
+                held.close()
+        t0 = time.time()
+        # wsrep_sync_wait: this session waits until the node applied every write set the
+        # cluster committed before now, so the rotation below closes a file holding them.
+        r = subprocess.run(mysql_cmd(self.cfg, "-N", "-B", "-e",
+                                     "SET SESSION wsrep_sync_wait=1; SELECT @@gtid_binlog_pos; "
+                                     "SHOW MASTER STATUS"),
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("mariadb: %s" % r.stderr.strip())
+        lines = [l.split("\t") for l in r.stdout.splitlines()]
+        gtid = lines[0][0] if lines else ""
+        status = (lines[1][0], lines[1][1]) if len(lines) > 1 else None
+        if status != self.last_rotation:
+            sql(self.cfg, "FLUSH BINARY LOGS")
+            cur = sql(self.cfg, "SHOW MASTER STATUS")[0]
+            self.last_rotation = (cur[0], cur[1])
+        files = local_binlogs(self.cfg)
+        domain = wsrep_domain(self.cfg)
+        uploaded = 0
+        for i, (name, size) in enumerate(files[:-1]):
+            if name in self.done:
+                continue
+            start = gtid_seq(gtid_list_of(self.cfg, name), domain)
+            end = gtid_seq(gtid_list_of(self.cfg, files[i + 1][0]), domain)
+            path = os.path.join(self.datadir, name)
+            mtime = int(os.stat(path).st_mtime)
+            sha = sha256_file(path)
+            key = "%s%s/%s.%s.%d-%d-%d-%d.%s" % (archive_prefix(self.cfg), self.history,
+                                                 self.src, name, domain, start, end, mtime,
+                                                 sha[:24])
+            self.s3.put_file(self.cfg["bucket"], key, path, sha)
+            self.done.add(name)
+            uploaded += 1
+        hb = {"host": self.me, "src": self.src, "history": self.history, "domain": domain,
+              "gtid": gtid,
+              "seq": gtid_seq(gtid, domain), "until": int(t0), "time": time.time(),
+              "interval": self.interval}
+        self.s3.put_bytes(self.cfg["bucket"], archive_prefix(self.cfg) + "heartbeat-%s.json"
+                          % self.me, json.dumps(hb, sort_keys=True).encode())
+        state = os.path.join(self.cfg["workdir"], "archived-until")
+        with open(state + ".tmp", "w") as f:
+            f.write("%d %s\n" % (int(t0), gtid))
+        os.replace(state + ".tmp", state)
+        if uploaded:
+            log("binlog archive: %d file(s) uploaded; complete up to %s (GTID %s)" % (
+                uploaded, iso(t0), gtid))
+        return True
+
+
+def leads(s3, cfg):
+    """(True, "") when this host leads the archive and the scheduled backups, else (False,
+    the peer that does): no peer before it in `peers` has a fresh heartbeat."""
+    b = cfg.get("binlog", {})
+    peers, me = list(b.get("peers") or []), cfg.get("host")
+    if me not in peers:
+        return True, ""
+    hbs = heartbeats(s3, cfg)
+    now = time.time()
+    for p in peers[:peers.index(me)]:
+        hb = hbs.get(p)
+        if hb and now - hb.get("time", 0) < 3 * int(b.get("interval", 30)):
+            return False, p
+    return True, ""
+
+
+def iso(t):
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def has_complete_backup(s3, cfg):
+    return any(b["complete"] for b in backups(s3, cfg).values())
+
+
+def cmd_archive(cfg, args):
+    if not cfg.get("binlog", {}).get("enabled"):
+        log("binlog archiving is off in %s" % CONFIG)
+        return 0
+    s3 = s3_client(cfg)
+    s3.make_bucket(cfg["bucket"])
+    for _ in range(600):
+        try:
+            if binlog_on(cfg):
+                break
+            log("binlog archive: log_bin is off on this server; waiting")
+        except RuntimeError as e:
+            log("binlog archive: waiting for the server: %s" % e)
+        if args.once:
+            return 1
+        time.sleep(10)
+    a = Archiver(cfg, s3)
+    log("binlog archive: every %d s as %s (peers: %s)" % (
+        a.interval, a.src, ", ".join(a.peers) or "none"))
+    while True:
+        started = time.time()
+        try:
+            a.cycle()
+        except Exception as e:  # noqa: BLE001 - one failed cycle; the next one retries
+            log("binlog archive: cycle failed: %s: %s" % (type(e).__name__, e))
+            if args.once:
+                return 1
+        if args.once:
+            return 0
+        time.sleep(max(1.0, a.interval - (time.time() - started)))
+
+
+def archive_health(s3, cfg):
+    """(ok, message): the archive is complete up to at most 2 x the target lag ago."""
+    b = cfg.get("binlog", {})
+    hbs = heartbeats(s3, cfg)
+    if not hbs:
+        return False, "no binlog archiver has published a heartbeat under s3://%s/%s" % (
+            cfg["bucket"], archive_prefix(cfg))
+    newest = max(hbs.values(), key=lambda h: h["until"])
+    lag = time.time() - newest["until"]
+    limit = 2 * int(b.get("target_lag", 60))
+    msg = "binlog archive complete up to %s by %s (lag %.0f s, at most %d s allowed)" % (
+        iso(newest["until"]), newest["host"], lag, limit)
+    return lag <= limit, msg
+
+
+class BinlogReplay:
+    """Binary logs from the archive after a base backup's position, up to a time."""
+    # The GTID of each replayed event is the cluster's to give: a session may not set them
+    # on a Galera node (and must not on a standalone one either: the restored server's own
+    # history starts at the restore).
+    SESSION_GTID = re.compile(r"^/\*M?!\d+ SET @@session\.(gtid_domain_id|server_id|gtid_seq_no)"
+                              r"=[^*]*\*/ *(/\*!\*/;|;)?$", re.I)
+
+    def __init__(self, s3, cfg, base_binlog, until):
+        self.s3, self.cfg, self.until = s3, cfg, until
+        self.domain = base_binlog["domain"]
+        self.start = gtid_seq(base_binlog["gtid"], self.domain)
+        self.steps, self.reached, self.gap = chain(archived(s3, cfg), base_binlog.get("history"),
+                                                   self.domain, self.start)
+
+    def plan(self):
+        """The files to replay: every step until the first file with an event at or after
+        `until` (that one replayed up to `until`, the rest not at all)."""
+        out = []
+        for f, after in self.steps:
+            last = self.until is not None and f["mtime"] >= self.until
+            out.append((f, after, last))
+            if last:
+                break
+        return out
+
+    def run(self, workdir, socket=None):
+        applied = 0
+        for f, after, last in self.plan():
+            path = os.path.join(workdir, "binlog")
+            self.s3.get_file(self.cfg["bucket"], f["key"], path)
+            if not sha256_file(path).startswith(f["sha256"]):
+                raise Refused("archived %s/%s: sha256 differs from its archive key" % (
+                    f["src"], f["file"]))
+            cmd = ["mariadb-binlog", "--start-position=%d-0-%d" % (self.domain, after),
+                   "--skip-gtid-strict-mode"]
+            if last:
+                cmd.append("--stop-datetime=" + iso(self.until + 1))
+            cmd.append(path)
+            env = dict(os.environ, TZ="UTC")
+            dec = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            cli = subprocess.Popen(mysql_cmd(self.cfg, "--binary-mode", socket=socket),
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+            try:
+                for line in dec.stdout:
+                    if self.SESSION_GTID.match(line.rstrip(b"\n").decode("utf-8", "replace")):
+                        continue
+                    cli.stdin.write(line)
+                cli.stdin.close()
+            except BrokenPipeError:
+                pass
+            derr = dec.stderr.read().decode("utf-8", "replace").strip()
+            cerr = cli.stderr.read().decode("utf-8", "replace").strip()
+            if dec.wait() != 0:
+                raise RuntimeError("mariadb-binlog %s: %s" % (f["file"], derr))
+            if cli.wait() != 0:
+                raise RuntimeError("replaying %s/%s: %s" % (f["src"], f["file"], cerr))
+            os.unlink(path)
+            applied += 1
+            if last:
+                break
+        return applied
 
 
 # ---------------------------------------------------------------------------------------
@@ -504,8 +948,8 @@ def cmd_verify(cfg, args):
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         manifest = fetch(s3, cfg, stamp, tmp)
         with ScratchServer(cfg) as scratch:
+            restore_databases(cfg, manifest, tmp, scratch.socket)
             for db, meta in sorted(manifest["databases"].items()):
-                load_dump(cfg, os.path.join(tmp, meta["file"]), scratch.socket)
                 got = table_stats(cfg, db, scratch.socket)
                 if meta.get("stable", True):
                     p = compare(db, meta["tables"], got)
@@ -528,21 +972,112 @@ def cmd_verify(cfg, args):
     return 0
 
 
+def parse_time(text):
+    """'YYYY-MM-DD HH:MM:SS' (UTC) -> epoch seconds."""
+    try:
+        d = datetime.datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise Refused("--to-time %r: expected 'YYYY-MM-DD HH:MM:SS' (UTC)" % text)
+    return int(d.replace(tzinfo=datetime.timezone.utc).timestamp())
+
+
+def pick_base(s3, cfg, until):
+    """The newest complete backup taken at or before `until` that records a binlog position."""
+    found = backups(s3, cfg)
+    for stamp in sorted((s for s, b in found.items() if b["complete"]), reverse=True):
+        if parse_stamp(stamp).timestamp() <= until:
+            return stamp
+    raise Refused("no complete backup taken at or before %s" % iso(until))
+
+
+def wait_ready(cfg, limit):
+    """Waits (at most `limit` seconds, saying what for) until the server answers, a Galera
+    node is Synced, and Debian's debian-start (mysql_upgrade and table checks run at every
+    start, which hold metadata locks a restore's DROP DATABASE would wait on) is over."""
+    deadline = time.time() + limit
+    said = None
+    while True:
+        why = None
+        try:
+            st = dict((k.lower(), v) for k, v in sql(
+                cfg, "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_state', 'wsrep_ready')"))
+            if st and (st.get("wsrep_local_state") != "4" or st.get("wsrep_ready") != "ON"):
+                why = "the node to be Synced (wsrep_local_state %s, wsrep_ready %s)" % (
+                    st.get("wsrep_local_state"), st.get("wsrep_ready"))
+        except RuntimeError as e:
+            why = "the server to answer (%s)" % str(e)[:120]
+        if why is None:
+            busy = subprocess.run(["pgrep", "-f", "-a", r"debian-start|mysql_upgrade|mariadb-upgrade|mysqlcheck|mariadb-check"],
+                                  capture_output=True, text=True).stdout.strip()
+            if busy:
+                why = "Debian's debian-start to finish (%s)" % busy.splitlines()[0][:120]
+        if why is None:
+            return
+        if time.time() > deadline:
+            raise RuntimeError("gave up after %d s waiting for %s" % (limit, why))
+        if why != said:
+            log("waiting for " + why)
+            said = why
+        time.sleep(1)
+
+
+def restore_databases(cfg, manifest, tmp, socket=None):
+    """Drops the backup's databases and loads its dump files (each once)."""
+    lw = int(cfg.get("lock_wait_timeout", 120))
+    for db in sorted(manifest["databases"]):
+        # A bound on the metadata lock: a DROP that would wait longer fails, saying so,
+        # instead of hanging behind another session.
+        sql(cfg, "SET SESSION lock_wait_timeout=%d; DROP DATABASE IF EXISTS %s" % (lw, qi(db)),
+            socket)
+    loaded = set()
+    for db, meta in sorted(manifest["databases"].items()):
+        if meta["file"] not in loaded:
+            load_dump(cfg, os.path.join(tmp, meta["file"]), socket)
+            loaded.add(meta["file"])
+
+
 def cmd_restore(cfg, args):
     s3 = s3_client(cfg)
-    stamp = pick(s3, cfg, args.from_)
+    until = parse_time(args.to_time) if args.to_time else None
+    if until is not None:
+        stamp = pick_base(s3, cfg, until)
+    else:
+        stamp = pick(s3, cfg, args.from_)
+    replay_binlogs = until is not None or (args.from_ in (None, "", "latest") and not args.no_binlog)
     problems = []
+    wait_ready(cfg, int(cfg.get("ready_timeout", 600)))
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         # Everything is downloaded and checked before anything is touched.
         manifest = fetch(s3, cfg, stamp, tmp)
+        replay = None
+        if replay_binlogs and manifest.get("binlog"):
+            replay = BinlogReplay(s3, cfg, manifest["binlog"], until)
+            if replay.gap:
+                log("WARNING: the binlog archive has a hole after GTID sequence %d: the "
+                    "replay stops there" % replay.reached)
+            log("point in time: backup %s + %d archived binlog file(s) up to %s" % (
+                stamp, len(replay.plan()), iso(until) if until else "the archive's end"))
+        elif until is not None:
+            raise Refused("backup %s records no binlog position: it cannot be rolled forward "
+                          "to %s" % (stamp, iso(until)))
+        restore_databases(cfg, manifest, tmp)
         for db, meta in sorted(manifest["databases"].items()):
-            sql(cfg, "DROP DATABASE IF EXISTS %s" % qi(db))
-            load_dump(cfg, os.path.join(tmp, meta["file"]))
             got = table_stats(cfg, db)
             p = compare(db, meta["tables"], got) if meta.get("stable", True) else []
             problems += p
             log("restored database %s: %d table(s)%s" % (
                 db, len(got), ", row counts and checksums equal the backup's" if not p else ""))
+        if replay:
+            n = replay.run(tmp)
+            log("replayed %d binlog file(s): the databases are as of %s" % (
+                n, iso(until) if until else "the archive's end, GTID sequence %d" % replay.reached))
+            hbs = heartbeats(s3, cfg)
+            if until is None and hbs:
+                newest = max(hbs.values(), key=lambda h: h["until"])
+                log("the archive was complete up to %s (%s)" % (iso(newest["until"]), newest["host"]))
+            if until is not None and hbs and max(h["until"] for h in hbs.values()) < until:
+                log("WARNING: the archive reaches only %s, before the requested %s" % (
+                    iso(max(h["until"] for h in hbs.values())), iso(until)))
         if not args.no_users and "users.sql.gz" in manifest["files"]:
             load_dump(cfg, os.path.join(tmp, "users.sql.gz"))
             log("restored accounts (existing ones kept: INSERT IGNORE)")
@@ -614,8 +1149,10 @@ def cmd_s3(cfg, args):
 def main(argv):
     ap = argparse.ArgumentParser(prog="kiln-backup")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("run")
-    sub.add_parser("health")
+    p = sub.add_parser("run")
+    p.add_argument("--if-leader", dest="if_leader", action="store_true")
+    p = sub.add_parser("health")
+    p.add_argument("--wait", type=int, default=0)
     sub.add_parser("list")
     for name in ("verify", "restore"):
         p = sub.add_parser(name)
@@ -623,6 +1160,10 @@ def main(argv):
         if name == "restore":
             p.add_argument("--no-media", action="store_true")
             p.add_argument("--no-users", action="store_true")
+            p.add_argument("--to-time", dest="to_time", default=None)
+            p.add_argument("--no-binlog", action="store_true")
+    p = sub.add_parser("archive")
+    p.add_argument("--once", action="store_true")
     p = sub.add_parser("prune")
     p.add_argument("--prefix")
     p.add_argument("--dry-run", action="store_true")
@@ -638,7 +1179,7 @@ def main(argv):
         if args.cmd == "prune":
             return prune(s3_client(cfg), cfg, args.prefix or cfg["prefix"], args.dry_run)
         return {"run": cmd_run, "health": cmd_health, "list": cmd_list, "verify": cmd_verify,
-                "restore": cmd_restore, "s3": cmd_s3}[args.cmd](cfg, args)
+                "restore": cmd_restore, "s3": cmd_s3, "archive": cmd_archive}[args.cmd](cfg, args)
     except Refused as e:
         log("REFUSED: %s; nothing was restored" % e)
         return 3

@@ -98,5 +98,82 @@ class ManifestNames(unittest.TestCase):
                 ["app.sql.gz"], {"app": {"file": "../../etc/shadow"}}))
 
 
+def archived_file(src, name, start, end, mtime=1000, domain=0, history="b1ad9ee8"):
+    return {"key": "k/%s/%s" % (src, name), "history": history, "src": src, "file": name,
+            "domain": domain, "start": start, "end": end, "mtime": mtime, "sha256": "0" * 24,
+            "size": 1}
+
+
+class BinlogChain(unittest.TestCase):
+    """The replay chain over archived binary logs of several nodes."""
+
+    def test_one_node_in_order_from_the_base_position(self):
+        files = [archived_file("db1-aaaaaaaa", "mariadb-bin.%06d" % i, s, e)
+                 for i, (s, e) in enumerate([(0, 10), (10, 25), (25, 25), (25, 40)], 1)]
+        steps, reached, gap = kb.chain(files, "b1ad9ee8", 0, 12)
+        self.assertEqual([(f["file"], after) for f, after in steps],
+                         [("mariadb-bin.000002", 12), ("mariadb-bin.000004", 25)])
+        self.assertEqual((reached, gap), (40, False))
+
+    def test_a_takeover_continues_from_the_other_node_without_replaying_twice(self):
+        # db1 archived up to 30 then was lost; db2 took over with files that overlap.
+        files = [archived_file("db1-aaaaaaaa", "mariadb-bin.000001", 0, 20),
+                 archived_file("db1-aaaaaaaa", "mariadb-bin.000002", 20, 30),
+                 archived_file("db2-bbbbbbbb", "mariadb-bin.000007", 15, 38),
+                 archived_file("db2-bbbbbbbb", "mariadb-bin.000008", 38, 50)]
+        steps, reached, gap = kb.chain(files, "b1ad9ee8", 0, 5)
+        self.assertEqual([(f["src"], f["file"], after) for f, after in steps],
+                         [("db1-aaaaaaaa", "mariadb-bin.000001", 5),
+                          ("db2-bbbbbbbb", "mariadb-bin.000007", 20),
+                          ("db2-bbbbbbbb", "mariadb-bin.000008", 38)])
+        self.assertEqual((reached, gap), (50, False))
+
+    def test_a_hole_stops_the_chain_and_says_so(self):
+        files = [archived_file("db1-aaaaaaaa", "mariadb-bin.000001", 0, 20),
+                 archived_file("db1-aaaaaaaa", "mariadb-bin.000003", 31, 40)]
+        steps, reached, gap = kb.chain(files, "b1ad9ee8", 0, 0)
+        self.assertEqual(len(steps), 1)
+        self.assertEqual((reached, gap), (20, True))
+
+    def test_other_histories_and_domains_are_never_replayed(self):
+        # A cluster formed anew (another state UUID) counts its GTIDs from 1 again.
+        files = [archived_file("db1-aaaaaaaa", "mariadb-bin.000001", 0, 20),
+                 archived_file("db1-cccccccc", "mariadb-bin.000001", 0, 900, history="0f0f0f0f"),
+                 archived_file("db1-aaaaaaaa", "mariadb-bin.000009", 0, 900, domain=7)]
+        steps, reached, gap = kb.chain(files, "b1ad9ee8", 0, 10)
+        self.assertEqual([f["file"] for f, _ in steps], ["mariadb-bin.000001"])
+        self.assertEqual((reached, gap), (20, False))
+
+    def test_archive_keys_parse_and_odd_ones_do_not(self):
+        m = kb.ARCHIVE_KEY.match("b1ad9ee8/db1.example-a7d7e8e6.mariadb-bin.000012."
+                                 "0-22-40-1796244575.df726819dcd046c6f49d7aea")
+        self.assertIsNotNone(m)
+        self.assertEqual((m["src"], m["file"], m["start"], m["end"]),
+                         ("db1.example-a7d7e8e6", "mariadb-bin.000012", "22", "40"))
+        for bad in ["b1ad9ee8/db1-a7d7e8e6.mariadb-bin.000012.0-22-40-17.short",
+                    "b1ad9ee8/../x-a7d7e8e6.mariadb-bin.000012.0-1-2-3.df726819dcd046c6f49d7aea",
+                    "heartbeat-db1.json"]:
+            self.assertIsNone(kb.ARCHIVE_KEY.match(bad), bad)
+
+    def test_gtid_lists(self):
+        self.assertEqual(kb.parse_gtids("[0-1-7,3-3-2]"), {0: (1, 7), 3: (3, 2)})
+        self.assertEqual(kb.gtid_seq("0-1-7,3-3-2", 3), 2)
+        self.assertEqual(kb.gtid_seq("", 0), 0)
+
+    def test_replay_drops_the_session_gtid_settings_only(self):
+        drop = ["/*M!100001 SET @@session.gtid_seq_no=9*//*!*/;",
+                "/*M!100001 SET @@session.server_id=1*//*!*/;",
+                "/*M!100001 SET @@session.gtid_domain_id=0*//*!*/;",
+                "/*!100001 SET @@SESSION.SERVER_ID=@@GLOBAL.SERVER_ID */;",
+                "/*!100001 SET @@SESSION.GTID_DOMAIN_ID=@@GLOBAL.GTID_DOMAIN_ID */;"]
+        keep = ["SET TIMESTAMP=1796244360/*!*/;", "SET @@session.pseudo_thread_id=25/*!*/;",
+                "INSERT INTO t VALUES ('/*M!100001 SET @@session.server_id=1*/')",
+                "/*M!100101 SET @@session.skip_parallel_replication=0*//*!*/;"]
+        for line in drop:
+            self.assertIsNotNone(kb.BinlogReplay.SESSION_GTID.match(line), line)
+        for line in keep:
+            self.assertIsNone(kb.BinlogReplay.SESSION_GTID.match(line), line)
+
+
 if __name__ == "__main__":
     unittest.main()
