@@ -19,7 +19,7 @@ fn kiln_backup_python_unit_tests() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("test_history_a ("), "{text}");
     assert!(text.trim_end().ends_with("OK"), "{text}");
-    assert!(text.contains("Ran 15 tests"), "{text}");
+    assert!(text.contains("Ran 16 tests"), "{text}");
     assert!(
         text.contains("test_absolute_climbing_and_odd_names_are_refused"),
         "{text}"
@@ -124,4 +124,84 @@ fn backup_module_expands_offline() {
     let src = std::fs::read_to_string(repo.join("templates/backup/kiln-backup.py")).unwrap();
     assert_eq!(tool.content.as_deref(), Some(src.as_str()));
     assert_eq!(tool.mode, "0755");
+}
+
+/// Expands the backup module of `extra` (added to ENV's `[modules.backup]`) offline.
+fn expand_with(extra: &str) -> Result<kiln::desired::Desired, String> {
+    std::env::set_var("KILN_TEST_BACKUP_KEY", "access-key-xyz");
+    std::env::set_var("KILN_TEST_BACKUP_SECRET", "secret-key-not-in-output");
+    std::env::set_var(
+        "KILN_TEST_BACKUP_AGE",
+        "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ",
+    );
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo.join("modules"), dir.path().join("modules")).unwrap();
+    std::os::unix::fs::symlink(repo.join("templates"), dir.path().join("templates")).unwrap();
+    std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+    let p = dir.path().join("environments/prod.toml");
+    let text = ENV.replace(
+        "media_mirror_bucket = \"media-mirror\"\n",
+        &format!("media_mirror_bucket = \"media-mirror\"\n{extra}\n"),
+    ) + "[secrets.backup_age]\nenv = \"KILN_TEST_BACKUP_AGE\"\n";
+    std::fs::write(&p, text).unwrap();
+    let mut env = kiln::spec::Environment::load(&p).map_err(|e| e.to_string())?;
+    env.resolve_secrets().map_err(|e| e.to_string())?;
+    let hosts = env.select_hosts(None).unwrap();
+    kiln::desired::expand(&env, &hosts, None).map_err(|e| e.to_string())
+}
+
+#[test]
+fn encrypted_backups_install_age_and_the_identity_as_a_sensitive_file() {
+    use kiln::resource::Kind;
+    const R: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let d = expand_with(&format!(
+        "age_recipients = [\"{R}\"]\nage_identity_secret = \"backup_age\""
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let db1 = d.host("db1").unwrap();
+    let id = db1
+        .resources
+        .iter()
+        .find_map(|r| match &r.kind {
+            Kind::File(f) if f.path == "/etc/kiln/backup/age-identity" => Some(f.clone()),
+            _ => None,
+        })
+        .expect("the identity file");
+    assert_eq!(id.mode, "0600");
+    assert!(id.sensitive, "the identity is a secret's value");
+    assert!(db1
+        .resources
+        .iter()
+        .any(|r| matches!(&r.kind, Kind::Package(p) if p.name == "age")));
+    let cfg = db1
+        .resources
+        .iter()
+        .find_map(|r| match &r.kind {
+            Kind::File(f) if f.path == "/etc/kiln/backup/backup.json" => f.content.clone(),
+            _ => None,
+        })
+        .unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(
+        cfg["age"],
+        serde_json::json!({"recipients": [R], "identity": "/etc/kiln/backup/age-identity"})
+    );
+    assert!(!cfg.to_string().contains("AGE-SECRET-KEY"));
+    // Without encryption: no identity, no age package.
+    let plain = expand_with("").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!plain.host("db1").unwrap().resources.iter().any(|r| matches!(&r.kind,
+        Kind::File(f) if f.path == "/etc/kiln/backup/age-identity")));
+}
+
+#[test]
+fn encryption_without_an_identity_or_with_a_bad_recipient_is_refused() {
+    let e = expand_with("age_recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]")
+        .err()
+        .expect("refused");
+    assert!(e.contains("age_identity_secret is not"), "{e}");
+    let e = expand_with("age_recipients = [\"ssh-rsa\"]\nage_identity_secret = \"backup_age\"")
+        .err()
+        .expect("refused");
+    assert!(e.contains("is not an age public key"), "{e}");
 }

@@ -375,7 +375,7 @@ fn verification_unit(t: &T) -> Result<(), String> {
     expect(r.stdout == "0\n0\n", "the scratch server is gone", &r)?;
     // A manifest whose recorded checksum differs (and whose own sha256 is consistent):
     // the verification restores, compares, and fails loudly.
-    let r = t.py("b = cfg['bucket']\nlatest = sorted(set(o['key'].split('/')[2] for o in s3.list(b, cfg['prefix'] + '/')))[-1]\nbase = cfg['prefix'] + '/' + latest + '/'\nraw = s3.get_bytes(b, base + 'manifest.json')\nopen('/root/manifest.orig', 'wb').write(raw)\nm = json.loads(raw)\nm['databases']['app']['tables']['items']['checksum'] = '12345'\nraw = json.dumps(m).encode()\ns3.put_bytes(b, base + 'manifest.json.sha256', (hashlib.sha256(raw).hexdigest() + '  manifest.json\\n').encode())\ns3.put_bytes(b, base + 'manifest.json', raw)\nprint(base)");
+    let r = t.py("b = cfg['bucket']\nlatest = sorted(set(k for k in (o['key'].split('/')[2] for o in s3.list(b, cfg['prefix'] + '/')) if k[:1].isdigit()))[-1]\nbase = cfg['prefix'] + '/' + latest + '/'\nraw = s3.get_bytes(b, base + 'manifest.json')\nopen('/root/manifest.orig', 'wb').write(raw)\nm = json.loads(raw)\nm['databases']['app']['tables']['items']['checksum'] = '12345'\nraw = json.dumps(m).encode()\ns3.put_bytes(b, base + 'manifest.json.sha256', (hashlib.sha256(raw).hexdigest() + '  manifest.json\\n').encode())\ns3.put_bytes(b, base + 'manifest.json', raw)\nprint(base)");
     expect(r.code == 0, "rewrite the manifest's checksum", &r)?;
     let r = t.sh(
         "db1",
@@ -389,7 +389,7 @@ fn verification_unit(t: &T) -> Result<(), String> {
         "verification fails loudly on a checksum mismatch (unit failed)",
         &r,
     )?;
-    let r = t.py("b = cfg['bucket']\nlatest = sorted(set(o['key'].split('/')[2] for o in s3.list(b, cfg['prefix'] + '/')))[-1]\nbase = cfg['prefix'] + '/' + latest + '/'\nraw = open('/root/manifest.orig', 'rb').read()\ns3.put_bytes(b, base + 'manifest.json.sha256', (hashlib.sha256(raw).hexdigest() + '  manifest.json\\n').encode())\ns3.put_bytes(b, base + 'manifest.json', raw)");
+    let r = t.py("b = cfg['bucket']\nlatest = sorted(set(k for k in (o['key'].split('/')[2] for o in s3.list(b, cfg['prefix'] + '/')) if k[:1].isdigit()))[-1]\nbase = cfg['prefix'] + '/' + latest + '/'\nraw = open('/root/manifest.orig', 'rb').read()\ns3.put_bytes(b, base + 'manifest.json.sha256', (hashlib.sha256(raw).hexdigest() + '  manifest.json\\n').encode())\ns3.put_bytes(b, base + 'manifest.json', raw)");
     expect(r.code == 0, "put the manifest back", &r)?;
     let r = t.sh("db1", "systemctl reset-failed kiln-backup-verify.service");
     expect(r.code == 0, "reset", &r)
@@ -400,7 +400,7 @@ fn corrupted_manifest_refuses(t: &T) -> Result<(), String> {
         t.sql("INSERT INTO app.notes VALUES ('after-backup', 'must survive a refused restore')");
     expect(r.code == 0, "marker row", &r)?;
     // One byte of the manifest changed, its checksum file left as it was.
-    let r = t.py("b = cfg['bucket']\nlatest = sorted(set(o['key'].split('/')[2] for o in s3.list(b, cfg['prefix'] + '/')))[-1]\nbase = cfg['prefix'] + '/' + latest + '/'\nraw = s3.get_bytes(b, base + 'manifest.json')\ns3.put_bytes(b, base + 'manifest.json', raw.replace(b'\"rows\": 2001', b'\"rows\": 2000'))");
+    let r = t.py("b = cfg['bucket']\nlatest = sorted(set(k for k in (o['key'].split('/')[2] for o in s3.list(b, cfg['prefix'] + '/')) if k[:1].isdigit()))[-1]\nbase = cfg['prefix'] + '/' + latest + '/'\nraw = s3.get_bytes(b, base + 'manifest.json')\ns3.put_bytes(b, base + 'manifest.json', raw.replace(b'\"rows\": 2001', b'\"rows\": 2000'))");
     expect(r.code == 0, "corrupt the manifest", &r)?;
     let r = t.kiln(&["restore", ENV, "--yes"]);
     expect(
@@ -414,7 +414,7 @@ fn corrupted_manifest_refuses(t: &T) -> Result<(), String> {
         "nothing was restored",
         &r,
     )?;
-    let r = t.py("b = cfg['bucket']\nlatest = sorted(set(o['key'].split('/')[2] for o in s3.list(b, cfg['prefix'] + '/')))[-1]\nbase = cfg['prefix'] + '/' + latest + '/'\ns3.put_bytes(b, base + 'manifest.json', open('/root/manifest.orig', 'rb').read())");
+    let r = t.py("b = cfg['bucket']\nlatest = sorted(set(k for k in (o['key'].split('/')[2] for o in s3.list(b, cfg['prefix'] + '/')) if k[:1].isdigit()))[-1]\nbase = cfg['prefix'] + '/' + latest + '/'\ns3.put_bytes(b, base + 'manifest.json', open('/root/manifest.orig', 'rb').read())");
     expect(r.code == 0, "put the manifest back", &r)
 }
 

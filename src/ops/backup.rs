@@ -27,10 +27,13 @@ const TOOL_FILES: [&str; 4] = [
     "/etc/kiln/backup/s3.env",
 ];
 
-/// The host `kiln backup` and `kiln restore` drive: the only host running the `backup`
-/// module, or with several (a cluster's peers, each ready to take over the binlog archive),
-/// the first of the module's `peers` (else the first in the environment's order).
-fn backup_host(hosts: &[DesiredHost]) -> Result<&DesiredHost> {
+/// The backups' age identity, when the module encrypts them (sent like the tool's files).
+const AGE_IDENTITY: &str = "/etc/kiln/backup/age-identity";
+
+/// The hosts `kiln backup` and `kiln restore` may drive, in order: the only host running
+/// the `backup` module, or with several (a cluster's peers, each ready to take over the
+/// binlog archive), the module's `peers` in their order. The first one that answers is used.
+fn backup_hosts(hosts: &[DesiredHost]) -> Result<Vec<&DesiredHost>> {
     let with: Vec<&DesiredHost> = hosts
         .iter()
         .filter(|h| h.resources.iter().any(|r| r.module == "backup"))
@@ -38,36 +41,58 @@ fn backup_host(hosts: &[DesiredHost]) -> Result<&DesiredHost> {
     let first = *with
         .first()
         .ok_or_else(|| anyhow!("no host of this environment runs the `backup` module"))?;
-    if with.len() > 1 {
-        // The peers as the module rendered them into the host's backup.json.
-        let config: serde_json::Value = first
-            .resources
-            .iter()
-            .find_map(|r| match &r.kind {
-                Kind::File(f) if f.path == "/etc/kiln/backup/backup.json" => f.content.clone(),
-                _ => None,
-            })
-            .and_then(|c| serde_json::from_str(&c).ok())
-            .unwrap_or_default();
-        let peers: Vec<String> = config["binlog"]["peers"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        if peers.is_empty() {
-            bail!(
-                "more than one host runs the `backup` module ({}): list them in its `peers` \
-                 (the first one leads) or keep one",
-                with.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
-            );
-        }
-        if let Some(h) = peers
-            .iter()
-            .find_map(|p| with.iter().find(|h| &h.name == p))
-        {
-            return Ok(h);
+    if with.len() == 1 {
+        return Ok(with);
+    }
+    // The peers as the module rendered them into the host's backup.json.
+    let config: serde_json::Value = first
+        .resources
+        .iter()
+        .find_map(|r| match &r.kind {
+            Kind::File(f) if f.path == "/etc/kiln/backup/backup.json" => f.content.clone(),
+            _ => None,
+        })
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or_default();
+    let peers: Vec<String> = config["binlog"]["peers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    if peers.is_empty() {
+        bail!(
+            "more than one host runs the `backup` module ({}): list them in its `peers` \
+             (the first one leads) or keep one",
+            with.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut ordered: Vec<&DesiredHost> = peers
+        .iter()
+        .filter_map(|p| with.iter().copied().find(|h| &h.name == p))
+        .collect();
+    for h in with {
+        if !ordered.iter().any(|o| o.name == h.name) {
+            ordered.push(h);
         }
     }
-    Ok(first)
+    Ok(ordered)
+}
+
+/// Connects to the first of `hosts` that answers, saying which were skipped and why.
+async fn connect_first<'a>(
+    env: &crate::spec::Environment,
+    hosts: &[&'a DesiredHost],
+) -> Result<(&'a DesiredHost, Arc<dyn Transport>)> {
+    let mut last = None;
+    for h in hosts {
+        match connect(env, h).await {
+            Ok(t) => return Ok((h, t)),
+            Err(e) => {
+                println!("{} ({}) does not answer: {e:#}", h.name, h.connection.address);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no backup host")))
 }
 
 async fn connect(env: &crate::spec::Environment, h: &DesiredHost) -> Result<Arc<dyn Transport>> {
@@ -93,10 +118,10 @@ async fn stream(
 
 pub async fn backup(env_arg: &str) -> Result<i32> {
     let loaded = load(env_arg, None)?;
-    let host = backup_host(&loaded.desired.hosts)?;
+    let hosts = backup_hosts(&loaded.desired.hosts)?;
     let redactor = loaded.env.redactor();
+    let (host, t) = connect_first(&loaded.env, &hosts).await?;
     println!("backup on {} ({})", host.name, host.connection.address);
-    let t = connect(&loaded.env, host).await?;
     let script = r#"set -u
 if ! systemctl cat kiln-backup.service >/dev/null 2>&1; then
   echo "kiln-backup.service is not installed on this host: run kiln apply first"; exit 3
@@ -178,15 +203,26 @@ fn confirm(what: &str) -> Result<bool> {
 
 pub async fn restore(args: RestoreArgs) -> Result<i32> {
     let loaded = load(&args.env, None)?;
-    let source = backup_host(&loaded.desired.hosts)?;
-    let target = match &args.into {
-        Some(name) => loaded
-            .desired
-            .host(name)
-            .ok_or_else(|| anyhow!("no host `{name}` in this environment"))?,
-        None => source,
+    let sources = backup_hosts(&loaded.desired.hosts)?;
+    let into = match &args.into {
+        Some(name) => Some(
+            loaded
+                .desired
+                .host(name)
+                .ok_or_else(|| anyhow!("no host `{name}` in this environment"))?,
+        ),
+        None => None,
     };
     let redactor = loaded.env.redactor();
+    // Without --into: the first backup host that answers restores (the first peer may be
+    // the host that was lost).
+    let (source, target, t) = match into {
+        None => {
+            let (h, t) = connect_first(&loaded.env, &sources).await?;
+            (h, h, t)
+        }
+        Some(target) => (sources[0], target, connect(&loaded.env, target).await?),
+    };
     let media = if args.no_media { "" } else { " and media" };
     let point = match &args.to_time {
         Some(t) => format!("the databases as of {t} UTC"),
@@ -217,6 +253,18 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         let mut s = String::from(
             "set -eu\numask 077\nd=$(mktemp -d /tmp/kiln-restore.XXXXXX)\ntrap 'rm -rf \"$d\"' EXIT\n",
         );
+        let identity = source.resources.iter().find_map(|r| match &r.kind {
+            Kind::File(f) if f.path == AGE_IDENTITY => f.content.clone(),
+            _ => None,
+        });
+        if let Some(id) = &identity {
+            s.push_str(&crate::shell::heredoc(
+                "cat > \"$d/age-identity\"",
+                "",
+                id,
+                "KILN_RESTORE_EOF",
+            ));
+        }
         for path in TOOL_FILES {
             let content = source
                 .resources
@@ -234,8 +282,13 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
                 "KILN_RESTORE_EOF",
             ));
         }
+        let age = if identity.is_some() {
+            "KILN_BACKUP_AGE_IDENTITY=\"$d/age-identity\" "
+        } else {
+            ""
+        };
         s.push_str(&format!(
-            "set +e\nKILN_BACKUP_CONFIG=\"$d/backup.json\" KILN_BACKUP_CREDENTIALS=\"$d/s3.env\" KILN_BACKUP_LIB=\"$d\" python3 \"$d/kiln-backup\" {tool_args}\n"
+            "set +e\n{age}KILN_BACKUP_CONFIG=\"$d/backup.json\" KILN_BACKUP_CREDENTIALS=\"$d/s3.env\" KILN_BACKUP_LIB=\"$d\" python3 \"$d/kiln-backup\" {tool_args}\n"
         ));
         s
     };
@@ -243,10 +296,64 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         "restore {point} from {}'s backups into {} ({})",
         source.name, target.name, target.connection.address
     );
-    let t = connect(&loaded.env, target).await?;
+    if !settle_cluster(&loaded).await? {
+        return Ok(1);
+    }
     let status = stream(t.as_ref(), &script, &redactor).await?;
     Ok(match status {
         Some(0) => 0,
         _ => 1,
     })
+}
+
+/// How long a restore waits for Debian's debian-start on the database nodes.
+const SETTLE: Duration = Duration::from_secs(600);
+
+/// Waits (at most `SETTLE`, saying for what) until Debian's `debian-start` — run by every
+/// MariaDB start; on a node that joined by state transfer it runs `mysql_upgrade`, whose
+/// `ALTER TABLE mysql.event` and a replicated `DROP DATABASE` wait on each other for ever
+/// — is over on every Galera node of the environment, not only the one that restores:
+/// a write set the restore sends must be applied everywhere. A node that does not answer
+/// is skipped (it is not in the cluster either). Returns false when it gave up.
+async fn settle_cluster(loaded: &crate::engine::Loaded) -> Result<bool> {
+    let script = format!(
+        r#"set -u
+n=0
+while pgrep -f '/etc/mysql/debian-start|mysql_upgrade|mariadb-upgrade' >/dev/null; do
+  [ $n -eq 0 ] && echo "$(hostname): waiting for Debian's debian-start (mysql_upgrade) to finish"
+  n=$((n+1))
+  if [ $n -ge {} ]; then
+    echo "$(hostname): gave up after $n s: debian-start still runs: $(pgrep -a -f 'mysql_upgrade|mariadb-upgrade' | head -1)"
+    exit 1
+  fi
+  sleep 1
+done
+[ $n -gt 0 ] && echo "$(hostname): debian-start finished after $n s"
+exit 0
+"#,
+        SETTLE.as_secs()
+    );
+    let redactor = loaded.env.redactor();
+    for h in loaded
+        .desired
+        .hosts
+        .iter()
+        .filter(|h| h.resources.iter().any(|r| r.module == "mariadb-galera"))
+    {
+        let Ok(t) = connect(&loaded.env, h).await else {
+            println!("{}: does not answer; not waited for", h.name);
+            continue;
+        };
+        let out = t
+            .run(&script, SETTLE + Duration::from_secs(30), None)
+            .await?;
+        for l in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+            println!("{}", redactor.redact(l));
+        }
+        if out.status != Some(0) {
+            println!("nothing restored: {} is not ready", h.name);
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -25,11 +25,15 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.environ.get("KILN_BACKUP_LIB", "/usr/local/lib/kiln"))
@@ -94,14 +98,206 @@ def load_config():
     cfg.setdefault("max_age_hours", 26)
     cfg.setdefault("workdir", "/var/lib/kiln-backup")
     cfg.setdefault("mysql_defaults", "")
+    cfg.setdefault("age", {"recipients": [], "identity": ""})
+    if os.environ.get("KILN_BACKUP_AGE_IDENTITY"):
+        cfg["age"]["identity"] = os.environ["KILN_BACKUP_AGE_IDENTITY"]
     return cfg
 
 
 def s3_client(cfg):
     import kiln_s3
     env = kiln_s3.read_env_file(CREDENTIALS)
-    return kiln_s3.S3(cfg["endpoint"], env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"],
-                      region=cfg.get("region", "us-east-1"))
+    raw = kiln_s3.S3(cfg["endpoint"], env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"],
+                     region=cfg.get("region", "us-east-1"))
+    rep = cfg.get("replica") or {}
+    if rep.get("endpoint"):
+        raw = Replicated(raw, kiln_s3.S3(
+            rep["endpoint"], env.get("REPLICA_ACCESS_KEY") or env["S3_ACCESS_KEY"],
+            env.get("REPLICA_SECRET_KEY") or env["S3_SECRET_KEY"],
+            region=rep.get("region") or cfg.get("region", "us-east-1")), cfg)
+    return Sealed(raw, cfg) if cfg.get("age", {}).get("recipients") else raw
+
+
+class Replicated:
+    """The backup bucket on two S3 targets: the primary and an off-site replica
+    (`replicate_to`). Every object is written to both (a write the replica refuses fails
+    the run, so the health check sees it); reads take the primary's object and fall back to
+    the replica's when the primary fails or lacks it (its host lost, or rebuilt empty);
+    listings are the union of both. Other buckets (the media) live on the primary only."""
+
+    def __init__(self, primary, replica, cfg):
+        self.primary, self.replica = primary, replica
+        self.bucket = cfg["bucket"]
+        self.replica_bucket = (cfg.get("replica") or {}).get("bucket") or cfg["bucket"]
+        self.said = False
+        self.down = False
+
+    def __getattr__(self, name):
+        return getattr(self.primary, name)
+
+    def _fallback(self, e):
+        # A primary that cannot be reached is not asked again in this run (each request
+        # would wait through its retries); one that answers "no such key" is.
+        if isinstance(e, OSError):
+            self.down = True
+        if not self.said:
+            log("the primary S3 target failed (%s: %s): reading the replica" % (
+                type(e).__name__, str(e)[:160]))
+            self.said = True
+
+    def make_bucket(self, bucket):
+        made = self.primary.make_bucket(bucket)
+        if bucket == self.bucket:
+            self.replica.make_bucket(self.replica_bucket)
+        return made
+
+    def list(self, bucket, prefix=""):
+        if bucket != self.bucket:
+            return self.primary.list(bucket, prefix)
+        out, err = {}, None
+        try:
+            if self.down:
+                raise OSError("the primary S3 target is unreachable")
+            out = {o["key"]: o for o in self.primary.list(bucket, prefix)}
+        except Exception as e:  # noqa: BLE001 - the replica answers instead
+            self._fallback(e)
+            err = e
+        try:
+            for o in self.replica.list(self.replica_bucket, prefix):
+                out.setdefault(o["key"], o)
+        except Exception:  # noqa: BLE001
+            if err is not None:
+                raise err
+        return sorted(out.values(), key=lambda o: o["key"])
+
+    def put_file(self, bucket, key, path, sha256=None):
+        sha = self.primary.put_file(bucket, key, path, sha256)
+        if bucket == self.bucket:
+            self.replica.put_file(self.replica_bucket, key, path, sha)
+        return sha
+
+    def put_bytes(self, bucket, key, data):
+        self.primary.put_bytes(bucket, key, data)
+        if bucket == self.bucket:
+            self.replica.put_bytes(self.replica_bucket, key, data)
+
+    def get_file(self, bucket, key, path):
+        if bucket != self.bucket:
+            return self.primary.get_file(bucket, key, path)
+        try:
+            if self.down:
+                raise OSError("the primary S3 target is unreachable")
+            return self.primary.get_file(bucket, key, path)
+        except Exception as e:  # noqa: BLE001
+            self._fallback(e)
+            return self.replica.get_file(self.replica_bucket, key, path)
+
+    def get_bytes(self, bucket, key):
+        if bucket != self.bucket:
+            return self.primary.get_bytes(bucket, key)
+        try:
+            if self.down:
+                raise OSError("the primary S3 target is unreachable")
+            return self.primary.get_bytes(bucket, key)
+        except Exception as e:  # noqa: BLE001
+            self._fallback(e)
+            return self.replica.get_bytes(self.replica_bucket, key)
+
+    def delete(self, bucket, key):
+        self.primary.delete(bucket, key)
+        if bucket == self.bucket:
+            self.replica.delete(self.replica_bucket, key)
+
+
+AGE_MAGIC = b"age-encryption.org/v1\n"
+
+
+class Sealed:
+    """The S3 client with every object of the backup bucket encrypted with age to the
+    configured recipients (public keys) before it leaves the host, and decrypted with the
+    identity (/etc/kiln/backup/age-identity, from a secret) when read: a bucket reader sees
+    only ciphertext. Other buckets (the media and its mirror) pass through unchanged. An
+    object that is not age ciphertext is read as it is (backups taken before encryption was
+    turned on stay restorable)."""
+
+    def __init__(self, s3, cfg):
+        self.s3, self.bucket = s3, cfg["bucket"]
+        self.recipients = list(cfg["age"]["recipients"])
+        self.identity = cfg["age"].get("identity") or ""
+        self.tmp = cfg["workdir"]
+        self.last_stored = None
+
+    def __getattr__(self, name):
+        return getattr(self.s3, name)
+
+    def _age(self, args):
+        r = subprocess.run(["age"] + args, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("age: %s" % r.stderr.strip()[-300:])
+
+    def _seal(self, path):
+        fd, out = tempfile.mkstemp(prefix=".sealed-", dir=self.tmp)
+        os.close(fd)
+        args = ["--encrypt"]
+        for r in self.recipients:
+            args += ["--recipient", r]
+        self._age(args + ["--output", out, path])
+        return out
+
+    def _open(self, src, dst):
+        with open(src, "rb") as f:
+            head = f.read(len(AGE_MAGIC))
+        if head != AGE_MAGIC:
+            os.replace(src, dst)
+            return
+        if not self.identity or not os.path.exists(self.identity):
+            raise Refused("the backups are encrypted and this host has no age identity "
+                          "(the backup module's age_identity_secret)")
+        self._age(["--decrypt", "--identity", self.identity, "--output", dst + ".plain", src])
+        os.replace(dst + ".plain", dst)
+        os.unlink(src)
+
+    def put_file(self, bucket, key, path, sha256=None):
+        if bucket != self.bucket:
+            return self.s3.put_file(bucket, key, path, sha256)
+        sha256 = sha256 or sha256_file(path)
+        sealed = self._seal(path)
+        try:
+            self.last_stored = {"sha256": self.s3.put_file(bucket, key, sealed),
+                                "size": os.path.getsize(sealed)}
+        finally:
+            os.unlink(sealed)
+        return sha256
+
+    def put_bytes(self, bucket, key, data):
+        if bucket != self.bucket:
+            return self.s3.put_bytes(bucket, key, data)
+        fd, path = tempfile.mkstemp(prefix=".plain-", dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            self.put_file(bucket, key, path)
+        finally:
+            os.unlink(path)
+
+    def get_file(self, bucket, key, path):
+        if bucket != self.bucket:
+            return self.s3.get_file(bucket, key, path)
+        self.s3.get_file(bucket, key, path + ".sealed")
+        self._open(path + ".sealed", path)
+
+    def get_bytes(self, bucket, key):
+        if bucket != self.bucket:
+            return self.s3.get_bytes(bucket, key)
+        fd, path = tempfile.mkstemp(prefix=".get-", dir=self.tmp)
+        os.close(fd)
+        try:
+            self.get_file(bucket, key, path)
+            with open(path, "rb") as f:
+                return f.read()
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def lock(cfg):
@@ -343,6 +539,17 @@ def cmd_run(cfg, args):
                 "files": {}, "databases": {}}
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         dbs = databases(cfg)
+        # The dump covers the whole server unless `databases` names some: a restore then
+        # makes the server's databases exactly the backup's (what the binary logs continue).
+        manifest["all_databases"] = not cfg["databases"]
+        if binlog_on(cfg) and not dbs:
+            # Nothing to dump yet (a new cluster before its databases): the position alone
+            # is a base, and the binary logs hold everything that comes after.
+            st = sql(cfg, "SHOW MASTER STATUS")[0]
+            manifest["binlog"] = dump_position(
+                cfg, "CHANGE MASTER TO MASTER_LOG_FILE='%s', MASTER_LOG_POS=%s" % (st[0], st[1]))
+            log("no database yet: the base is binlog position %s:%s (GTID %s)" % (
+                st[0], st[1], manifest["binlog"]["gtid"] or "none yet"))
         if binlog_on(cfg) and dbs:
             # Point-in-time recovery replays the binary logs from the dump's position, so
             # every database comes from one consistent snapshot with one GTID position.
@@ -379,6 +586,11 @@ def cmd_run(cfg, args):
             path = os.path.join(tmp, name)
             sha = s3.put_file(cfg["bucket"], base + name, path)
             manifest["files"][name] = {"sha256": sha, "size": os.path.getsize(path)}
+            if getattr(s3, "last_stored", None):
+                # Encrypted: the object's own hash and size too, so a bucket-side check
+                # needs no identity.
+                manifest["files"][name]["stored"] = dict(s3.last_stored)
+                manifest["encrypted"] = "age"
         manifest["media"] = mirror_media(s3, cfg, previous_manifest(s3, cfg))
         raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
         # The checksum first: a manifest is only ever visible with its checksum beside it.
@@ -422,7 +634,47 @@ def prune(s3, cfg, prefix, dry_run):
         k["daily"], k["weekly"], k["monthly"], len(keep),
         "would delete" if dry_run else "deleted", len(drop),
         (": " + " ".join(drop)) if drop else ""))
+    if cfg.get("binlog", {}).get("enabled") and keep:
+        prune_binlogs(s3, cfg, prefix, sorted(keep), dry_run)
     return 0
+
+
+def binlog_prunable(files, bases, oldest):
+    """The archived binlog files no kept backup needs. `bases`: (history, domain, seq) of
+    every kept base backup; `oldest`: the epoch of the oldest kept one. A file is needed
+    when it holds write sets after some kept base of its history and domain; a file of a
+    history no kept base belongs to is kept while it is newer than the oldest kept base (a
+    new cluster whose first backup is still to come)."""
+    histories = set(h for h, _, _ in bases)
+    out = []
+    for f in files:
+        if any(f["history"] == h and f["domain"] == d and f["end"] > seq for h, d, seq in bases):
+            continue
+        if f["history"] in histories or f["mtime"] < oldest:
+            out.append(f)
+    return out
+
+
+def prune_binlogs(s3, cfg, prefix, kept, dry_run):
+    bases = []
+    for stamp in kept:
+        try:
+            m = json.loads(s3.get_bytes(cfg["bucket"], "%s/%s/manifest.json" % (
+                prefix.rstrip("/"), stamp)))
+        except Exception as e:  # noqa: BLE001 - unreadable: prune nothing rather than too much
+            log("binlog retention skipped: cannot read the manifest of %s (%s)" % (stamp, e))
+            return
+        b = m.get("binlog")
+        if b:
+            bases.append((b.get("history"), b["domain"], gtid_seq(b["gtid"], b["domain"])))
+    oldest = parse_stamp(kept[0]).timestamp()
+    files = archived(s3, cfg)
+    gone = binlog_prunable(files, bases, oldest)
+    if not dry_run:
+        for f in gone:
+            s3.delete(cfg["bucket"], f["key"])
+    log("binlog retention: %d archived file(s), %s %d no kept backup needs" % (
+        len(files), "would delete" if dry_run else "deleted", len(gone)))
 
 
 def cmd_list(cfg, args):
@@ -636,12 +888,8 @@ class Archiver:
         return leads(self.s3, self.cfg)
 
     def synced(self):
-        r = sql(self.cfg, "SHOW GLOBAL STATUS WHERE Variable_name IN "
-                          "('wsrep_local_state', 'wsrep_ready')")
-        st = dict((k.lower(), v) for k, v in r)
-        if not st:
-            return True  # not a Galera node
-        return st.get("wsrep_local_state") == "4" and st.get("wsrep_ready") == "ON"
+        st = galera_state(self.cfg)
+        return st is None or st == ("4", "ON")
 
     def known(self):
         self.history = history(self.cfg)
@@ -825,6 +1073,7 @@ class BinlogReplay:
     def run(self, workdir, socket=None):
         applied = 0
         for f, after, last in self.plan():
+            step("replaying binlog %s/%s" % (f["src"], f["file"]))
             path = os.path.join(workdir, "binlog")
             self.s3.get_file(self.cfg["bucket"], f["key"], path)
             if not sha256_file(path).startswith(f["sha256"]):
@@ -990,6 +1239,17 @@ def pick_base(s3, cfg, until):
     raise Refused("no complete backup taken at or before %s" % iso(until))
 
 
+def galera_state(cfg, socket=None):
+    """(wsrep_local_state, wsrep_ready) of a Galera node; None on a server without wsrep
+    (a standalone server reports wsrep_ready OFF too)."""
+    if sql(cfg, "SELECT @@wsrep_on", socket)[0][0] != "1":
+        return None
+    st = dict((k.lower(), v) for k, v in sql(
+        cfg, "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_state', 'wsrep_ready')",
+        socket))
+    return st.get("wsrep_local_state"), st.get("wsrep_ready")
+
+
 def wait_ready(cfg, limit):
     """Waits (at most `limit` seconds, saying what for) until the server answers, a Galera
     node is Synced, and Debian's debian-start (mysql_upgrade and table checks run at every
@@ -999,11 +1259,9 @@ def wait_ready(cfg, limit):
     while True:
         why = None
         try:
-            st = dict((k.lower(), v) for k, v in sql(
-                cfg, "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_state', 'wsrep_ready')"))
-            if st and (st.get("wsrep_local_state") != "4" or st.get("wsrep_ready") != "ON"):
-                why = "the node to be Synced (wsrep_local_state %s, wsrep_ready %s)" % (
-                    st.get("wsrep_local_state"), st.get("wsrep_ready"))
+            st = galera_state(cfg)
+            if st is not None and st != ("4", "ON"):
+                why = "the node to be Synced (wsrep_local_state %s, wsrep_ready %s)" % st
         except RuntimeError as e:
             why = "the server to answer (%s)" % str(e)[:120]
         if why is None:
@@ -1022,9 +1280,15 @@ def wait_ready(cfg, limit):
 
 
 def restore_databases(cfg, manifest, tmp, socket=None):
-    """Drops the backup's databases and loads its dump files (each once)."""
+    """Drops the backup's databases (with a backup of the whole server: every database but
+    the system ones, so the binary logs replay onto exactly the backup's state) and loads
+    its dump files (each once)."""
     lw = int(cfg.get("lock_wait_timeout", 120))
-    for db in sorted(manifest["databases"]):
+    drop = set(manifest["databases"])
+    if manifest.get("all_databases"):
+        drop |= set(r[0] for r in sql(cfg, "SHOW DATABASES", socket) if r[0] not in SYSTEM_DBS)
+    for db in sorted(drop):
+        step("dropping database %s" % db)
         # A bound on the metadata lock: a DROP that would wait longer fails, saying so,
         # instead of hanging behind another session.
         sql(cfg, "SET SESSION lock_wait_timeout=%d; DROP DATABASE IF EXISTS %s" % (lw, qi(db)),
@@ -1032,11 +1296,36 @@ def restore_databases(cfg, manifest, tmp, socket=None):
     loaded = set()
     for db, meta in sorted(manifest["databases"].items()):
         if meta["file"] not in loaded:
+            step("loading %s" % meta["file"])
             load_dump(cfg, os.path.join(tmp, meta["file"]), socket)
             loaded.add(meta["file"])
 
 
+STEP = ["starting"]
+
+
+def step(what):
+    """Names what the run does now, for the message of a run that gives up."""
+    STEP[0] = what
+
+
+def bound(seconds, what):
+    """Ends the whole run (this tool and the mariadb/mariadb-binlog it started) when it
+    takes longer than `seconds`, saying which step it was in: a restore never hangs."""
+    def expire(signum, frame):
+        log("%s GAVE UP after %d s while %s; nothing further was done. Run it again: it "
+            "starts over (databases dropped and reloaded)." % (what, seconds, STEP[0]))
+        sys.stdout.flush()
+        try:
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+        finally:
+            os._exit(124)
+    signal.signal(signal.SIGALRM, expire)
+    signal.alarm(max(1, int(seconds)))
+
+
 def cmd_restore(cfg, args):
+    bound(int(cfg.get("restore_timeout", 4 * 3600)), "RESTORE")
     s3 = s3_client(cfg)
     until = parse_time(args.to_time) if args.to_time else None
     if until is not None:
@@ -1045,9 +1334,11 @@ def cmd_restore(cfg, args):
         stamp = pick(s3, cfg, args.from_)
     replay_binlogs = until is not None or (args.from_ in (None, "", "latest") and not args.no_binlog)
     problems = []
+    step("waiting for the server to be ready")
     wait_ready(cfg, int(cfg.get("ready_timeout", 600)))
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         # Everything is downloaded and checked before anything is touched.
+        step("downloading and checking backup %s" % stamp)
         manifest = fetch(s3, cfg, stamp, tmp)
         replay = None
         if replay_binlogs and manifest.get("binlog"):
@@ -1146,6 +1437,30 @@ def cmd_s3(cfg, args):
     return 0
 
 
+def die_with_caller():
+    """When kiln runs this tool over SSH and goes away (killed, connection lost), the
+    pipe of our standard output loses its reader: end this run and everything it started
+    (mariadb, mariadb-binlog), so no restore goes on unattended. Under systemd (the
+    timers) standard output is the journal's socket, not a pipe, and nothing is watched."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(1).st_mode):
+            return
+    except OSError:
+        return
+
+    def watch():
+        p = select.poll()
+        p.register(1, select.POLLERR | select.POLLHUP)
+        while True:
+            for _, ev in p.poll(1000):
+                if ev & (select.POLLERR | select.POLLHUP):
+                    try:
+                        os.killpg(os.getpgid(0), signal.SIGTERM)
+                    finally:
+                        os._exit(143)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv):
     ap = argparse.ArgumentParser(prog="kiln-backup")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1173,6 +1488,8 @@ def main(argv):
     p.add_argument("rest", nargs="*")
     args = ap.parse_args(argv[1:])
     os.umask(0o077)
+    if args.cmd in ("restore", "verify", "run"):
+        die_with_caller()
     cfg = load_config()
     held = lock(cfg) if args.cmd in ("run", "verify", "restore", "prune") else None
     try:

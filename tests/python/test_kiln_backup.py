@@ -175,5 +175,22 @@ class BinlogChain(unittest.TestCase):
             self.assertIsNone(kb.BinlogReplay.SESSION_GTID.match(line), line)
 
 
+class BinlogRetention(unittest.TestCase):
+    def test_files_before_every_kept_base_go_newer_ones_stay(self):
+        files = [archived_file("db1-aaaaaaaa", "mariadb-bin.000001", 0, 10, mtime=100),
+                 archived_file("db1-aaaaaaaa", "mariadb-bin.000002", 10, 20, mtime=200),
+                 archived_file("db1-aaaaaaaa", "mariadb-bin.000003", 20, 30, mtime=300),
+                 # an older history, before every kept backup
+                 archived_file("db1-cccccccc", "mariadb-bin.000009", 0, 90, mtime=50,
+                               history="0f0f0f0f"),
+                 # a newer history whose first backup is still to come
+                 archived_file("db1-dddddddd", "mariadb-bin.000001", 0, 5, mtime=400,
+                               history="1e1e1e1e")]
+        gone = kb.binlog_prunable(files, [("b1ad9ee8", 0, 15)], oldest=150)
+        self.assertEqual(sorted((f["src"], f["file"]) for f in gone),
+                         [("db1-aaaaaaaa", "mariadb-bin.000001"),
+                          ("db1-cccccccc", "mariadb-bin.000009")])
+
+
 if __name__ == "__main__":
     unittest.main()
