@@ -130,12 +130,16 @@ fn utc(t: f64) -> String {
 struct Writer {
     child: Child,
     rows: Arc<Mutex<Vec<(i64, String)>>>,
+    host: String,
+    tag: String,
+    root: std::path::PathBuf,
+    bin: std::path::PathBuf,
 }
 
 impl Writer {
     fn start(lab: &Lab, host: &str, tag: &str) -> Writer {
         let script = format!(
-            "mariadb -e '{TABLE}'; n=0; while :; do n=$((n+1)); mariadb -N -B -e \"INSERT INTO app.w (t, tag, n) VALUES (NOW(6), '{tag}', $n); SELECT $n, t FROM app.w WHERE id = LAST_INSERT_ID()\" || exit 1; sleep 0.1; done"
+            "rm -f /run/stop-writer-{tag}; mariadb -e '{TABLE}'; n=0; while [ ! -e /run/stop-writer-{tag} ]; do n=$((n+1)); mariadb -N -B -e \"INSERT INTO app.w (t, tag, n) VALUES (NOW(6), '{tag}', $n); SELECT $n, t FROM app.w WHERE id = LAST_INSERT_ID()\" || exit 1; sleep 0.1; done"
         );
         let mut child = Command::new(&lab.bin)
             .current_dir(lab.root.path())
@@ -159,14 +163,35 @@ impl Writer {
                 }
             }
         });
-        Writer { child, rows }
+        Writer {
+            child,
+            rows,
+            host: host.to_string(),
+            tag: tag.to_string(),
+            root: lab.root.path().to_path_buf(),
+            bin: lab.bin.clone(),
+        }
     }
 
     fn committed(&self) -> Vec<(i64, String)> {
         self.rows.lock().unwrap().clone()
     }
 
+    /// Stops the loop on the host (a killed ssh client does not stop it), then the client.
+    /// On a host that is gone, the loop went with it.
     fn stop(mut self) -> Vec<(i64, String)> {
+        let _ = Command::new(&self.bin)
+            .current_dir(&self.root)
+            .env("KILN_ROOT", &self.root)
+            .args(["ssh", ENV, &self.host, "--", "touch"])
+            .arg(format!("/run/stop-writer-{}", self.tag))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(300));
@@ -278,6 +303,10 @@ fn drill(lab: &Lab, round: u32) -> Result<(), String> {
         &format!("drill {round}: kiln rebuild"),
         &r,
     )?;
+    // The rebuild's timeline (its phases and their durations), for BENCHMARKS.md.
+    for l in r.stdout.lines().skip_while(|l| !l.contains("timeline")) {
+        println!("      {l}");
+    }
     let got = sql(
         lab,
         "db2",
@@ -347,11 +376,20 @@ fn py(lab: &Lab, host: &str, code: &str) -> Run {
 }
 
 fn archiver_takeover(lab: &Lab) -> Result<(), String> {
-    let who = py(
-        lab,
-        "db2",
-        "hbs = kb.heartbeats(s3, cfg)\nfresh = [h for h, b in hbs.items() if time.time() - b['time'] < 60]\nprint(' '.join(sorted(fresh)))",
-    );
+    // After the rebuild, a peer that archived while db1 came back stands by again: its last
+    // heartbeat ages out.
+    let started = Instant::now();
+    let who = loop {
+        let who = py(
+            lab,
+            "db2",
+            "hbs = kb.heartbeats(s3, cfg)\nfresh = [h for h, b in hbs.items() if time.time() - b['time'] < 30]\nprint(' '.join(sorted(fresh)))",
+        );
+        if who.stdout.trim() == "db1" || started.elapsed() > Duration::from_secs(120) {
+            break who;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    };
     expect(
         who.code == 0 && who.stdout.trim() == "db1",
         "db1 (the first peer) archives alone",
