@@ -46,17 +46,7 @@ env = "KILN_TEST_BACKUP_SECRET"
 #[test]
 fn backup_module_expands_offline() {
     use kiln::resource::Kind;
-    std::env::set_var("KILN_TEST_BACKUP_KEY", "access-key-xyz");
-    std::env::set_var("KILN_TEST_BACKUP_SECRET", "secret-key-not-in-output");
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(repo.join("modules"), dir.path().join("modules")).unwrap();
-    std::os::unix::fs::symlink(repo.join("templates"), dir.path().join("templates")).unwrap();
-    std::fs::create_dir_all(dir.path().join("environments")).unwrap();
-    let p = dir.path().join("environments/prod.toml");
-    std::fs::write(&p, ENV).unwrap();
-    let mut env = kiln::spec::Environment::load(&p).unwrap_or_else(|e| panic!("{e}"));
-    env.resolve_secrets().unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, env) = environment("").unwrap_or_else(|e| panic!("{e}"));
     let hosts = env.select_hosts(None).unwrap();
     let desired = kiln::desired::expand(&env, &hosts, None).unwrap_or_else(|e| panic!("{e}"));
     kiln::plan::graph::ResourceGraph::build(&env, &desired).unwrap_or_else(|e| panic!("{e}"));
@@ -91,13 +81,15 @@ fn backup_module_expands_offline() {
         })
         .collect();
     assert_eq!(units.len(), 5);
-    assert!(units[0]
-        .contains("Type=oneshot\nExecStart=/usr/local/sbin/kiln-backup run --if-leader"));
+    assert!(
+        units[0].contains("Type=oneshot\nExecStart=/usr/local/sbin/kiln-backup run --if-leader")
+    );
     assert!(units[1].contains("OnCalendar=*-*-* 02:30:00\nPersistent=true"));
     assert!(units[2].contains("ExecStart=/usr/local/sbin/kiln-backup verify"));
     // Point-in-time recovery is on by default: the archiver runs, held to a 60 s target.
     assert!(units[4].starts_with("kiln-binlog-archive.service\n"));
-    assert!(units[4].contains("Type=simple\nExecStart=/usr/local/sbin/kiln-backup archive\nRestart=always"));
+    assert!(units[4]
+        .contains("Type=simple\nExecStart=/usr/local/sbin/kiln-backup archive\nRestart=always"));
     assert_eq!(
         cfg["binlog"],
         serde_json::json!({"enabled": true, "interval": 20, "target_lag": 60, "peers": []})
@@ -115,19 +107,25 @@ fn backup_module_expands_offline() {
             .find(|r| matches!(&r.kind, Kind::File(f) if f.path == path))
             .unwrap();
         assert!(
-            r.notify.iter().any(|n| n.unit == "kiln-binlog-archive.service"),
+            r.notify
+                .iter()
+                .any(|n| n.unit == "kiln-binlog-archive.service"),
             "{path}"
         );
     }
     // The tool as installed is the file the unit tests exercise.
     let tool = file("/usr/local/sbin/kiln-backup");
-    let src = std::fs::read_to_string(repo.join("templates/backup/kiln-backup.py")).unwrap();
+    let src = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/backup/kiln-backup.py"),
+    )
+    .unwrap();
     assert_eq!(tool.content.as_deref(), Some(src.as_str()));
     assert_eq!(tool.mode, "0755");
 }
 
-/// Expands the backup module of `extra` (added to ENV's `[modules.backup]`) offline.
-fn expand_with(extra: &str) -> Result<kiln::desired::Desired, String> {
+/// ENV with `extra` added to its `[modules.backup]`, loaded with its secrets resolved, in
+/// a scratch repository (kept alive by the returned directory).
+fn environment(extra: &str) -> Result<(tempfile::TempDir, kiln::spec::Environment), String> {
     std::env::set_var("KILN_TEST_BACKUP_KEY", "access-key-xyz");
     std::env::set_var("KILN_TEST_BACKUP_SECRET", "secret-key-not-in-output");
     std::env::set_var(
@@ -147,6 +145,12 @@ fn expand_with(extra: &str) -> Result<kiln::desired::Desired, String> {
     std::fs::write(&p, text).unwrap();
     let mut env = kiln::spec::Environment::load(&p).map_err(|e| e.to_string())?;
     env.resolve_secrets().map_err(|e| e.to_string())?;
+    Ok((dir, env))
+}
+
+/// Expands the backup module of `extra` (added to ENV's `[modules.backup]`) offline.
+fn expand_with(extra: &str) -> Result<kiln::desired::Desired, String> {
+    let (_dir, env) = environment(extra)?;
     let hosts = env.select_hosts(None).unwrap();
     kiln::desired::expand(&env, &hosts, None).map_err(|e| e.to_string())
 }
@@ -190,15 +194,22 @@ fn encrypted_backups_install_age_and_the_identity_as_a_sensitive_file() {
     assert!(!cfg.to_string().contains("AGE-SECRET-KEY"));
     // Without encryption: no identity, no age package.
     let plain = expand_with("").unwrap_or_else(|e| panic!("{e}"));
-    assert!(!plain.host("db1").unwrap().resources.iter().any(|r| matches!(&r.kind,
+    assert!(!plain
+        .host("db1")
+        .unwrap()
+        .resources
+        .iter()
+        .any(|r| matches!(&r.kind,
         Kind::File(f) if f.path == "/etc/kiln/backup/age-identity")));
 }
 
 #[test]
 fn encryption_without_an_identity_or_with_a_bad_recipient_is_refused() {
-    let e = expand_with("age_recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]")
-        .err()
-        .expect("refused");
+    let e = expand_with(
+        "age_recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]",
+    )
+    .err()
+    .expect("refused");
     assert!(e.contains("age_identity_secret is not"), "{e}");
     let e = expand_with("age_recipients = [\"ssh-rsa\"]\nage_identity_secret = \"backup_age\"")
         .err()

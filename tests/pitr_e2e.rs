@@ -200,7 +200,10 @@ impl Writer {
 }
 
 fn sql(lab: &Lab, host: &str, q: &str) -> Run {
-    lab.sh(host, &format!("mariadb -N -B -e \"{}\"", q.replace('"', "\\\"")))
+    lab.sh(
+        host,
+        &format!("mariadb -N -B -e \"{}\"", q.replace('"', "\\\"")),
+    )
 }
 
 fn up(lab: &Lab) -> Result<(), String> {
@@ -237,15 +240,27 @@ fn restore_to_time_undoes_a_drop(lab: &Lab) -> Result<(), String> {
     let want = sql(
         lab,
         "db1",
-        &format!("SELECT COUNT(*), MAX(id), MAX(t) FROM app.w WHERE t < '{t_text}' + INTERVAL 1 SECOND"),
+        &format!(
+            "SELECT COUNT(*), MAX(id), MAX(t) FROM app.w WHERE t < '{t_text}' + INTERVAL 1 SECOND"
+        ),
     );
     let after = sql(lab, "db1", "SELECT COUNT(*) FROM app.w");
     expect(want.code == 0 && after.code == 0, "count rows", &want)?;
     let n_after: i64 = after.stdout.trim().parse().unwrap_or(0);
-    let want_n: i64 = want.stdout.split('\t').next().unwrap_or("0").trim().parse().unwrap_or(0);
+    let want_n: i64 = want
+        .stdout
+        .split('\t')
+        .next()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0);
     expect(
         want_n > 20 && n_after > want_n && rows.len() as i64 >= want_n,
-        &format!("rows before T ({want_n}) and after it ({n_after}); the writer saw {}", rows.len()),
+        &format!(
+            "rows before T ({want_n}) and after it ({n_after}); the writer saw {}",
+            rows.len()
+        ),
         &want,
     )?;
     let drop = sql(lab, "db1", "DROP TABLE app.w");
@@ -290,11 +305,15 @@ fn drill(lab: &Lab, round: u32) -> Result<(), String> {
         expect(r.code == 0, &format!("destroy {h}"), &r)?;
     }
     let rows = w.stop();
-    expect(rows.len() > 300, &format!("the writer committed {} rows", rows.len()), &Run {
-        code: 0,
-        stdout: String::new(),
-        stderr: String::new(),
-    })?;
+    expect(
+        rows.len() > 300,
+        &format!("the writer committed {} rows", rows.len()),
+        &Run {
+            code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+        },
+    )?;
     let started = Instant::now();
     let r = lab.kiln(&["rebuild", ENV, "--yes"]);
     let rto = started.elapsed().as_secs_f64();
@@ -313,7 +332,11 @@ fn drill(lab: &Lab, round: u32) -> Result<(), String> {
         &format!("SELECT COUNT(*), MAX(n), UNIX_TIMESTAMP(MAX(t)) FROM app.w WHERE tag = '{tag}'"),
     );
     let f: Vec<&str> = got.stdout.trim().split('\t').collect();
-    expect(got.code == 0 && f.len() == 3, "rows after the rebuild", &got)?;
+    expect(
+        got.code == 0 && f.len() == 3,
+        "rows after the rebuild",
+        &got,
+    )?;
     let max_id: i64 = f[1].parse().unwrap_or(-1);
     let newest: f64 = f[2].parse().unwrap_or(0.0);
     // Every row committed more than 60 s before the loss is there: numbers 1..=must, each
@@ -417,12 +440,19 @@ fn archiver_takeover(lab: &Lab) -> Result<(), String> {
     let Some(secs) = took else {
         return Err("no other node archived within 150 s of losing db1".into());
     };
-    println!("      db2 archives {secs:.0} s after db1 was lost ({} rows written meanwhile)", rows.len());
-    expect(secs <= 120.0, &format!("takeover in {secs:.0} s ≤ 120 s"), &Run {
-        code: 0,
-        stdout: String::new(),
-        stderr: String::new(),
-    })?;
+    println!(
+        "      db2 archives {secs:.0} s after db1 was lost ({} rows written meanwhile)",
+        rows.len()
+    );
+    expect(
+        secs <= 120.0,
+        &format!("takeover in {secs:.0} s ≤ 120 s"),
+        &Run {
+            code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+        },
+    )?;
     // Let db2 archive past the last write, then: the chain from the latest base backup
     // reaches the newest GTID with no hole across the takeover.
     std::thread::sleep(Duration::from_secs(45));
@@ -518,7 +548,10 @@ fn main() {
     let scenarios: &[common::Scenario<'_, Lab>] = &[
         ("pitr_lab_up", &up),
         ("apply_then_verify", &apply_then_verify),
-        ("restore_to_time_undoes_a_drop", &restore_to_time_undoes_a_drop),
+        (
+            "restore_to_time_undoes_a_drop",
+            &restore_to_time_undoes_a_drop,
+        ),
         ("drill_1", &drill_1),
         ("drill_2", &drill_2),
         ("objects_are_encrypted", &objects_are_encrypted),
@@ -527,7 +560,9 @@ fn main() {
             "replica_serves_when_the_first_target_is_gone",
             &replica_serves_when_the_first_target_is_gone,
         ),
-        ("no_secret_in_any_output", &|l: &Lab| l.no_secret_in_any_output()),
+        ("no_secret_in_any_output", &|l: &Lab| {
+            l.no_secret_in_any_output()
+        }),
     ];
     common::run_suite(
         "pitr_e2e",

@@ -56,13 +56,20 @@ fn backup_hosts(hosts: &[DesiredHost]) -> Result<Vec<&DesiredHost>> {
         .unwrap_or_default();
     let peers: Vec<String> = config["binlog"]["peers"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     if peers.is_empty() {
         bail!(
             "more than one host runs the `backup` module ({}): list them in its `peers` \
              (the first one leads) or keep one",
-            with.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+            with.iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let mut ordered: Vec<&DesiredHost> = peers
@@ -87,7 +94,10 @@ async fn connect_first<'a>(
         match connect(env, h).await {
             Ok(t) => return Ok((h, t)),
             Err(e) => {
-                println!("{} ({}) does not answer: {e:#}", h.name, h.connection.address);
+                println!(
+                    "{} ({}) does not answer: {e:#}",
+                    h.name, h.connection.address
+                );
                 last = Some(e);
             }
         }
