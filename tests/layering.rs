@@ -389,3 +389,38 @@ fn the_rules_of_the_issue_are_violations() {
         );
     }
 }
+
+/// A test file with its own `fn main` (the lab suites' harness) must be declared with
+/// `harness = false` in Cargo.toml: under libtest's harness its `main` never runs and the
+/// suite "passes" with 0 tests, proving nothing.
+#[test]
+fn suites_with_their_own_main_have_no_libtest_harness() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let mut missing = vec![];
+    let mut seen = 0;
+    for e in std::fs::read_dir(root.join("tests")).expect("tests/") {
+        let p = e.expect("entry").path();
+        if p.extension().and_then(|x| x.to_str()) != Some("rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).expect("read");
+        if !text.lines().any(|l| l.starts_with("fn main()")) {
+            continue;
+        }
+        seen += 1;
+        let name = p.file_stem().unwrap().to_string_lossy().to_string();
+        let entry = format!("[[test]]\nname = \"{name}\"\nharness = false");
+        if !manifest.contains(&entry) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        seen >= 5,
+        "the lab suites have their own main ({seen} found)"
+    );
+    assert!(
+        missing.is_empty(),
+        "declare these in Cargo.toml with `harness = false`: {missing:?}"
+    );
+}
