@@ -200,10 +200,13 @@ pub fn parse(lines: &[&str]) -> Result<GaleraFact, String> {
     Ok(f)
 }
 
-/// A `--wsrep_start_position=UUID:SEQNO` line from `galera_recovery`.
+/// A `--wsrep_start_position=UUID:SEQNO` line from `galera_recovery`. With
+/// `wsrep_gtid_mode` (mariadb-galera's binary logs) MariaDB appends the node's GTID
+/// position: `UUID:SEQNO,DOMAIN-SERVER-SEQ[,…]`; the Galera position is what comes before.
 pub fn parse_recovered_position(out: &str) -> Option<(String, i64)> {
     out.split_whitespace().find_map(|w| {
         let pos = w.strip_prefix("--wsrep_start_position=")?;
+        let pos = pos.split(',').next()?;
         let (uuid, seqno) = pos.rsplit_once(':')?;
         Some((uuid.to_string(), seqno.parse().ok()?))
     })
@@ -319,6 +322,16 @@ mod tests {
             Some(("5f0b2b6e-1111-11ef-9a00-000000000000".into(), 1234))
         );
         assert_eq!(parse_recovered_position("nothing"), None);
+        // With wsrep_gtid_mode, as MariaDB 10.11 prints it.
+        let out = "WSREP: Recovered position 5441ad30-ee9d-11f1-919f-f73c6c271dc6:21,1000-1-7\n--wsrep_start_position=5441ad30-ee9d-11f1-919f-f73c6c271dc6:21,1000-1-7\n";
+        assert_eq!(
+            parse_recovered_position(out),
+            Some(("5441ad30-ee9d-11f1-919f-f73c6c271dc6".into(), 21))
+        );
+        assert_eq!(
+            parse_recovered_position("--wsrep_start_position=5441ad30:x,1000-1-7"),
+            None
+        );
     }
 
     #[test]
