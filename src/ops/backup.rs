@@ -241,7 +241,7 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
     };
     if !args.yes
         && !confirm(&format!(
-            "Restore {point} of {} into {}: its databases are dropped and loaded again{media}.",
+            "Restore {point} of {} into {}: its databases (with a backup of the whole server, every database but the system ones) are dropped and loaded again{media}.",
             source.name, target.name
         ))?
     {
