@@ -575,8 +575,57 @@ fn kill_scenario(lab: &Lab) -> Result<(), String> {
 struct Sample {
     round: usize,
     host: &'static str,
-    /// None: the node did not answer (restarting).
+    /// None: the node's server refused the connection (ERROR 2002: restarting).
     status: Option<(String, u32)>,
+}
+
+/// One node's answer to the poller: `Some(Some(..))` status, `Some(None)` the server is not
+/// running (the client's ERROR 2002), `None` nothing known (the probe itself failed, e.g. the
+/// SSH connection on a loaded machine, which says nothing about the server).
+fn sample_status(r: &Run) -> Option<Option<(String, u32)>> {
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    if r.code == 0 && lines.len() == 2 {
+        return Some(Some((lines[1].to_string(), lines[0].parse().unwrap_or(0))));
+    }
+    if r.all().contains("ERROR 2002") {
+        return Some(None);
+    }
+    None
+}
+
+/// The times (seconds since the epoch) at which systemd began stopping mariadb and at which
+/// it had started it again on a host, since `since` (epoch seconds): the real restart
+/// windows, whatever a poller happened to sample.
+fn restart_windows(lab: &Lab, host: &str, since: u64) -> Result<Vec<(f64, f64)>, String> {
+    let r = lab.sh(
+        host,
+        &format!("journalctl -u mariadb --since @{since} -o short-unix --no-pager"),
+    );
+    if r.code != 0 {
+        return Err(format!("{host}: journalctl failed: {}", r.all()));
+    }
+    let mut windows = vec![];
+    let mut stopping: Option<f64> = None;
+    for line in r.stdout.lines() {
+        let Some((t, msg)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(t) = t.parse::<f64>() else { continue };
+        if msg.contains("systemd[1]: Stopping mariadb") {
+            stopping = Some(t);
+        } else if msg.contains("systemd[1]: Started mariadb") {
+            if let Some(s) = stopping.take() {
+                windows.push((s, t));
+            }
+        }
+    }
+    if stopping.is_some() {
+        return Err(format!(
+            "{host}: mariadb was stopped and never started again:\n{}",
+            r.stdout
+        ));
+    }
+    Ok(windows)
 }
 
 fn config_change_rolls(lab: &Lab) -> Result<(), String> {
@@ -593,6 +642,12 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
     )?;
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(vec![]));
+    let unknown = std::sync::atomic::AtomicUsize::new(0);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .saturating_sub(1);
     let apply = std::thread::scope(|s| {
         let poller = s.spawn(|| {
             let mut round = 0;
@@ -603,22 +658,22 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
                 std::thread::scope(|r| {
                     for h in NODES {
                         let samples = &samples;
+                        let unknown = &unknown;
                         r.spawn(move || {
                             let r = lab.sql(
                                 h,
                                 "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('WSREP_CLUSTER_STATUS','WSREP_CLUSTER_SIZE') ORDER BY VARIABLE_NAME",
                             );
-                            let lines: Vec<&str> = r.stdout.lines().collect();
-                            let status = if r.code == 0 && lines.len() == 2 {
-                                Some((lines[1].to_string(), lines[0].parse().unwrap_or(0)))
-                            } else {
-                                None
-                            };
-                            samples.lock().expect("lock").push(Sample {
-                                round,
-                                host: h,
-                                status,
-                            });
+                            match sample_status(&r) {
+                                Some(status) => samples.lock().expect("lock").push(Sample {
+                                    round,
+                                    host: h,
+                                    status,
+                                }),
+                                None => {
+                                    unknown.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
                         });
                     }
                 });
@@ -706,12 +761,45 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
         }
     }
     println!(
-        "    poller: {rounds} rounds, {} samples, {down_seen} while a node was down",
-        samples.len()
+        "    poller: {rounds} rounds, {} samples, {down_seen} while a node was down, {} probes failed (not counted)",
+        samples.len(),
+        unknown.load(Ordering::SeqCst)
     );
     if rounds < 3 {
         return Err(format!("the poller ran only {rounds} rounds"));
     }
+    if down_seen == 0 {
+        return Err("the poller never saw a node down: no restart was observed".into());
+    }
+    // The restarts themselves, from each node's journal: exactly one per node, and no two
+    // overlapping (one node stopped at a time).
+    let mut windows = vec![];
+    for h in NODES {
+        let w = restart_windows(lab, h, since)?;
+        if w.len() != 1 {
+            return Err(format!(
+                "{h}: expected exactly one restart of mariadb during the apply, found {w:?}"
+            ));
+        }
+        windows.push((h, w[0]));
+    }
+    windows.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0));
+    for pair in windows.windows(2) {
+        let ((h1, (_, end1)), (h2, (start2, _))) = (pair[0], pair[1]);
+        if start2 < end1 {
+            return Err(format!(
+                "restarts overlap: {h2} began stopping at {start2} before {h1} had started at {end1}: {windows:?}"
+            ));
+        }
+    }
+    println!(
+        "    restarts from the journals, one at a time: {}",
+        windows
+            .iter()
+            .map(|(h, (a, b))| format!("{h} {:.1} s", b - a))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     all_synced(lab)?;
     for h in NODES {
         let v = lab.sql(h, "SELECT @@innodb_buffer_pool_size");
