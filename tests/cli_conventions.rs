@@ -273,9 +273,13 @@ fn apply_json_needs_yes_and_prints_one_document() {
     assert!(err.contains("--format json needs --yes"), "{err}");
     // A saved plan with nothing to do, under a `.plan` name: applied (no host contacted),
     // and standard output is exactly one JSON document.
+    // Its environment is a file of its own: the repository's lab.toml reads the lab's
+    // artifacts, which a machine without a lab (yet) does not have.
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("environments")).unwrap();
+    let env_file = dir.path().join("environments/lab.toml");
+    std::fs::write(&env_file, "[hosts.one]\naddress = \"192.0.2.10\"\n").unwrap();
     let saved = dir.path().join("empty.plan");
-    let env_file = repo().join("environments/lab.toml");
     let plan = serde_json::json!({"format": 1, "kiln_version": "test", "environment": "lab",
         "env_file": env_file, "created_at": "2026-01-01T00:00:00Z", "hosts": []});
     std::fs::write(&saved, plan.to_string()).unwrap();
