@@ -110,6 +110,17 @@ pub enum Command {
         /// Replace an existing DST file.
         #[arg(long)]
         force: bool,
+        /// Seed the copy's databases (and media) with SRC's latest point: written as
+        /// `[seed]`, done by the first full `kiln apply DST`.
+        #[arg(long)]
+        with_data: bool,
+        /// With --with-data: anonymisation rules (TOML) applied on SRC's backup host before
+        /// DST can read the data.
+        #[arg(long, value_name = "RULES", requires = "with_data")]
+        anonymize: Option<PathBuf>,
+        /// With --with-data: copy the data as it is.
+        #[arg(long, requires = "with_data", conflicts_with = "anonymize")]
+        no_anonymize: bool,
     },
     /// Secrets encrypted with age in the repository: `set` one from standard input,
     /// `rekey` all after `age_recipients` changed.
@@ -252,6 +263,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             hosts,
             drop,
             force,
+            with_data,
+            anonymize,
+            no_anonymize,
         } => {
             let command = format!(
                 "kiln {}",
@@ -265,6 +279,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     hosts,
                     drop,
                     force,
+                    with_data,
+                    anonymize: anonymize.map(|p| p.to_string_lossy().into_owned()),
+                    no_anonymize,
                 },
                 &command,
             )

@@ -531,7 +531,191 @@ fn replica_serves_when_the_first_target_is_gone(lab: &Lab) -> Result<(), String>
     )
 }
 
+const QA: &str = "pitrqa";
+
+/// Anonymisation rules of the QA copy: names, emails and phones faked, deleted customers
+/// left out, sessions emptied.
+const RULES: &str = r#"media = "placeholder"
+
+[tables."app.customers"]
+columns = { name = "name", email = "email", phone = "phone", id = "keep" }
+drop = [{ column = "status", equals = "deleted" }]
+
+[tables."app.sessions"]
+truncate = true
+"#;
+
+/// `SELECT ... ORDER BY id` of the QA copy's customers (the anonymised columns).
+fn qa_customers(lab: &Lab) -> Result<String, String> {
+    let r = lab.sh_in(
+        QA,
+        "db1",
+        "mariadb -N -B -e 'SELECT id, name, email, IFNULL(phone, \"-\"), status, updated FROM app.customers ORDER BY id'",
+    );
+    expect(r.code == 0, "read the QA copy's customers", &r)?;
+    Ok(r.stdout)
+}
+
+fn qa_with_anonymised_data(lab: &Lab) -> Result<(), String> {
+    // Customers and sessions on the source: 40 customers, every 8th deleted.
+    let mut rows = vec![];
+    for i in 1..=40 {
+        rows.push(format!(
+            "({i}, 'Realname{i} Customer', 'person{i}@customer.example', '+44 20 7946 {i:04}', '{}')",
+            if i % 8 == 0 { "deleted" } else { "active" }
+        ));
+    }
+    let ddl = format!(
+        "CREATE TABLE app.customers (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(191) NOT NULL UNIQUE, phone VARCHAR(32) NULL, status VARCHAR(16) NOT NULL, updated TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP); INSERT INTO app.customers (id, name, email, phone, status) VALUES {}; CREATE TABLE app.sessions (id INT PRIMARY KEY, token VARCHAR(64)); INSERT INTO app.sessions VALUES (1, 'secret-session-token'); SELECT UNIX_TIMESTAMP()",
+        rows.join(", ")
+    );
+    let r = lab.sh("db1", &format!("mariadb -N -B -e \"{ddl}\""));
+    expect(r.code == 0, "customers on the source", &r)?;
+    let written: f64 = r.stdout.trim().parse().unwrap_or(0.0);
+    // The seed takes the source's latest point: the base backup of the first apply plus the
+    // archived binary logs, so these rows arrive through the binlog replay. Wait until the
+    // archive holds them.
+    let start = Instant::now();
+    loop {
+        let h = lab.sh("db1", "kiln-backup health");
+        let up_to = h
+            .stdout
+            .split("complete up to ")
+            .nth(1)
+            .map(|s| s.chars().take(19).collect::<String>())
+            .unwrap_or_default();
+        if !up_to.is_empty() && up_to > utc(written) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(150) {
+            return Err(format!(
+                "the archive never passed {}: {}",
+                utc(written),
+                h.all()
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    std::fs::write(lab.path("environments/qa.anonymize.toml"), RULES).map_err(|e| e.to_string())?;
+    let r = lab.kiln(&[
+        "clone",
+        ENV,
+        QA,
+        "--hosts",
+        "lab@10.233.0.56",
+        "--drop",
+        "db2",
+        "--drop",
+        "db3",
+        "--with-data",
+        "--anonymize",
+        "environments/qa.anonymize.toml",
+    ]);
+    expect(
+        r.code == 0
+            && r.stdout.contains("[seed]")
+            && r.stdout.contains("anonymize = \"qa.anonymize.toml\"")
+            && r.stdout.contains("[secrets.anonymize_key]"),
+        "clone --with-data --anonymize writes [seed] and the anonymisation key",
+        &r,
+    )?;
+    let r = lab.kiln(&["plan", QA, "--offline"]);
+    expect(
+        r.code == 0
+            && r.stdout.contains("Seed: after a full apply")
+            && r.stdout.contains("2 table rule(s), media: placeholder"),
+        "the plan says the apply will seed",
+        &r,
+    )?;
+    let r = lab.kiln(&["lab", "up", QA]);
+    expect(r.code == 0, "lab up of the QA copy", &r)?;
+    let r = lab.kiln(&["apply", QA, "--yes"]);
+    expect(
+        r.code == 0
+            && r.stdout
+                .contains("anonymised 2 table(s) in the scratch server")
+            && r.stdout.contains("SEEDED ")
+            && r.stdout
+                .contains("row counts and checksums equal the backup's")
+            && r.stdout.contains("recorded: seeded from pitrtest"),
+        "the first apply of the QA copy seeds it from the source's latest point, anonymised",
+        &r,
+    )?;
+    // Row counts: the source's, minus the dropped rows and the truncated table.
+    let count = |env: &str, t: &str| {
+        let r = lab.sh_in(
+            env,
+            "db1",
+            &format!("mariadb -N -B -e 'SELECT COUNT(*) FROM app.{t}'"),
+        );
+        r.stdout.trim().to_string()
+    };
+    let got = (
+        count(QA, "customers"),
+        count(QA, "sessions"),
+        count(ENV, "customers"),
+    );
+    if got != ("35".into(), "0".into(), "40".into()) {
+        return Err(format!(
+            "rows (QA customers, QA sessions, source customers): {got:?}, want 35, 0, 40"
+        ));
+    }
+    let first = qa_customers(lab)?;
+    for leak in ["Realname", "customer.example", "7946", "deleted"] {
+        if first.contains(leak) {
+            return Err(format!(
+                "the QA copy still holds `{leak}` from the source:\n{first}"
+            ));
+        }
+    }
+    if first.lines().count() != 35
+        || !first.lines().all(|l| {
+            l.split('\t')
+                .nth(2)
+                .is_some_and(|e| e.ends_with("@example.invalid"))
+        })
+    {
+        return Err(format!("every QA email is a fake: {first}"));
+    }
+    let src = lab.sh(
+        "db1",
+        "mariadb -N -B -e 'SELECT email FROM app.customers WHERE id = 1'",
+    );
+    expect(
+        src.stdout.trim() == "person1@customer.example",
+        "the source's data is untouched",
+        &src,
+    )?;
+    // The same data seeded again gives the same fakes (QA bugs reproduce).
+    let r = lab.kiln(&["restore", QA, "--from-env", ENV, "--yes"]);
+    expect(
+        r.code == 0 && r.stdout.contains("SEEDED "),
+        "seeding again",
+        &r,
+    )?;
+    let second = qa_customers(lab)?;
+    if second != first {
+        return Err(format!(
+            "seeding twice gave other values:\n{first}\n---\n{second}"
+        ));
+    }
+    println!("      QA copy: 35 of 40 customers, every name/email/phone faked, the same on a second seed");
+    // A later apply does not seed again.
+    let r = lab.kiln(&["apply", QA, "--yes"]);
+    expect(
+        r.code == 0 && r.stdout.contains("was seeded already") && !r.stdout.contains("SEEDED "),
+        "a later apply does not seed again",
+        &r,
+    )?;
+    let r = lab.kiln(&["lab", "down", QA]);
+    expect(r.code == 0, "lab down of the QA copy", &r)
+}
+
 fn down(lab: &Lab) -> Result<(), String> {
+    if lab.path(&format!("environments/{QA}.toml")).exists() {
+        let r = lab.kiln(&["lab", "down", QA]);
+        expect(r.code == 0, "lab down of the QA copy", &r)?;
+    }
     let r = lab.kiln(&["lab", "down", ENV]);
     expect(r.code == 0, "lab down", &r)
 }
@@ -540,10 +724,14 @@ fn main() {
     use age::secrecy::ExposeSecret;
     let id = age::x25519::Identity::generate();
     let lab = Lab::new(ENV, &env_toml(&id.to_public().to_string()))
-        .with_secret("PITR_AGE_IDENTITY", id.to_string().expose_secret());
+        .with_secret("PITR_AGE_IDENTITY", id.to_string().expose_secret())
+        // The QA copy (`kiln clone` names its variable) restores its own backups, which
+        // the inherited module parameters encrypt to the same recipient.
+        .with_secret("PITR_AGE_IDENTITY_PITRQA", id.to_string().expose_secret());
     let scenarios: &[common::Scenario<'_, Lab>] = &[
         ("pitr_lab_up", &up),
         ("apply_then_verify", &apply_then_verify),
+        ("qa_with_anonymised_data", &qa_with_anonymised_data),
         (
             "restore_to_time_undoes_a_drop",
             &restore_to_time_undoes_a_drop,

@@ -169,6 +169,18 @@ pub struct RestoreArgs {
     /// Databases only: leave the media bucket alone.
     #[arg(long)]
     pub no_media: bool,
+    /// Seed this environment from another's latest point (its backup + binlog archive),
+    /// anonymised on the source's backup host, in a scratch server, before anything reaches
+    /// this environment (see --anonymize). Replaces every non-system database here.
+    #[arg(long, value_name = "SRC", conflicts_with_all = ["to_time", "into"])]
+    pub from_env: Option<String>,
+    /// With --from-env: the anonymisation rules (TOML; default: the environment's
+    /// `[seed] anonymize`).
+    #[arg(long, value_name = "RULES", requires = "from_env")]
+    pub anonymize: Option<std::path::PathBuf>,
+    /// With --from-env: copy the source's data as it is (no anonymisation).
+    #[arg(long, requires = "from_env", conflicts_with = "anonymize")]
+    pub no_anonymize: bool,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -213,6 +225,26 @@ fn confirm(what: &str) -> Result<bool> {
 
 pub async fn restore(args: RestoreArgs) -> Result<i32> {
     let loaded = load(&args.env, None)?;
+    if let Some(src) = &args.from_env {
+        if args.from != "latest" {
+            bail!("--from-env seeds from the source's latest point; --from does not apply");
+        }
+        let rules = if let Some(f) = &args.anonymize {
+            Some(crate::spec::anonymize::load(f)?)
+        } else if args.no_anonymize {
+            None
+        } else {
+            match loaded.env.seed()? {
+                Some(s) if s.rules.is_some() && &s.from_env == src => s.rules,
+                _ => bail!(
+                    "--from-env {src}: say how the data is anonymised: --anonymize RULES.toml \
+                     (or `[seed] anonymize` in {}), or --no-anonymize to copy it as it is",
+                    loaded.env.name
+                ),
+            }
+        };
+        return seed(&loaded, src, rules.as_ref(), args.yes).await;
+    }
     let sources = backup_hosts(&loaded.desired.hosts)?;
     let into = match &args.into {
         Some(name) => Some(
@@ -314,6 +346,206 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         Some(0) => 0,
         _ => 1,
     })
+}
+
+/// A file as the backup module renders it for a host.
+fn rendered(h: &DesiredHost, path: &str) -> Option<String> {
+    h.resources.iter().find_map(|r| match &r.kind {
+        Kind::File(f) if f.path == path => f.content.clone(),
+        _ => None,
+    })
+}
+
+/// `kiln restore DST --from-env SRC` (and the first `kiln apply` of an environment with a
+/// `[seed]`): SRC's backup host restores SRC's latest point into its private scratch
+/// server, applies the anonymisation there and writes the result, encrypted for DST, into
+/// DST's bucket as a backup (it gets DST's bucket configuration and credentials for this
+/// run only, in a private directory, on stdin). DST then restores that backup like any
+/// other. SRC's raw data never leaves SRC's host; DST's hosts never get SRC's credentials.
+pub async fn seed(
+    dst: &crate::engine::Loaded,
+    src_name: &str,
+    rules: Option<&crate::spec::anonymize::Rules>,
+    yes: bool,
+) -> Result<i32> {
+    if src_name == dst.env.name {
+        bail!("an environment cannot seed itself");
+    }
+    let src_arg = crate::spec::resolve_env_path(src_name);
+    let src_arg = if src_arg.exists() {
+        src_arg
+    } else {
+        dst.env.file.with_file_name(format!("{src_name}.toml"))
+    };
+    let src = load(&src_arg.to_string_lossy(), None)?;
+    let key = match rules {
+        Some(r) if r.tables > 0 => {
+            let name = dst
+                .env
+                .seed()?
+                .map(|s| s.key_secret)
+                .unwrap_or_else(|| "anonymize_key".into());
+            let v = dst.env.secrets.get(&name).ok_or_else(|| {
+                anyhow!(
+                    "{}: the anonymisation is keyed by the secret `{name}`: declare it (`[secrets.{name}] generate = 32`)",
+                    dst.env.name
+                )
+            })?;
+            v.expose().to_string()
+        }
+        _ => String::new(),
+    };
+    let src_hosts = backup_hosts(&src.desired.hosts)?;
+    let dst_hosts = backup_hosts(&dst.desired.hosts)?;
+    let mut files = vec![];
+    for path in ["/etc/kiln/backup/backup.json", "/etc/kiln/backup/s3.env"] {
+        let c = rendered(dst_hosts[0], path)
+            .ok_or_else(|| anyhow!("{}: no {path} in the spec", dst_hosts[0].name))?;
+        files.push((path.rsplit('/').next().unwrap_or(path), c));
+    }
+    let rules_json = rules
+        .map(|r| r.json.clone())
+        .unwrap_or_else(|| serde_json::json!({"media": "copy", "tables": []}));
+    let how = match rules {
+        Some(r) => format!(
+            "anonymised by {} ({} table rule(s), media: {})",
+            r.file.display(),
+            r.tables,
+            r.media
+        ),
+        None => "NOT anonymised (--no-anonymize)".into(),
+    };
+    if !yes
+        && !confirm(&format!(
+            "Seed {}: every database but the system ones is replaced by {src_name}'s latest point, {how}.",
+            dst.env.name
+        ))?
+    {
+        println!("nothing seeded");
+        return Ok(1);
+    }
+    let redactor = crate::spec::Redactor::new(
+        src.env
+            .secrets
+            .values()
+            .chain(dst.env.secrets.values())
+            .cloned(),
+    );
+    let mut script = String::from(
+        "set -eu\numask 077\nd=$(mktemp -d /tmp/kiln-seed.XXXXXX)\ntrap 'rm -rf \"$d\"' EXIT\n",
+    );
+    for (name, content) in &files {
+        script.push_str(&crate::shell::heredoc(
+            &format!("cat > \"$d/dst-{name}\""),
+            "",
+            content,
+            "KILN_SEED_EOF",
+        ));
+    }
+    script.push_str(&crate::shell::heredoc(
+        "cat > \"$d/rules.json\"",
+        "",
+        &rules_json.to_string(),
+        "KILN_SEED_EOF",
+    ));
+    script.push_str(&crate::shell::heredoc(
+        "cat > \"$d/key\"",
+        "",
+        &key,
+        "KILN_SEED_EOF",
+    ));
+    script.push_str(
+        "set +e\n/usr/local/sbin/kiln-backup seed-export --to-config \"$d/dst-backup.json\" --to-credentials \"$d/dst-s3.env\" --rules \"$d/rules.json\" --key-file \"$d/key\"\n",
+    );
+    let (sh, st) = connect_first(&src.env, &src_hosts).await?;
+    println!(
+        "seed {} from {src_name}: {} ({}) restores {src_name}'s latest point into a scratch server, {how}",
+        dst.env.name, sh.name, sh.connection.address
+    );
+    let seeded = std::sync::Mutex::new(None::<String>);
+    let print = |l: &str| {
+        if let Some(s) = l.strip_prefix("SEEDED ") {
+            *seeded.lock().expect("lock") = Some(s.trim().to_string());
+        }
+        println!("{}", redactor.redact(l));
+    };
+    let out = st.run(&script, TIMEOUT, Some(&print)).await?;
+    for l in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        eprintln!("{}", redactor.redact(l));
+    }
+    let stamp = seeded.lock().expect("lock").clone();
+    let stamp = match (out.status, stamp) {
+        (Some(0), Some(s)) if s.len() == 16 && s.chars().all(|c| c.is_ascii_alphanumeric()) => s,
+        _ => {
+            println!(
+                "seed failed on {}: nothing was changed in {}",
+                sh.name, dst.env.name
+            );
+            return Ok(1);
+        }
+    };
+    if !settle_cluster(dst).await? {
+        return Ok(1);
+    }
+    let (dh, dt) = connect_first(&dst.env, &dst_hosts).await?;
+    println!(
+        "restore the seed backup {stamp} into {} ({})",
+        dh.name, dh.connection.address
+    );
+    let dred = dst.env.redactor();
+    let status = stream(
+        dt.as_ref(),
+        &format!(
+            "set -u\n/usr/local/sbin/kiln-backup restore --from {stamp} && /usr/local/sbin/kiln-backup seeded --mark {stamp} --from {}\n",
+            crate::shell::quote(src_name)
+        ),
+        &dred,
+    )
+    .await?;
+    if status != Some(0) {
+        println!(
+            "restoring the seed backup failed: run `kiln restore {} --from {stamp} --yes` again",
+            dst.env.name
+        );
+        return Ok(1);
+    }
+    // A new base backup: the seeded data is this environment's new history.
+    println!("new base backup of {}", dst.env.name);
+    backup(&dst.env.file.to_string_lossy()).await
+}
+
+/// For `kiln apply` of an environment with `[seed]`: seeds it when its bucket records no
+/// seed yet (a rebuilt host does not seed again: the record is in the bucket).
+pub async fn seed_if_new(loaded: &crate::engine::Loaded) -> Result<i32> {
+    let Some(s) = loaded.env.seed()? else {
+        return Ok(0);
+    };
+    let hosts = backup_hosts(&loaded.desired.hosts)?;
+    let (h, t) = connect_first(&loaded.env, &hosts).await?;
+    let out = t
+        .run(
+            "/usr/local/sbin/kiln-backup seeded",
+            Duration::from_secs(120),
+            None,
+        )
+        .await?;
+    if out.status == Some(0) {
+        println!(
+            "seed: {} was seeded already ({})",
+            loaded.env.name,
+            loaded.env.redactor().redact(out.stdout.trim())
+        );
+        return Ok(0);
+    }
+    if out.status != Some(4) {
+        bail!(
+            "seed: cannot tell on {} whether {} was seeded: {}",
+            h.name,
+            loaded.env.name,
+            loaded.env.redactor().redact(out.stderr.trim())
+        );
+    }
+    seed(loaded, &s.from_env, s.rules.as_ref(), true).await
 }
 
 /// How long a restore waits for Debian's debian-start on the database nodes.

@@ -35,6 +35,19 @@ pub fn run(args: CloneArgs, command: &str) -> Result<i32> {
         ))
     })?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut args = args;
+    if let Some(f) = &args.anonymize {
+        // Checked before anything is written; kept relative to the environments folder
+        // when it is inside it (the copy's `[seed] anonymize` is read from there).
+        crate::spec::anonymize::load(Path::new(f))?;
+        let abs = std::fs::canonicalize(f).with_context(|| format!("reading {f}"))?;
+        let envdir = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        args.anonymize = Some(
+            abs.strip_prefix(&envdir)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| abs.to_string_lossy().into_owned()),
+        );
+    }
     let target = dir.join(format!("{}.toml", args.dst));
     if target.exists() && !args.force {
         bail!("{} exists (use --force to replace it)", target.display());

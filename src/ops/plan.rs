@@ -96,7 +96,12 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
         }
     }
     match args.format {
-        PlanFormat::Human => print!("{}", render_plan(&plan, &Paint::detect())),
+        PlanFormat::Human => {
+            print!("{}", render_plan(&plan, &Paint::detect()));
+            if let Some(line) = seed_note(&loaded.env) {
+                println!("{line}");
+            }
+        }
         PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
         PlanFormat::Markdown => print!(
             "{}",
@@ -127,4 +132,23 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
     } else {
         0
     })
+}
+
+/// The line a plan of an environment with `[seed]` ends with: what the next full apply
+/// does to its databases when they were never seeded.
+pub fn seed_note(env: &crate::spec::Environment) -> Option<String> {
+    let seed = env.seed().ok()??;
+    let how = match &seed.rules {
+        Some(r) => format!(
+            "anonymised by {} ({} table rule(s), media: {})",
+            r.file.display(),
+            r.tables,
+            r.media
+        ),
+        None => "not anonymised (no_anonymize = true)".into(),
+    };
+    Some(format!(
+        "Seed: after a full apply, if {}'s bucket records no seed yet, every database but the system ones is replaced by {}'s latest point, {how}.",
+        env.name, seed.from_env
+    ))
 }

@@ -203,6 +203,9 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>, yes: bool)
                 to_time: None,
                 into: None,
                 no_media: false,
+                from_env: None,
+                anonymize: None,
+                no_anonymize: false,
                 yes: true,
             })
             .await?;

@@ -29,6 +29,13 @@ pub struct CloneArgs {
     pub hosts: String,
     pub drop: Vec<String>,
     pub force: bool,
+    /// `--with-data`: the copy is seeded with SRC's latest point (`[seed]`).
+    pub with_data: bool,
+    /// `--anonymize RULES`: the rules file, as written into `[seed] anonymize` (relative to
+    /// the environments folder when inside it).
+    pub anonymize: Option<String>,
+    /// `--no-anonymize`: the data copied as it is.
+    pub no_anonymize: bool,
 }
 
 /// Rewrites of values: addresses of kept hosts, references to dropped hosts, domains.
@@ -408,6 +415,25 @@ pub fn render(env: &Environment, args: &CloneArgs, command: &str) -> Result<Stri
                 env_var(v, src, dst)
             );
         }
+    }
+    if args.with_data {
+        let how = match (&args.anonymize, args.no_anonymize) {
+            (Some(f), false) => format!("anonymize = \"{}\"", f.replace('\\', "\\\\").replace('"', "\\\"")),
+            (None, true) => "no_anonymize = true  # the source's data as it is".to_string(),
+            _ => bail!("--with-data: say how the data is anonymised: --anonymize RULES.toml, or --no-anonymize to copy it as it is"),
+        };
+        let _ = write!(
+            out,
+            "\n# Data: the first full `kiln apply {dst}` replaces its databases by {src}'s latest point\n# (backup + binlog archive), anonymised on {src}'s backup host before {dst} can read it.\n[seed]\nfrom_env = \"{src}\"\n{how}\n"
+        );
+        if args.anonymize.is_some() && !env.spec.secrets.contains_key("anonymize_key") {
+            let _ = writeln!(
+                secrets,
+                "[secrets.anonymize_key]\ngenerate = 32  # keys the anonymised values: the same data gives the same fakes"
+            );
+        }
+    } else if args.anonymize.is_some() || args.no_anonymize {
+        bail!("--anonymize and --no-anonymize go with --with-data");
     }
     if !secrets.is_empty() {
         let _ = write!(

@@ -38,6 +38,25 @@ pub struct EnvSpec {
     /// encrypt this environment's `age` secrets to.
     #[serde(default)]
     pub age_recipients: Vec<String>,
+    /// `[seed]`: this environment's databases start as a copy of another's latest point,
+    /// anonymised (`kiln clone --with-data`); `kiln apply` seeds them once.
+    #[serde(default)]
+    pub seed: Option<SeedSpec>,
+}
+
+/// `[seed] from_env = "prod"`, `anonymize = "qa.anonymize.toml"` (beside the environment
+/// file), `key_secret = "anonymize_key"` (the secret keying the fakes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedSpec {
+    pub from_env: String,
+    #[serde(default)]
+    pub anonymize: Option<String>,
+    #[serde(default)]
+    pub key_secret: Option<String>,
+    /// Copy the data as it is, with no anonymisation (a choice that must be written).
+    #[serde(default)]
+    pub no_anonymize: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 //! file and line set each value — is kept for errors and `kiln explain`.
 
 pub mod age;
+pub mod anonymize;
 pub mod clone;
 pub mod ec2;
 pub mod env;
@@ -49,6 +50,15 @@ pub struct Environment {
     /// Secrets that could not be read and stand in as `<secret NAME>` (offline only; see
     /// [`Environment::resolve_secrets_or_placeholders`]).
     pub placeholders: Vec<String>,
+}
+
+/// An environment's `[seed]`, checked (see [`Environment::seed`]).
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub from_env: String,
+    /// None: copied without anonymisation (`no_anonymize = true`).
+    pub rules: Option<anonymize::Rules>,
+    pub key_secret: String,
 }
 
 /// Finds the environment file for a command-line argument: a path to a `.toml` file, or a
@@ -251,6 +261,59 @@ impl Environment {
         let mut e = SpecError::at_key(file, &found, message);
         e.key = path.to_string();
         e
+    }
+
+    /// `[seed]`, checked: the source's name, its anonymisation rules (read and checked,
+    /// the path relative to the file that names it) and the secret keying the fakes.
+    pub fn seed(&self) -> Result<Option<Seed>, SpecError> {
+        let Some(s) = &self.spec.seed else {
+            return Ok(None);
+        };
+        let named = !s.from_env.is_empty()
+            && s.from_env
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !named {
+            return Err(self.error(
+                "seed.from_env",
+                format!(
+                    "`{}`: an environment's name (letters, digits, `-`, `_`)",
+                    s.from_env
+                ),
+            ));
+        }
+        if s.from_env == self.name {
+            return Err(self.error("seed.from_env", "an environment cannot seed itself"));
+        }
+        let rules = match (&s.anonymize, s.no_anonymize) {
+            (Some(_), true) | (None, false) => {
+                return Err(self.error(
+                    "seed",
+                    "a seed needs exactly one of `anonymize = \"RULES.toml\"` or `no_anonymize = true` (the source's data as it is)",
+                ))
+            }
+            (None, true) => None,
+            (Some(f), false) => {
+                let (file, _) = self.source_of("seed.anonymize");
+                let dir = file.path.parent().unwrap_or(Path::new("."));
+                Some(anonymize::load(&dir.join(f))?)
+            }
+        };
+        let key = s
+            .key_secret
+            .clone()
+            .unwrap_or_else(|| "anonymize_key".into());
+        if rules.as_ref().is_some_and(|r| r.tables > 0) && !self.spec.secrets.contains_key(&key) {
+            return Err(self.error(
+                if s.key_secret.is_some() { "seed.key_secret" } else { "seed" },
+                format!("the anonymisation is keyed by the secret `{key}`: declare it (`[secrets.{key}] generate = 32`)"),
+            ));
+        }
+        Ok(Some(Seed {
+            from_env: s.from_env.clone(),
+            rules,
+            key_secret: key,
+        }))
     }
 
     pub fn modules_dir(&self) -> PathBuf {
@@ -640,6 +703,9 @@ impl Environment {
             if let Err(e) = age::parse_recipient(r) {
                 errors.push(self.error(&format!("age_recipients[{i}]"), e));
             }
+        }
+        if let Err(e) = self.seed() {
+            errors.push(e);
         }
         errors.extend(ec2::validate(self));
         errors.extend(validate::environment(self, &modules));

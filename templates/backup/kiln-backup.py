@@ -10,6 +10,12 @@
 #   kiln-backup restore [--from T|latest] [--no-media] [--no-users]
 #                                        check the manifest and every file, then restore
 #   kiln-backup list                     backups in the bucket, newest first
+#   kiln-backup seed-export --to-config F --to-credentials F --rules F --key-file F
+#                                        (kiln restore DST --from-env SRC, on SRC's host)
+#                                        SRC's latest point restored into a scratch server,
+#                                        anonymised there, written to DST's bucket as a backup
+#   kiln-backup seeded [--mark STAMP --from ENV]   whether (exit 0; 4: not seeded) or
+#                                        record that this environment was seeded
 #   kiln-backup prune [--prefix P] [--dry-run]   apply retention now
 #   kiln-backup s3 ls|put|get|rm BUCKET [KEY] [FILE]   the configured S3 endpoint, by hand
 #
@@ -89,8 +95,8 @@ def retention(stamps, daily=7, weekly=4, monthly=12):
 # ---------------------------------------------------------------------------------------
 # Set-up
 # ---------------------------------------------------------------------------------------
-def load_config():
-    with open(CONFIG) as f:
+def load_config(path=None):
+    with open(path or CONFIG) as f:
         cfg = json.load(f)
     cfg.setdefault("prefix", "mariadb")
     cfg.setdefault("databases", [])
@@ -104,9 +110,9 @@ def load_config():
     return cfg
 
 
-def s3_client(cfg):
+def s3_client(cfg, credentials=None):
     import kiln_s3
-    env = kiln_s3.read_env_file(CREDENTIALS)
+    env = kiln_s3.read_env_file(credentials or CREDENTIALS)
     raw = kiln_s3.S3(cfg["endpoint"], env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"],
                      region=cfg.get("region", "us-east-1"))
     rep = cfg.get("replica") or {}
@@ -516,6 +522,30 @@ def mirror_media(s3, cfg, previous):
     return {"bucket": src, "mirror": dst, "objects": index}
 
 
+def upload_files(s3, cfg, base, tmp, manifest):
+    """Uploads every file of `tmp` under `base`, recording each in the manifest."""
+    for name in sorted(os.listdir(tmp)):
+        path = os.path.join(tmp, name)
+        if not os.path.isfile(path):
+            continue
+        sha = s3.put_file(cfg["bucket"], base + name, path)
+        manifest["files"][name] = {"sha256": sha, "size": os.path.getsize(path)}
+        if getattr(s3, "last_stored", None):
+            # Encrypted: the object's own hash and size too, so a bucket-side check
+            # needs no identity.
+            manifest["files"][name]["stored"] = dict(s3.last_stored)
+            manifest["encrypted"] = "age"
+
+
+def put_manifest(s3, cfg, base, manifest):
+    """The manifest makes a backup complete; its checksum goes first, so a manifest is only
+    ever visible with its checksum beside it."""
+    raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    s3.put_bytes(cfg["bucket"], base + "manifest.json.sha256",
+                 ("%s  manifest.json\n" % hashlib.sha256(raw).hexdigest()).encode())
+    s3.put_bytes(cfg["bucket"], base + "manifest.json", raw)
+
+
 def previous_manifest(s3, cfg):
     try:
         stamp = pick(s3, cfg, "latest")
@@ -582,21 +612,9 @@ def cmd_run(cfg, args):
                 log("%s: written to during the dump; verification compares the table set only" % db)
         pipe_to_gzip(dump_cmd(cfg, "--system=users", "--insert-ignore"),
                      os.path.join(tmp, "users.sql.gz"))
-        for name in sorted(os.listdir(tmp)):
-            path = os.path.join(tmp, name)
-            sha = s3.put_file(cfg["bucket"], base + name, path)
-            manifest["files"][name] = {"sha256": sha, "size": os.path.getsize(path)}
-            if getattr(s3, "last_stored", None):
-                # Encrypted: the object's own hash and size too, so a bucket-side check
-                # needs no identity.
-                manifest["files"][name]["stored"] = dict(s3.last_stored)
-                manifest["encrypted"] = "age"
+        upload_files(s3, cfg, base, tmp, manifest)
         manifest["media"] = mirror_media(s3, cfg, previous_manifest(s3, cfg))
-        raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        # The checksum first: a manifest is only ever visible with its checksum beside it.
-        s3.put_bytes(cfg["bucket"], base + "manifest.json.sha256",
-                     ("%s  manifest.json\n" % hashlib.sha256(raw).hexdigest()).encode())
-        s3.put_bytes(cfg["bucket"], base + "manifest.json", raw)
+        put_manifest(s3, cfg, base, manifest)
     log("backup %s done: %d database(s) (%s), accounts, %s; s3://%s/%s" % (
         stamp, len(manifest["databases"]), ", ".join(manifest["databases"]) or "none",
         "%d media object(s)" % len(manifest["media"]["objects"]) if manifest["media"] else "no media",
@@ -1420,6 +1438,254 @@ def restore_media(s3, cfg, media, tmp):
 
 
 # ---------------------------------------------------------------------------------------
+# seed: another environment's data, anonymised, as this environment's backup
+# ---------------------------------------------------------------------------------------
+FIRST_NAMES = ("Ada", "Alan", "Anna", "Ben", "Clara", "David", "Elena", "Emil", "Frida", "Grace",
+               "Hugo", "Ines", "Jonas", "Karin", "Leo", "Lina", "Marta", "Nils", "Olga", "Paul",
+               "Rosa", "Sam", "Tara", "Theo", "Uma", "Vera", "Wim", "Xenia", "Yann", "Zoe",
+               "Ivan", "Mira")
+LAST_NAMES = ("Archer", "Baker", "Carter", "Dalton", "Ellis", "Fischer", "Garcia", "Hansen",
+              "Ito", "Jensen", "Keller", "Larsen", "Moreau", "Novak", "Olsen", "Petrov", "Quinn",
+              "Rossi", "Schmidt", "Tanaka", "Ueda", "Vidal", "Walsh", "Xu", "Young", "Zeller",
+              "Berg", "Costa", "Dubois", "Weber", "Silva", "Kowalski")
+ACTIONS = ("keep", "name", "email", "phone", "hash", "null")
+IDENT = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+PLACEHOLDER_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000b4944415478da636000020000050001e9fadcd80000000049454e44ae426082")
+
+
+def hmac_pads(key):
+    """HMAC-SHA256's inner and outer padded keys (hex), so the server computes the HMAC of
+    each value (RFC 2104) without the key ever being a column or a log line."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in key).hex(), bytes(b ^ 0x5c for b in key).hex()
+
+
+def sql_text(v):
+    return "'" + str(v).replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def fake_expr(action, col, maxlen):
+    """The SQL expression replacing column `col` (already quoted) for an action: a function
+    of HMAC(key, value) alone, so the same value gets the same fake everywhere (joins on an
+    email still match) and the same backup anonymises the same way twice."""
+    h = "SHA2(CONCAT(@kiln_ko, UNHEX(SHA2(CONCAT(@kiln_ki, %s), 256))), 256)" % col
+    if action == "name":
+        e = "CONCAT(ELT(1 + CONV(SUBSTR(%s, 1, 4), 16, 10) %% %d, %s), ' ', " \
+            "ELT(1 + CONV(SUBSTR(%s, 5, 4), 16, 10) %% %d, %s))" % (
+                h, len(FIRST_NAMES), ", ".join(sql_text(n) for n in FIRST_NAMES),
+                h, len(LAST_NAMES), ", ".join(sql_text(n) for n in LAST_NAMES))
+    elif action == "email":
+        e = "CONCAT('user-', SUBSTR(%s, 1, 16), '@example.invalid')" % h
+    elif action == "phone":
+        e = "CONCAT('+1-555-01', LPAD(CONV(SUBSTR(%s, 1, 4), 16, 10) %% 100, 2, '0'))" % h
+    elif action == "hash":
+        e = h
+    else:
+        raise Refused("unknown anonymisation action %r" % action)
+    if maxlen:
+        e = "LEFT(%s, %d)" % (e, maxlen)
+    return "IF(%s IS NULL, NULL, %s)" % (col, e)
+
+
+def anonymize_statements(rules, columns, at):
+    """The SQL that applies `rules` ({"tables": [...]}) to tables whose columns are
+    `columns` ({(db, table): {column: (data_type, max_length, nullable)}}), with the
+    session clock fixed at `at` (ON UPDATE CURRENT_TIMESTAMP columns get the same value
+    on every run). Raises Refused for a rule that names what is not there."""
+    out = ["SET SESSION timestamp = %d" % at, "SET SESSION foreign_key_checks = 0"]
+    text_types = ("char", "varchar", "tinytext", "text", "mediumtext", "longtext")
+    for t in rules.get("tables", []):
+        db, table = t["db"], t["table"]
+        for n in (db, table):
+            if not IDENT.match(n):
+                raise Refused("anonymisation rule: %r is not a plain table name" % n)
+        cols = columns.get((db, table))
+        if cols is None:
+            raise Refused("anonymisation rule for %s.%s: no such table in the backup" % (db, table))
+        target = "%s.%s" % (qi(db), qi(table))
+        if t.get("truncate"):
+            out.append("DELETE FROM %s" % target)
+            continue
+        for d in t.get("drop", []):
+            c = d["column"]
+            if c not in cols:
+                raise Refused("anonymisation rule for %s.%s: drop: no column %r" % (db, table, c))
+            if "equals" in d:
+                out.append("DELETE FROM %s WHERE %s = %s" % (target, qi(c), sql_text(d["equals"])))
+            else:
+                out.append("DELETE FROM %s WHERE %s LIKE %s" % (target, qi(c), sql_text(d["like"])))
+        sets = []
+        for c, action in sorted(t.get("columns", {}).items()):
+            if action not in ACTIONS:
+                raise Refused("anonymisation rule for %s.%s.%s: unknown action %r" % (
+                    db, table, c, action))
+            if c not in cols:
+                raise Refused("anonymisation rule for %s.%s: no column %r" % (db, table, c))
+            if action == "keep":
+                continue
+            data_type, maxlen, nullable = cols[c]
+            if action == "null":
+                if not nullable:
+                    raise Refused("anonymisation rule for %s.%s.%s: null, but the column is "
+                                  "NOT NULL" % (db, table, c))
+                sets.append("%s = NULL" % qi(c))
+                continue
+            if data_type not in text_types:
+                raise Refused("anonymisation rule for %s.%s.%s: %s needs a text column, the "
+                              "column is %s" % (db, table, c, action, data_type))
+            sets.append("%s = %s" % (qi(c), fake_expr(action, qi(c), maxlen)))
+        if sets:
+            out.append("UPDATE %s SET %s" % (target, ", ".join(sets)))
+    return out
+
+
+def table_columns(cfg, socket):
+    out = {}
+    for db, table, col, typ, maxlen, nullable in sql(
+            cfg, "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, "
+                 "IFNULL(CHARACTER_MAXIMUM_LENGTH, 0), IS_NULLABLE FROM information_schema.COLUMNS "
+                 "WHERE TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', "
+                 "'sys')", socket):
+        out.setdefault((db, table), {})[col] = (typ.lower(), int(maxlen), nullable == "YES")
+    return out
+
+
+def anonymize(cfg, socket, rules, key, at):
+    """Applies the rules in the scratch server, statement by statement, through stdin (the
+    key's pads are never on a command line)."""
+    ki, ko = hmac_pads(key)
+    stmts = anonymize_statements(rules, table_columns(cfg, socket), at)
+    script = "SET @kiln_ki = UNHEX('%s'), @kiln_ko = UNHEX('%s');\n%s;\n" % (
+        ki, ko, ";\n".join(stmts))
+    r = subprocess.run(mysql_cmd(cfg, "-N", "-B", socket=socket), input=script,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("anonymising: %s" % r.stderr.strip()[-500:])
+    n = len(rules.get("tables", []))
+    log("anonymised %d table(s) in the scratch server (%d statement(s))" % (n, len(stmts) - 2))
+
+
+def seed_media(s3, cfg, ds3, dcfg, media, mode, tmp):
+    """The source backup's media into the destination's mirror bucket: copied, or each
+    object replaced by a placeholder (a 1×1 PNG for images, a line of text otherwise)."""
+    if mode == "none" or not media:
+        log("media: not copied (%s)" % ("rules say none" if mode == "none" else "the backup has none"))
+        return None
+    if not dcfg.get("media_bucket") or not dcfg.get("media_mirror_bucket"):
+        log("media: the destination has no media bucket; not copied")
+        return None
+    ds3.make_bucket(dcfg["media_mirror_bucket"])
+    index = {}
+    path = os.path.join(tmp, "media-object")
+    for k, meta in sorted(media["objects"].items()):
+        if mode == "placeholder":
+            image = k.lower().rsplit(".", 1)[-1] in ("png", "jpg", "jpeg", "gif", "webp")
+            with open(path, "wb") as f:
+                f.write(PLACEHOLDER_PNG if image else b"placeholder (kiln seed)\n")
+        else:
+            s3.get_file(media["mirror"], k, path)
+            if sha256_file(path) != meta["sha256"]:
+                raise Refused("media %s: the mirror holds another version than the backup's" % k)
+        sha = ds3.put_file(dcfg["media_mirror_bucket"], k, path)
+        index[k] = {"size": os.path.getsize(path), "etag": "", "sha256": sha}
+        os.unlink(path)
+    log("media: %d object(s) %s" % (len(index), "as placeholders" if mode == "placeholder" else "copied"))
+    return {"bucket": dcfg["media_bucket"], "mirror": dcfg["media_mirror_bucket"], "objects": index}
+
+
+def cmd_seed_export(cfg, args):
+    bound(int(cfg.get("restore_timeout", 4 * 3600)), "SEED")
+    with open(args.rules) as f:
+        rules = json.load(f)
+    with open(args.key_file, "rb") as f:
+        key = f.read().strip()
+    if rules.get("tables") and not key:
+        raise Refused("no anonymisation key")
+    dcfg = load_config(args.to_config)
+    ds3 = s3_client(dcfg, args.to_credentials)
+    s3 = s3_client(cfg)
+    stamp = pick(s3, cfg, "latest")
+    with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
+        step("downloading and checking backup %s" % stamp)
+        manifest = fetch(s3, cfg, stamp, tmp)
+        out = os.path.join(tmp, "out")
+        os.mkdir(out)
+        with ScratchServer(cfg) as scratch:
+            step("loading backup %s into a scratch server" % stamp)
+            restore_databases(cfg, manifest, tmp, scratch.socket)
+            replayed, point = 0, "backup %s" % stamp
+            if manifest.get("binlog"):
+                replay = BinlogReplay(s3, cfg, manifest["binlog"], None)
+                replayed = replay.run(tmp, scratch.socket)
+                point = "backup %s + %d archived binlog file(s), GTID sequence %d" % (
+                    stamp, replayed, replay.reached)
+            log("source point: %s" % point)
+            step("anonymising")
+            at = int(parse_stamp(stamp).timestamp())
+            anonymize(cfg, scratch.socket, rules, key, at)
+            dbs = [r[0] for r in sql(cfg, "SHOW DATABASES", scratch.socket)
+                   if r[0] not in SYSTEM_DBS]
+            dstamp = datetime.datetime.now(datetime.timezone.utc).strftime(STAMP)
+            seeded = {"format": 1, "timestamp": dstamp, "host": socket.gethostname(),
+                      "files": {}, "databases": {}, "all_databases": True,
+                      "seed": {"from_prefix": cfg["prefix"], "from_backup": stamp,
+                               "binlog_files": replayed,
+                               "anonymized_tables": len(rules.get("tables", [])),
+                               "media": rules.get("media", "copy")}}
+            if dbs:
+                step("dumping the anonymised databases")
+                name = "databases.sql.gz"
+                pipe_to_gzip(["mariadb-dump", "--no-defaults", "--socket=" + scratch.socket,
+                              "-uroot", "--single-transaction", "--routines", "--triggers",
+                              "--events", "--hex-blob", "--databases"] + dbs,
+                             os.path.join(out, name))
+                for db in dbs:
+                    seeded["databases"][db] = {"file": name, "stable": True,
+                                               "tables": table_stats(cfg, db, scratch.socket)}
+        step("uploading to the destination")
+        ds3.make_bucket(dcfg["bucket"])
+        base = "%s/%s/" % (dcfg["prefix"].rstrip("/"), dstamp)
+        upload_files(ds3, dcfg, base, out, seeded)
+        seeded["media"] = seed_media(s3, cfg, ds3, dcfg, manifest.get("media"),
+                                     rules.get("media", "copy"), tmp)
+        put_manifest(ds3, dcfg, base, seeded)
+    log("seed backup %s written to s3://%s/%s (%d database(s): %s)" % (
+        dstamp, dcfg["bucket"], base, len(dbs), ", ".join(dbs) or "none"))
+    print("SEEDED %s" % dstamp)
+    return 0
+
+
+def seed_marker(cfg):
+    return "%s/seed.json" % cfg["prefix"].rstrip("/")
+
+
+def cmd_seeded(cfg, args):
+    s3 = s3_client(cfg)
+    if args.mark:
+        if not re.fullmatch(r"\d{8}T\d{6}Z", args.mark) or not IDENT.match(args.from_env or ""):
+            raise Refused("seeded --mark STAMP --from ENV")
+        s3.put_bytes(cfg["bucket"], seed_marker(cfg), json.dumps(
+            {"backup": args.mark, "from": args.from_env,
+             "at": iso(time.time())}, sort_keys=True).encode())
+        log("recorded: seeded from %s (backup %s)" % (args.from_env, args.mark))
+        return 0
+    try:
+        print(s3.get_bytes(cfg["bucket"], seed_marker(cfg)).decode())
+        return 0
+    except Exception as e:  # noqa: BLE001
+        # Only a marker that is surely absent means "not seeded": a storage that does not
+        # answer must never make kiln seed (replace the databases) again.
+        if getattr(e, "status", None) != 404:
+            raise
+    print("not seeded")
+    return 4
+
+
+# ---------------------------------------------------------------------------------------
 def cmd_s3(cfg, args):
     s3 = s3_client(cfg)
     op, bucket, rest = args.op, args.bucket, args.rest
@@ -1479,6 +1745,14 @@ def main(argv):
             p.add_argument("--no-binlog", action="store_true")
     p = sub.add_parser("archive")
     p.add_argument("--once", action="store_true")
+    p = sub.add_parser("seed-export")
+    p.add_argument("--to-config", required=True)
+    p.add_argument("--to-credentials", required=True)
+    p.add_argument("--rules", required=True)
+    p.add_argument("--key-file", required=True)
+    p = sub.add_parser("seeded")
+    p.add_argument("--mark")
+    p.add_argument("--from", dest="from_env")
     p = sub.add_parser("prune")
     p.add_argument("--prefix")
     p.add_argument("--dry-run", action="store_true")
@@ -1488,15 +1762,16 @@ def main(argv):
     p.add_argument("rest", nargs="*")
     args = ap.parse_args(argv[1:])
     os.umask(0o077)
-    if args.cmd in ("restore", "verify", "run"):
+    if args.cmd in ("restore", "verify", "run", "seed-export"):
         die_with_caller()
     cfg = load_config()
-    held = lock(cfg) if args.cmd in ("run", "verify", "restore", "prune") else None
+    held = lock(cfg) if args.cmd in ("run", "verify", "restore", "prune", "seed-export") else None
     try:
         if args.cmd == "prune":
             return prune(s3_client(cfg), cfg, args.prefix or cfg["prefix"], args.dry_run)
         return {"run": cmd_run, "health": cmd_health, "list": cmd_list, "verify": cmd_verify,
-                "restore": cmd_restore, "s3": cmd_s3, "archive": cmd_archive}[args.cmd](cfg, args)
+                "restore": cmd_restore, "s3": cmd_s3, "archive": cmd_archive,
+                "seed-export": cmd_seed_export, "seeded": cmd_seeded}[args.cmd](cfg, args)
     except Refused as e:
         log("REFUSED: %s; nothing was restored" % e)
         return 3

@@ -192,5 +192,75 @@ class BinlogRetention(unittest.TestCase):
                           ("db1-cccccccc", "mariadb-bin.000009")])
 
 
+class Anonymize(unittest.TestCase):
+    COLS = {("app", "customers"): {"id": ("int", 0, False), "email": ("varchar", 191, False),
+                                   "name": ("varchar", 20, True), "notes": ("text", 65535, True),
+                                   "status": ("varchar", 16, False)},
+            ("app", "sessions"): {"id": ("int", 0, False)}}
+
+    def test_the_pads_give_rfc2104_hmac(self):
+        import hashlib
+        import hmac
+        for key in (b"k", b"x" * 64, b"y" * 100):
+            ki, ko = kb.hmac_pads(key)
+            msg = "jane@example.com".encode()
+            inner = hashlib.sha256(bytes.fromhex(ki) + msg).digest()
+            got = hashlib.sha256(bytes.fromhex(ko) + inner).hexdigest()
+            self.assertEqual(got, hmac.new(key, msg, hashlib.sha256).hexdigest())
+
+    def test_statements_for_columns_drops_and_truncation(self):
+        rules = {"tables": [
+            {"db": "app", "table": "customers",
+             "columns": {"email": "email", "name": "name", "notes": "null", "id": "keep"},
+             "drop": [{"column": "status", "equals": "it's deleted"}]},
+            {"db": "app", "table": "sessions", "truncate": True}]}
+        st = kb.anonymize_statements(rules, self.COLS, 1700000000)
+        self.assertEqual(st[0], "SET SESSION timestamp = 1700000000")
+        self.assertIn("DELETE FROM `app`.`customers` WHERE `status` = 'it''s deleted'", st)
+        self.assertIn("DELETE FROM `app`.`sessions`", st)
+        upd = [s for s in st if s.startswith("UPDATE `app`.`customers`")]
+        self.assertEqual(len(upd), 1)
+        self.assertIn("`notes` = NULL", upd[0])
+        self.assertIn("@example.invalid", upd[0])
+        # A fake is cut to the column's length; `keep` leaves the column out.
+        self.assertIn("LEFT(", upd[0])
+        self.assertIn(", 20)", upd[0])
+        self.assertNotIn("`id` =", upd[0])
+        # The key is never in a statement: only the session variables holding its pads.
+        self.assertIn("@kiln_ki", upd[0])
+
+    def test_rules_naming_what_is_not_there_are_refused(self):
+        bad = [
+            ({"db": "app", "table": "nope", "columns": {"x": "name"}}, "no such table"),
+            ({"db": "app", "table": "customers", "columns": {"mail": "email"}}, "no column"),
+            ({"db": "app", "table": "customers", "columns": {"email": "null"}}, "NOT NULL"),
+            ({"db": "app", "table": "customers", "columns": {"id": "hash"}}, "text column"),
+            ({"db": "app", "table": "customers", "columns": {"email": "shuffle"}}, "unknown action"),
+            ({"db": "app`; DROP", "table": "customers"}, "plain table name"),
+            ({"db": "app", "table": "customers", "drop": [{"column": "x", "equals": 1}]}, "no column"),
+        ]
+        for rule, why in bad:
+            with self.assertRaises(kb.Refused) as e:
+                kb.anonymize_statements({"tables": [rule]}, self.COLS, 0)
+            self.assertIn(why, str(e.exception))
+
+    def test_string_literals_escape_quotes_and_backslashes(self):
+        self.assertEqual(kb.sql_text("a'b\\c"), "'a''b\\\\c'")
+
+    def test_placeholder_png_is_a_valid_png(self):
+        import struct
+        import zlib
+        png = kb.PLACEHOLDER_PNG
+        self.assertEqual(png[:8], b"\x89PNG\r\n\x1a\n")
+        pos = 8
+        while pos < len(png):
+            n = struct.unpack(">I", png[pos:pos + 4])[0]
+            body = png[pos + 4:pos + 8 + n]
+            crc = struct.unpack(">I", png[pos + 8 + n:pos + 12 + n])[0]
+            self.assertEqual(zlib.crc32(body) & 0xffffffff, crc)
+            pos += 12 + n
+        self.assertEqual(pos, len(png))
+
+
 if __name__ == "__main__":
     unittest.main()

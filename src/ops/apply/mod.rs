@@ -56,9 +56,12 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
     } else {
         Paint::detect()
     };
-    let show = |plan: &crate::plan::Plan| {
+    let show = |plan: &crate::plan::Plan, env: &crate::spec::Environment| {
         if !json {
             print!("{}", render_plan(plan, &paint));
+            if let Some(line) = crate::ops::plan::seed_note(env) {
+                println!("{line}");
+            }
         }
     };
     let mut refused = 0;
@@ -77,14 +80,14 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         let loaded = load(&env_file, Some(&hosts.join(",")))?;
         let mut conns = Connections::ssh(&loaded.env);
         refused = refuse_stale(&loaded, &mut conns, &mut plan, &paint).await?;
-        show(&plan);
+        show(&plan, &loaded.env);
         (loaded, plan, conns)
     } else {
         let mut loaded = load(&args.target, args.limit.as_deref())?;
         loaded.select(&args.select.targets, &args.select.exclude)?;
         let mut conns = Connections::ssh(&loaded.env);
         let plan = make_plan(&loaded, &mut conns).await?;
-        show(&plan);
+        show(&plan, &loaded.env);
         (loaded, plan, conns)
     };
     if plan.change_count() == 0 {
@@ -98,7 +101,7 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         } else {
             println!("\nNo changes to apply.");
         }
-        return Ok(code);
+        return seed_after(&loaded, &args, code).await;
     }
     if !args.yes && !confirm()? {
         println!("Apply cancelled; nothing was changed.");
@@ -140,7 +143,31 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
     if json {
         output::print_json(&plan, refused, &outcomes, clusters_ok, code)?;
     }
-    Ok(code)
+    seed_after(&loaded, &args, code).await
+}
+
+/// An environment with `[seed]` gets its databases from the source once, after an apply
+/// that converged every host (the backup module and the database must be in place). Not
+/// after a partial (`--limit`, `--target`) or failed apply, nor in JSON mode, whose output
+/// is one document: there it only says so on standard error.
+async fn seed_after(loaded: &crate::engine::Loaded, args: &ApplyArgs, code: i32) -> Result<i32> {
+    let Some(seed) = loaded.env.seed()? else {
+        return Ok(code);
+    };
+    let whole = args.limit.is_none() && args.select.is_empty();
+    if code != 0 || !whole || args.format == Format::Json {
+        eprintln!(
+            "seed from {}: not checked by this apply ({}); `kiln apply {}` or `kiln restore {} --from-env {}` does it",
+            seed.from_env,
+            if code != 0 { "it failed" } else if !whole { "a partial apply" } else { "JSON output" },
+            loaded.env.name,
+            loaded.env.name,
+            seed.from_env
+        );
+        return Ok(code);
+    }
+    println!();
+    crate::ops::backup::seed_if_new(loaded).await
 }
 
 fn confirm() -> Result<bool> {
