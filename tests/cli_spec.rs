@@ -612,3 +612,136 @@ template = "t.j2"
         ],
     );
 }
+
+/// `[seed]` and anonymisation rules are checked before anything happens: the error names
+/// the file (the environment's or the rules'), the line and the key.
+#[test]
+fn seed_and_anonymisation_rules_are_checked_with_file_line_and_key() {
+    let r = Repo::new();
+    r.write(
+        "environments/e.toml",
+        &env("\n[seed]\nfrom_env = \"prod\"\n"),
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &["environments/e.toml:", "seed", "exactly one of `anonymize"],
+    );
+    r.write(
+        "environments/e.toml",
+        &env("\n[seed]\nfrom_env = \"prod\"\nanonymize = \"rules.toml\"\n"),
+    );
+    r.write(
+        "environments/rules.toml",
+        "[tables.\"app.customers\"]\ncolumns = { email = \"email\", name = \"scramble\" }\n",
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/rules.toml:2:",
+            "tables.\"app.customers\".columns.name",
+            "`scramble`: expected one of keep, name, email, phone, hash, null",
+        ],
+    );
+    r.write(
+        "environments/rules.toml",
+        "[tables.\"app.customers\"]\ncolumns = { email = \"email\" }\n",
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/e.toml:",
+            "declare it (`[secrets.anonymize_key] generate = 32`)",
+        ],
+    );
+    r.write(
+        "environments/e.toml",
+        &env("\n[seed]\nfrom_env = \"e\"\nno_anonymize = true\n"),
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &["seed.from_env", "cannot seed itself"],
+    );
+    r.write(
+        "environments/e.toml",
+        &env("\n[seed]\nfrom_env = \"prod; rm -rf /\"\nno_anonymize = true\n"),
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &["seed.from_env", "an environment's name"],
+    );
+    // A valid seed: the offline plan says what the next full apply does.
+    r.write(
+        "environments/e.toml",
+        &env("\n[seed]\nfrom_env = \"prod\"\nanonymize = \"rules.toml\"\n\n[secrets.anonymize_key]\ngenerate = 32\n"),
+    );
+    let out = Command::cargo_bin("kiln")
+        .expect("binary")
+        .current_dir(r.dir.path())
+        .env("NO_COLOR", "1")
+        .args(["plan", "e", "--offline"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Seed: after a full apply")
+            && stdout.contains("1 table rule(s), media: copy"),
+        "{stdout}"
+    );
+}
+
+/// `kiln clone --with-data` must say how the data is anonymised; bad rules write nothing.
+#[test]
+fn clone_with_data_needs_a_choice_and_valid_rules() {
+    let r = Repo::new();
+    r.write("environments/e.toml", &env(""));
+    r.fails(
+        &["clone", "e", "qa", "--hosts", "lab", "--with-data"],
+        &["--anonymize RULES.toml, or --no-anonymize"],
+    );
+    r.write("rules.toml", "[tables.\"app\"]\ntruncate = true\n");
+    r.fails(
+        &[
+            "clone",
+            "e",
+            "qa",
+            "--hosts",
+            "lab",
+            "--with-data",
+            "--anonymize",
+            "rules.toml",
+        ],
+        &["rules.toml:1:", "database.table"],
+    );
+    assert!(!r.path("environments/qa.toml").exists());
+    r.write(
+        "environments/rules.toml",
+        "media = \"none\"\n[tables.\"app.s\"]\ntruncate = true\n",
+    );
+    let out = Command::cargo_bin("kiln")
+        .expect("binary")
+        .current_dir(r.dir.path())
+        .env("NO_COLOR", "1")
+        .args([
+            "clone",
+            "e",
+            "qa",
+            "--hosts",
+            "lab",
+            "--with-data",
+            "--anonymize",
+            "environments/rules.toml",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let qa = std::fs::read_to_string(r.path("environments/qa.toml")).expect("qa.toml");
+    assert!(
+        qa.contains("[seed]\nfrom_env = \"e\"\nanonymize = \"rules.toml\""),
+        "{qa}"
+    );
+    assert!(
+        qa.contains("[secrets.anonymize_key]\ngenerate = 32"),
+        "{qa}"
+    );
+}
