@@ -1666,7 +1666,7 @@ def seed_marker(cfg):
 def cmd_seeded(cfg, args):
     s3 = s3_client(cfg)
     if args.mark:
-        if not re.fullmatch(r"\d{8}T\d{6}Z", args.mark) or not IDENT.match(args.from_env or ""):
+        if not re.fullmatch(r"\d{8}T\d{6}Z", args.mark) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.from_env or ""):
             raise Refused("seeded --mark STAMP --from ENV")
         s3.put_bytes(cfg["bucket"], seed_marker(cfg), json.dumps(
             {"backup": args.mark, "from": args.from_env,
