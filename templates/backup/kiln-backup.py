@@ -10,6 +10,9 @@
 #   kiln-backup restore [--from T|latest] [--no-media] [--no-users]
 #                                        check the manifest and every file, then restore
 #   kiln-backup list                     backups in the bucket, newest first
+#   kiln-backup physical-extract [--from T] DIR   a backup's physical copy (mariadb-backup),
+#                                        checked, decrypted, extracted and prepared into DIR:
+#                                        a data directory a stopped server can start from
 #   kiln-backup seed-export --to-config F --to-credentials F --rules F --key-file F
 #                                        (kiln restore DST --from-env SRC, on SRC's host)
 #                                        SRC's latest point restored into a scratch server,
@@ -451,9 +454,13 @@ def check_manifest_names(manifest):
             raise Refused("manifest: database %r names a file that is not in its file list" % (db,))
 
 
-def fetch(s3, cfg, stamp, workdir):
+PHYSICAL = "physical.mbstream.gz"
+
+
+def fetch(s3, cfg, stamp, workdir, physical=False):
     """Downloads a backup and checks it: the manifest against its sha256, every file
-    against the manifest. Raises Refused on any difference."""
+    against the manifest. Raises Refused on any difference. The physical copy (large, and
+    only for a verification or a physical restore) only when `physical`."""
     base = "%s/%s/" % (cfg["prefix"].rstrip("/"), stamp)
     try:
         raw = s3.get_bytes(cfg["bucket"], base + "manifest.json")
@@ -470,6 +477,8 @@ def fetch(s3, cfg, stamp, workdir):
         raise Refused("manifest of %s names backup %r" % (stamp, manifest.get("timestamp")))
     check_manifest_names(manifest)
     for name, meta in sorted(manifest["files"].items()):
+        if name == PHYSICAL and not physical:
+            continue
         path = os.path.join(workdir, name)
         s3.get_file(cfg["bucket"], base + name, path)
         got = sha256_file(path)
@@ -520,6 +529,69 @@ def mirror_media(s3, cfg, previous):
             os.unlink(path)
     log("media: %d object(s) in %s, %d copied to %s" % (len(index), src, copied, dst))
     return {"bucket": src, "mirror": dst, "objects": index}
+
+
+def physical_backup(cfg, dbs, path):
+    """A physical copy with mariadb-backup (`--galera-info` on a Galera node: the cluster
+    position a node restored from it starts at), streamed as mbstream into gzip. Row counts
+    and checksums around it: equal means no write reached it, so a verification compares
+    them exactly."""
+    before = {db: table_stats(cfg, db) for db in dbs}
+    work = tempfile.mkdtemp(prefix="physical-", dir=cfg["workdir"])
+    try:
+        cmd = ["mariadb-backup"]
+        if cfg["mysql_defaults"]:
+            cmd.append("--defaults-extra-file=" + cfg["mysql_defaults"])
+        cmd += ["--backup", "--stream=mbstream", "--target-dir=" + work]
+        galera = galera_state(cfg) is not None
+        if galera:
+            cmd.append("--galera-info")
+        t0 = time.time()
+        pipe_to_gzip(cmd, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    after = {db: table_stats(cfg, db) for db in dbs}
+    log("physical copy (mariadb-backup%s): %.1f MiB in %.1f s" % (
+        ", with the Galera position" if galera else "", os.path.getsize(path) / 1048576.0,
+        time.time() - t0))
+    return {"file": PHYSICAL, "galera_info": galera, "tables": after, "stable": before == after}
+
+
+def extract_physical(cfg, archive, target):
+    """mbstream -x into `target`, then mariadb-backup --prepare: a data directory a server
+    starts from. Raises on any failure."""
+    os.makedirs(target, mode=0o700, exist_ok=True)
+    if os.listdir(target):
+        raise Refused("%s is not empty" % target)
+    p = subprocess.Popen(["mbstream", "-x", "-C", target], stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with gzip.open(archive, "rb") as gz:
+            shutil.copyfileobj(gz, p.stdin, 1 << 20)
+        p.stdin.close()
+    except BrokenPipeError:
+        pass
+    err = p.stderr.read().decode("utf-8", "replace")
+    if p.wait() != 0:
+        raise RuntimeError("mbstream -x: %s" % err.strip()[-500:])
+    r = subprocess.run(["mariadb-backup", "--prepare", "--target-dir=" + target],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("mariadb-backup --prepare: %s" % (r.stderr or r.stdout).strip()[-500:])
+
+
+def cmd_physical_extract(cfg, args):
+    s3 = s3_client(cfg)
+    stamp = pick(s3, cfg, args.from_)
+    with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
+        manifest = fetch(s3, cfg, stamp, tmp, physical=True)
+        if not manifest.get("physical"):
+            raise Refused("backup %s has no physical copy" % stamp)
+        extract_physical(cfg, os.path.join(tmp, PHYSICAL), args.dir)
+    log("backup %s: physical copy prepared in %s%s" % (
+        stamp, args.dir, " (xtrabackup_galera_info holds its cluster position)"
+        if manifest["physical"].get("galera_info") else ""))
+    return 0
 
 
 def upload_files(s3, cfg, base, tmp, manifest):
@@ -612,6 +684,8 @@ def cmd_run(cfg, args):
                 log("%s: written to during the dump; verification compares the table set only" % db)
         pipe_to_gzip(dump_cmd(cfg, "--system=users", "--insert-ignore"),
                      os.path.join(tmp, "users.sql.gz"))
+        if cfg.get("physical"):
+            manifest["physical"] = physical_backup(cfg, dbs, os.path.join(tmp, PHYSICAL))
         upload_files(s3, cfg, base, tmp, manifest)
         manifest["media"] = mirror_media(s3, cfg, previous_manifest(s3, cfg))
         put_manifest(s3, cfg, base, manifest)
@@ -1152,18 +1226,21 @@ class ScratchServer:
     afterwards. The backup is restored into it exactly as a real restore would load it
     (same database names, qualified names in triggers and routines included)."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, datadir=None):
+        """`datadir`: start on an existing (prepared physical) data directory instead of a
+        new one."""
+        self.cfg, self.datadir = cfg, datadir
 
     def __enter__(self):
         self.dir = tempfile.mkdtemp(prefix="verify-", dir=self.cfg["workdir"])
-        data = os.path.join(self.dir, "data")
+        data = self.datadir or os.path.join(self.dir, "data")
         self.socket = os.path.join(self.dir, "mysqld.sock")
-        r = subprocess.run(["mariadb-install-db", "--no-defaults", "--datadir=" + data,
-                            "--user=root", "--auth-root-authentication-method=socket",
-                            "--skip-test-db"], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("mariadb-install-db: %s" % (r.stderr or r.stdout).strip()[-500:])
+        if not self.datadir:
+            r = subprocess.run(["mariadb-install-db", "--no-defaults", "--datadir=" + data,
+                                "--user=root", "--auth-root-authentication-method=socket",
+                                "--skip-test-db"], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError("mariadb-install-db: %s" % (r.stderr or r.stdout).strip()[-500:])
         server = "/usr/sbin/mariadbd" if os.path.exists("/usr/sbin/mariadbd") else "mariadbd"
         self.proc = subprocess.Popen(
             [server, "--no-defaults", "--datadir=" + data, "--socket=" + self.socket,
@@ -1180,8 +1257,14 @@ class ScratchServer:
             if ok:
                 return self
             time.sleep(0.5)
+        log_text = ""
+        try:
+            with open(os.path.join(self.dir, "error.log")) as f:
+                log_text = f.read()[-500:]
+        except OSError:
+            pass
         self.__exit__(None, None, None)
-        raise RuntimeError("the scratch MariaDB server did not start")
+        raise RuntimeError("the scratch MariaDB server did not start: %s" % log_text.strip())
 
     def __exit__(self, *exc):
         if self.proc.poll() is None:
@@ -1208,12 +1291,36 @@ def compare(db, want, got):
     return problems
 
 
+def verify_physical(cfg, manifest, tmp):
+    """The physical copy extracted, prepared and started in a scratch server: its tables
+    are compared with what the backup recorded around it."""
+    phys = manifest["physical"]
+    data = os.path.join(tmp, "physical-data")
+    extract_physical(cfg, os.path.join(tmp, phys["file"]), data)
+    problems = []
+    with ScratchServer(cfg, datadir=data) as scratch:
+        for db, want in sorted(phys["tables"].items()):
+            got = table_stats(cfg, db, scratch.socket)
+            if phys.get("stable", True):
+                p = compare(db, want, got)
+            else:
+                p = ["%s.%s: missing in the physical copy" % (db, t) for t in want if t not in got]
+            problems += ["physical: " + x for x in p]
+            log("physical copy: %s: %d table(s) start in a scratch server%s" % (
+                db, len(got), ", row counts and checksums equal" if not p and phys.get("stable", True)
+                else (" (written to during the copy: table set checked)" if not p else "")))
+    shutil.rmtree(data, ignore_errors=True)
+    return problems
+
+
 def cmd_verify(cfg, args):
     s3 = s3_client(cfg)
     stamp = pick(s3, cfg, args.from_)
     problems = []
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
-        manifest = fetch(s3, cfg, stamp, tmp)
+        manifest = fetch(s3, cfg, stamp, tmp, physical=True)
+        if manifest.get("physical"):
+            problems += verify_physical(cfg, manifest, tmp)
         with ScratchServer(cfg) as scratch:
             restore_databases(cfg, manifest, tmp, scratch.socket)
             for db, meta in sorted(manifest["databases"].items()):
@@ -1745,6 +1852,9 @@ def main(argv):
             p.add_argument("--no-binlog", action="store_true")
     p = sub.add_parser("archive")
     p.add_argument("--once", action="store_true")
+    p = sub.add_parser("physical-extract")
+    p.add_argument("--from", dest="from_", default="latest")
+    p.add_argument("dir")
     p = sub.add_parser("seed-export")
     p.add_argument("--to-config", required=True)
     p.add_argument("--to-credentials", required=True)
@@ -1771,7 +1881,8 @@ def main(argv):
             return prune(s3_client(cfg), cfg, args.prefix or cfg["prefix"], args.dry_run)
         return {"run": cmd_run, "health": cmd_health, "list": cmd_list, "verify": cmd_verify,
                 "restore": cmd_restore, "s3": cmd_s3, "archive": cmd_archive,
-                "seed-export": cmd_seed_export, "seeded": cmd_seeded}[args.cmd](cfg, args)
+                "seed-export": cmd_seed_export, "seeded": cmd_seeded,
+                "physical-extract": cmd_physical_extract}[args.cmd](cfg, args)
     except Refused as e:
         log("REFUSED: %s; nothing was restored" % e)
         return 3
