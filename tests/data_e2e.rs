@@ -359,13 +359,31 @@ fn restore_into_another_host(t: &T) -> Result<(), String> {
 fn verification_unit(t: &T) -> Result<(), String> {
     let r = t.sh(
         "db1",
-        "systemctl start kiln-backup-verify.service; rc=$?; journalctl -q -o cat -u kiln-backup-verify.service | tail -n 5; exit $rc",
+        "systemctl start kiln-backup-verify.service; rc=$?; journalctl -q -o cat -u kiln-backup-verify.service | tail -n 12; exit $rc",
     );
     expect(
         r.code == 0
             && r.stdout.contains("row counts and checksums equal")
+            && r.stdout.contains("physical copy: app:")
+            && r.stdout.contains("start in a scratch server")
             && r.stdout.contains(": OK"),
-        "restore verification passes",
+        "restore verification passes, the physical copy's included",
+        &r,
+    )?;
+    // The physical copy, prepared for a restore by hand: a data directory with the
+    // database's files and the Galera position it was taken at.
+    let r = t.sh(
+        "db1",
+        "d=/var/lib/kiln-backup/px; rm -rf $d; kiln-backup physical-extract $d && ls $d/app && cat $d/xtrabackup_galera_info; rc=$?; rm -rf $d; exit $rc",
+    );
+    expect(
+        r.code == 0
+            && r.stdout
+                .contains("physical copy prepared in /var/lib/kiln-backup/px")
+            && r.stdout.contains("items.ibd")
+            && r.stdout
+                .contains("xtrabackup_galera_info holds its cluster position"),
+        "kiln-backup physical-extract prepares a data directory with the Galera position",
         &r,
     )?;
     let r = t.sh(
