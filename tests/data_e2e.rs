@@ -370,6 +370,16 @@ fn verification_unit(t: &T) -> Result<(), String> {
         "restore verification passes, the physical copy's included",
         &r,
     )?;
+    // Transfers go through boto3 (Debian's python3-boto3, which the module installs).
+    let r = t.sh(
+        "db1",
+        "python3 -c \"import sys; sys.path.insert(0, '/usr/local/lib/kiln'); import kiln_s3; print(type(kiln_s3.client('http://storage:9000', 'a', 'b')).__name__)\"",
+    );
+    expect(
+        r.stdout.trim() == "BotoS3",
+        "the backup host's S3 client is boto3",
+        &r,
+    )?;
     // The physical copy, prepared for a restore by hand: a data directory with the
     // database's files and the Galera position it was taken at.
     let r = t.sh(

@@ -116,11 +116,11 @@ def load_config(path=None):
 def s3_client(cfg, credentials=None):
     import kiln_s3
     env = kiln_s3.read_env_file(credentials or CREDENTIALS)
-    raw = kiln_s3.S3(cfg["endpoint"], env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"],
-                     region=cfg.get("region", "us-east-1"))
+    raw = kiln_s3.client(cfg["endpoint"], env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"],
+                         region=cfg.get("region", "us-east-1"))
     rep = cfg.get("replica") or {}
     if rep.get("endpoint"):
-        raw = Replicated(raw, kiln_s3.S3(
+        raw = Replicated(raw, kiln_s3.client(
             rep["endpoint"], env.get("REPLICA_ACCESS_KEY") or env["S3_ACCESS_KEY"],
             env.get("REPLICA_SECRET_KEY") or env["S3_SECRET_KEY"],
             region=rep.get("region") or cfg.get("region", "us-east-1")), cfg)

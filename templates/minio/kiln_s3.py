@@ -196,6 +196,130 @@ class S3:
                             what="minio admin " + op)[2]
 
 
+class BotoS3:
+    """The same interface as `S3`, through boto3 (Debian's python3-boto3): multipart
+    transfers for large files (above 64 MiB, in 64 MiB parts), retries with backoff,
+    path-style addressing for MinIO-compatible servers. `S3` stays for what boto3 lacks
+    (MinIO's admin API) and for hosts without boto3 (`kiln restore --into`)."""
+
+    def __init__(self, endpoint, access_key, secret_key, region="us-east-1", timeout=300):
+        import boto3
+        import botocore.config
+        from boto3.s3.transfer import TransferConfig
+        u = urllib.parse.urlsplit(endpoint)
+        if u.scheme not in ("http", "https"):
+            raise ValueError("endpoint must be http:// or https://: %r" % endpoint)
+        self.region = region
+        self.client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key, region_name=region,
+            config=botocore.config.Config(
+                signature_version="s3v4", s3={"addressing_style": "path"},
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=10, read_timeout=timeout))
+        self.transfer = TransferConfig(multipart_threshold=64 << 20,
+                                       multipart_chunksize=64 << 20, use_threads=False)
+
+    @staticmethod
+    def _wrap(e, what):
+        """botocore's ClientError as S3Error (the status the callers look at)."""
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            err = resp.get("Error") or {}
+            status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            try:
+                status = int(status if status is not None else err.get("Code"))
+            except (TypeError, ValueError):
+                pass
+            return S3Error(status, err.get("Code", ""), err.get("Message", ""), what)
+        return e
+
+    def _call(self, what, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except Exception as e:  # noqa: BLE001 - re-raised as S3Error when it is one
+            w = self._wrap(e, what)
+            if w is e:
+                raise
+            raise w from None
+
+    def bucket_exists(self, bucket):
+        try:
+            self._call("bucket " + bucket, self.client.head_bucket, Bucket=bucket)
+            return True
+        except S3Error as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def make_bucket(self, bucket):
+        if self.bucket_exists(bucket):
+            return False
+        kw = {"Bucket": bucket}
+        if self.region and self.region != "us-east-1":
+            kw["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self._call("create bucket " + bucket, self.client.create_bucket, **kw)
+        except S3Error as e:
+            if e.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return False
+            raise
+        return True
+
+    def list(self, bucket, prefix=""):
+        out = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        try:
+            for page in pages:
+                for c in page.get("Contents", []):
+                    out.append({"key": c["Key"], "size": int(c.get("Size", 0)),
+                                "etag": (c.get("ETag") or "").strip('"')})
+        except Exception as e:  # noqa: BLE001
+            w = self._wrap(e, "list " + bucket)
+            if w is e:
+                raise
+            raise w from None
+        return out
+
+    def put_file(self, bucket, key, path, sha256=None):
+        sha256 = sha256 or file_sha256(path)
+        self._call("put %s/%s" % (bucket, key), self.client.upload_file, path, bucket, key,
+                   ExtraArgs={"Metadata": {"sha256": sha256}}, Config=self.transfer)
+        return sha256
+
+    def put_bytes(self, bucket, key, data):
+        self._call("put %s/%s" % (bucket, key), self.client.put_object, Bucket=bucket,
+                   Key=key, Body=data)
+
+    def get_file(self, bucket, key, path):
+        tmp = path + ".part"
+        self._call("get %s/%s" % (bucket, key), self.client.download_file, bucket, key, tmp,
+                   Config=self.transfer)
+        os.replace(tmp, path)
+
+    def get_bytes(self, bucket, key):
+        r = self._call("get %s/%s" % (bucket, key), self.client.get_object, Bucket=bucket, Key=key)
+        return r["Body"].read()
+
+    def delete(self, bucket, key):
+        try:
+            self._call("delete %s/%s" % (bucket, key), self.client.delete_object,
+                       Bucket=bucket, Key=key)
+        except S3Error as e:
+            if e.status != 404:
+                raise
+
+
+def client(endpoint, access_key, secret_key, region="us-east-1"):
+    """boto3 when this host has it (the backup module installs python3-boto3), else the
+    built-in signer."""
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        return S3(endpoint, access_key, secret_key, region=region)
+    return BotoS3(endpoint, access_key, secret_key, region=region)
+
+
 def _error(data):
     try:
         root = ET.fromstring(data)
