@@ -19,7 +19,7 @@ fn kiln_backup_python_unit_tests() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("test_history_a ("), "{text}");
     assert!(text.trim_end().ends_with("OK"), "{text}");
-    assert!(text.contains("Ran 21 tests"), "{text}");
+    assert!(text.contains("Ran 24 tests"), "{text}");
     assert!(
         text.contains("test_absolute_climbing_and_odd_names_are_refused"),
         "{text}"

@@ -1144,8 +1144,12 @@ class BinlogReplay:
     SESSION_GTID = re.compile(r"^/\*M?!\d+ SET @@session\.(gtid_domain_id|server_id|gtid_seq_no)"
                               r"=[^*]*\*/ *(/\*!\*/;|;)?$", re.I)
 
-    def __init__(self, s3, cfg, base_binlog, until):
-        self.s3, self.cfg, self.until = s3, cfg, until
+    GTID_EVENT = re.compile(r"^#.*\bGTID (\d+)-(\d+)-(\d+)\b")
+
+    def __init__(self, s3, cfg, base_binlog, until, stop_seq=None):
+        """`until`: replay up to that second; `stop_seq`: up to and including that GTID
+        sequence number of the domain (one of the two, or neither: the archive's end)."""
+        self.s3, self.cfg, self.until, self.stop_seq = s3, cfg, until, stop_seq
         self.domain = base_binlog["domain"]
         self.start = gtid_seq(base_binlog["gtid"], self.domain)
         self.steps, self.reached, self.gap = chain(archived(s3, cfg), base_binlog.get("history"),
@@ -1156,7 +1160,12 @@ class BinlogReplay:
         `until` (that one replayed up to `until`, the rest not at all)."""
         out = []
         for f, after in self.steps:
-            last = self.until is not None and f["mtime"] >= self.until
+            if self.stop_seq is not None:
+                if after >= self.stop_seq:
+                    break
+                last = f["end"] >= self.stop_seq
+            else:
+                last = self.until is not None and f["mtime"] >= self.until
             out.append((f, after, last))
             if last:
                 break
@@ -1181,17 +1190,28 @@ class BinlogReplay:
             cli = subprocess.Popen(mysql_cmd(self.cfg, "--binary-mode", socket=socket),
                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE)
+            stopped = False
             try:
                 for line in dec.stdout:
-                    if self.SESSION_GTID.match(line.rstrip(b"\n").decode("utf-8", "replace")):
+                    text = line.rstrip(b"\n").decode("utf-8", "replace")
+                    if self.stop_seq is not None and text.startswith("#"):
+                        m = self.GTID_EVENT.match(text)
+                        # Event groups start at their GTID event: stopping before the
+                        # first one past the point leaves no transaction half sent.
+                        if m and int(m.group(1)) == self.domain and int(m.group(3)) > self.stop_seq:
+                            stopped = True
+                            break
+                    if self.SESSION_GTID.match(text):
                         continue
                     cli.stdin.write(line)
                 cli.stdin.close()
             except BrokenPipeError:
                 pass
+            if stopped:
+                dec.kill()
             derr = dec.stderr.read().decode("utf-8", "replace").strip()
             cerr = cli.stderr.read().decode("utf-8", "replace").strip()
-            if dec.wait() != 0:
+            if dec.wait() != 0 and not stopped:
                 raise RuntimeError("mariadb-binlog %s: %s" % (f["file"], derr))
             if cli.wait() != 0:
                 raise RuntimeError("replaying %s/%s: %s" % (f["src"], f["file"], cerr))
@@ -1313,6 +1333,102 @@ def verify_physical(cfg, manifest, tmp):
     return problems
 
 
+def content_script(cols):
+    """Per base table: its row count and an order-free checksum of its content
+    (BIT_XOR of each row's CRC32, NULL told apart from ''), as `T db table count crc` rows."""
+    out = []
+    for (db, t), cs in sorted(cols.items()):
+        row = ", ".join("%s, ISNULL(%s)" % (qi(c), qi(c)) for c in cs)
+        out.append("SELECT 'T', %s, %s, COUNT(*), IFNULL(BIT_XOR(CRC32(CONCAT_WS(0x1f, %s))), 0) "
+                   "FROM %s.%s" % (sql_text(db), sql_text(t), row, qi(db), qi(t)))
+    return out
+
+
+def parse_content(text):
+    got, status = {}, {}
+    for line in text.splitlines():
+        f = line.split("\t")
+        if len(f) == 5 and f[0] == "T":
+            got[(f[1], f[2])] = (int(f[3]), f[4])
+        elif len(f) == 2:
+            status[f[0].lower()] = f[1]
+    return got, status
+
+
+def live_snapshot(cfg, dbs):
+    """The live server's tables as of one transaction WITH CONSISTENT SNAPSHOT, and the
+    binary log position (as a GTID sequence of the cluster's domain) of that snapshot."""
+    cols = {}
+    if dbs:
+        for db, t, c in sql(cfg, "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME FROM "
+                                 "information_schema.COLUMNS c JOIN information_schema.TABLES t "
+                                 "ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME "
+                                 "WHERE t.TABLE_TYPE = 'BASE TABLE' AND c.TABLE_SCHEMA IN (%s) "
+                                 "ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
+                                 % ", ".join(sql_text(d) for d in dbs)):
+            cols.setdefault((db, t), []).append(c)
+    script = ["START TRANSACTION WITH CONSISTENT SNAPSHOT",
+              "SHOW STATUS LIKE 'binlog_snapshot_%'"] + content_script(cols) + ["COMMIT"]
+    r = subprocess.run(mysql_cmd(cfg, "-N", "-B"), input=";\n".join(script) + ";\n",
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("reading a consistent snapshot: %s" % r.stderr.strip()[-300:])
+    want, status = parse_content(r.stdout)
+    f, pos = status.get("binlog_snapshot_file"), status.get("binlog_snapshot_position")
+    if not f or pos is None:
+        raise RuntimeError("the server gave no binlog position for its snapshot")
+    gtid = sql(cfg, "SELECT BINLOG_GTID_POS(%s, %d)" % (sql_text(f), int(pos)))[0][0]
+    return gtid_seq("" if gtid == "NULL" else gtid, wsrep_domain(cfg)), cols, want
+
+
+def verify_point_in_time(cfg, s3):
+    """The binlog archive checked by use: the live server's consistent snapshot (row counts
+    and content checksums, and its GTID), then the newest base backup plus the archived
+    binary logs replayed up to exactly that GTID in a scratch server; every table must
+    equal the snapshot's."""
+    domain = wsrep_domain(cfg)
+    t0 = time.time()
+    seq, cols, want = live_snapshot(cfg, databases(cfg))
+    stamp = pick_base(s3, cfg, t0)
+    b = cfg.get("binlog") or {}
+    wait = 4 * int(b.get("interval", 20)) + 120
+    with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
+        manifest = fetch(s3, cfg, stamp, tmp)
+        base = manifest.get("binlog")
+        if not base:
+            return ["point in time: backup %s records no binlog position" % stamp]
+        start = gtid_seq(base["gtid"], base["domain"])
+        if start > seq:
+            return []  # a base newer than the snapshot: nothing to replay to check
+        while True:
+            _, reached, _ = chain(archived(s3, cfg), base.get("history"), domain, start)
+            if reached >= seq:
+                break
+            if time.time() - t0 > wait:
+                return ["point in time: after %d s the archive reaches GTID %d-%d, not the "
+                        "live snapshot's %d-%d" % (wait, domain, reached, domain, seq)]
+            time.sleep(5)
+        replay = BinlogReplay(s3, cfg, base, None, stop_seq=seq)
+        with ScratchServer(cfg) as scratch:
+            restore_databases(cfg, manifest, tmp, scratch.socket)
+            n = replay.run(tmp, scratch.socket)
+            r = subprocess.run(mysql_cmd(cfg, "-N", "-B", "--force", socket=scratch.socket),
+                               input=";\n".join(content_script(cols)) + ";\n",
+                               capture_output=True, text=True)
+            got, _ = parse_content(r.stdout)
+    problems = []
+    for k in sorted(want):
+        if k not in got:
+            problems.append("point in time: %s.%s: missing after the replay" % k)
+        elif got[k] != want[k]:
+            problems.append("point in time: %s.%s: %d rows (checksum %s) after the replay, the "
+                            "live snapshot has %d rows (checksum %s)" % (k + got[k] + want[k]))
+    log("point in time: backup %s + %d archived binlog file(s) replayed up to GTID %d-%d in a "
+        "scratch server: %d table(s)%s" % (stamp, n, domain, seq, len(want),
+                                           " equal the live server's snapshot" if not problems else ""))
+    return problems
+
+
 def cmd_verify(cfg, args):
     s3 = s3_client(cfg)
     stamp = pick(s3, cfg, args.from_)
@@ -1337,6 +1453,8 @@ def cmd_verify(cfg, args):
             if "users.sql.gz" in manifest["files"]:
                 load_dump(cfg, os.path.join(tmp, "users.sql.gz"), scratch.socket)
                 log("accounts load")
+    if (cfg.get("binlog") or {}).get("enabled") and binlog_on(cfg) and args.from_ in (None, "", "latest"):
+        problems += verify_point_in_time(cfg, s3)
     if problems:
         for p in problems:
             log("MISMATCH " + p)

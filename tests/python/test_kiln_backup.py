@@ -262,5 +262,40 @@ class Anonymize(unittest.TestCase):
         self.assertEqual(pos, len(png))
 
 
+class PointInTimeVerify(unittest.TestCase):
+    def replay(self, steps, until=None, stop_seq=None):
+        r = object.__new__(kb.BinlogReplay)
+        r.steps, r.until, r.stop_seq = steps, until, stop_seq
+        return r
+
+    def test_a_stop_gtid_ends_the_plan_at_the_file_that_holds_it(self):
+        f = [{"end": 10, "mtime": 100}, {"end": 20, "mtime": 200}, {"end": 30, "mtime": 300}]
+        steps = [(f[0], 0), (f[1], 10), (f[2], 20)]
+        self.assertEqual(self.replay(steps, stop_seq=15).plan(),
+                         [(f[0], 0, False), (f[1], 10, True)])
+        self.assertEqual(self.replay(steps, stop_seq=20).plan(),
+                         [(f[0], 0, False), (f[1], 10, True)])
+        self.assertEqual(self.replay(steps, stop_seq=5).plan(), [(f[0], 0, True)])
+        # Already past the point at the base: nothing to replay.
+        self.assertEqual(self.replay(steps[1:], stop_seq=10).plan(), [])
+        self.assertEqual(len(self.replay(steps).plan()), 3)
+
+    def test_gtid_event_lines_are_recognised(self):
+        m = kb.BinlogReplay.GTID_EVENT.match(
+            "#261203  1:35:00 server id 1  end_log_pos 456 CRC32 0x1a2b3c4d \tGTID 1000-1-57 trans")
+        self.assertEqual(m.groups(), ("1000", "1", "57"))
+        self.assertIsNone(kb.BinlogReplay.GTID_EVENT.match("INSERT INTO t VALUES ('GTID 1-1-1')"))
+
+    def test_content_rows_parse(self):
+        script = kb.content_script({("app", "t"): ["id", "name"]})
+        self.assertEqual(len(script), 1)
+        self.assertIn("CONCAT_WS(0x1f, `id`, ISNULL(`id`), `name`, ISNULL(`name`))", script[0])
+        got, status = kb.parse_content(
+            "Binlog_snapshot_file\tmariadb-bin.000003\nBinlog_snapshot_position\t812\n"
+            "T\tapp\tt\t42\t123456\n")
+        self.assertEqual(got, {("app", "t"): (42, "123456")})
+        self.assertEqual(status["binlog_snapshot_position"], "812")
+
+
 if __name__ == "__main__":
     unittest.main()
