@@ -359,11 +359,12 @@ fn restore_into_another_host(t: &T) -> Result<(), String> {
 fn verification_unit(t: &T) -> Result<(), String> {
     let r = t.sh(
         "db1",
-        "systemctl start kiln-backup-verify.service; rc=$?; journalctl -q -o cat -u kiln-backup-verify.service | tail -n 12; exit $rc",
+        "systemctl start kiln-backup-verify.service; rc=$?; journalctl -q -o cat -u kiln-backup-verify.service | tail -n 20; exit $rc",
     );
     expect(
         r.code == 0
             && r.stdout.contains("row counts and checksums equal")
+            && r.stdout.contains("equal the live server's snapshot")
             && r.stdout.contains("physical copy: app:")
             && r.stdout.contains("start in a scratch server")
             && r.stdout.contains(": OK"),
