@@ -401,6 +401,11 @@ pub async fn seed(
     for path in ["/etc/kiln/backup/backup.json", "/etc/kiln/backup/s3.env"] {
         let c = rendered(dst_hosts[0], path)
             .ok_or_else(|| anyhow!("{}: no {path} in the spec", dst_hosts[0].name))?;
+        let c = if path.ends_with(".json") {
+            endpoints_by_address(&c, &dst.desired.hosts)?
+        } else {
+            c
+        };
         files.push((path.rsplit('/').next().unwrap_or(path), c));
     }
     let rules_json = rules
@@ -514,6 +519,41 @@ pub async fn seed(
     backup(&dst.env.file.to_string_lossy()).await
 }
 
+/// DST's backup configuration as SRC's host must read it: an endpoint that names a host of
+/// DST (`http://storage:9000`, resolved by DST's hosts through their /etc/hosts) gets that
+/// host's address, since on SRC's host the same name is SRC's own storage.
+fn endpoints_by_address(json: &str, hosts: &[DesiredHost]) -> Result<String> {
+    let mut v: serde_json::Value = serde_json::from_str(json)?;
+    let fix = |e: &mut serde_json::Value| {
+        let Some(url) = e.as_str() else { return };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return;
+        };
+        let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
+            _ => (hostport, None),
+        };
+        if let Some(h) = hosts.iter().find(|h| h.name == host) {
+            let addr = &h.connection.address;
+            let addr = if addr.contains(':') {
+                format!("[{addr}]")
+            } else {
+                addr.clone()
+            };
+            *e = serde_json::Value::String(match port {
+                Some(p) => format!("{scheme}://{addr}:{p}{path}"),
+                None => format!("{scheme}://{addr}{path}"),
+            });
+        }
+    };
+    fix(&mut v["endpoint"]);
+    if v["replica"].is_object() {
+        fix(&mut v["replica"]["endpoint"]);
+    }
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
 /// For `kiln apply` of an environment with `[seed]`: seeds it when its bucket records no
 /// seed yet (a rebuilt host does not seed again: the record is in the bucket).
 pub async fn seed_if_new(loaded: &crate::engine::Loaded) -> Result<i32> {
@@ -598,4 +638,42 @@ exit 0
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, address: &str) -> DesiredHost {
+        DesiredHost {
+            name: name.into(),
+            connection: crate::desired::Connection {
+                address: address.into(),
+                port: 22,
+                user: "root".into(),
+                key: None,
+                provider: crate::spec::Provider::Static,
+            },
+            roles: vec![],
+            resources: vec![],
+            checks: vec![],
+        }
+    }
+
+    #[test]
+    fn endpoints_naming_a_host_get_its_address() {
+        let hosts = [host("storage", "10.0.0.7"), host("storage2", "10.0.0.8")];
+        let json = r#"{"endpoint": "http://storage:9000", "replica": {"endpoint": "https://storage2/s3"}, "bucket": "b"}"#;
+        let v: serde_json::Value =
+            serde_json::from_str(&endpoints_by_address(json, &hosts).unwrap()).unwrap();
+        assert_eq!(v["endpoint"], "http://10.0.0.7:9000");
+        assert_eq!(v["replica"]["endpoint"], "https://10.0.0.8/s3");
+        assert_eq!(v["bucket"], "b");
+        // Not a host of the environment, or no replica: unchanged.
+        let json = r#"{"endpoint": "https://s3.example.com", "replica": {"endpoint": ""}}"#;
+        let v: serde_json::Value =
+            serde_json::from_str(&endpoints_by_address(json, &hosts).unwrap()).unwrap();
+        assert_eq!(v["endpoint"], "https://s3.example.com");
+        assert_eq!(v["replica"]["endpoint"], "");
+    }
 }
