@@ -485,7 +485,10 @@ def fetch(s3, cfg, stamp, workdir, physical=False):
         if got != meta["sha256"] or os.path.getsize(path) != meta["size"]:
             raise Refused("%s of backup %s: sha256 %s, manifest says %s" %
                           (name, stamp, got, meta["sha256"]))
-    log("backup %s: manifest and %d file(s) check out" % (stamp, len(manifest["files"])))
+    checked = [n for n in manifest["files"] if n != PHYSICAL or physical]
+    log("backup %s: manifest and %d file(s) check out%s" % (
+        stamp, len(checked), "" if len(checked) == len(manifest["files"])
+        else " (the physical copy is not needed here: not downloaded)"))
     return manifest
 
 
