@@ -1185,7 +1185,7 @@ class BinlogReplay:
                     f["src"], f["file"]))
             cmd = ["mariadb-binlog", "--start-position=%d-0-%d" % (self.domain, after),
                    "--skip-gtid-strict-mode"]
-            if last:
+            if last and self.until is not None:
                 cmd.append("--stop-datetime=" + iso(self.until + 1))
             cmd.append(path)
             env = dict(os.environ, TZ="UTC")
