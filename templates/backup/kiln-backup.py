@@ -687,7 +687,11 @@ def cmd_run(cfg, args):
                 log("%s: written to during the dump; verification compares the table set only" % db)
         pipe_to_gzip(dump_cmd(cfg, "--system=users", "--insert-ignore"),
                      os.path.join(tmp, "users.sql.gz"))
-        if cfg.get("physical"):
+        # Not in the archiver's first base backup, right after a node is created: while
+        # mariadb-backup holds its backup stages, a Galera node refuses DDL ("Aborting TOI:
+        # Replication paused on node for FTWRL/BACKUP STAGE"), and a new environment's
+        # first minutes are when its schema is created. The scheduled runs take it.
+        if cfg.get("physical") and args is not None:
             manifest["physical"] = physical_backup(cfg, dbs, os.path.join(tmp, PHYSICAL))
         upload_files(s3, cfg, base, tmp, manifest)
         manifest["media"] = mirror_media(s3, cfg, previous_manifest(s3, cfg))
