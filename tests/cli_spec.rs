@@ -42,6 +42,25 @@ template = "t.j2"
         std::fs::write(p, text).expect("write");
         self
     }
+    /// Runs kiln in the repository; its standard output, after asserting exit 0.
+    #[track_caller]
+    fn succeeds(&self, args: &[&str]) -> String {
+        let out = Command::cargo_bin("kiln")
+            .expect("binary")
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "exit code for {args:?}; stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
     #[track_caller]
     fn fails(&self, args: &[&str], expect: &[&str]) -> String {
         let out = Command::cargo_bin("kiln")
@@ -674,14 +693,7 @@ fn seed_and_anonymisation_rules_are_checked_with_file_line_and_key() {
         "environments/e.toml",
         &env("\n[seed]\nfrom_env = \"prod\"\nanonymize = \"rules.toml\"\n\n[secrets.anonymize_key]\ngenerate = 32\n"),
     );
-    let out = Command::cargo_bin("kiln")
-        .expect("binary")
-        .current_dir(r.dir.path())
-        .env("NO_COLOR", "1")
-        .args(["plan", "e", "--offline"])
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = r.succeeds(&["plan", "e", "--offline"]);
     assert!(
         stdout.contains("Seed: after a full apply")
             && stdout.contains("1 table rule(s), media: copy"),
@@ -717,24 +729,16 @@ fn clone_with_data_needs_a_choice_and_valid_rules() {
         "environments/rules.toml",
         "media = \"none\"\n[tables.\"app.s\"]\ntruncate = true\n",
     );
-    let out = Command::cargo_bin("kiln")
-        .expect("binary")
-        .current_dir(r.dir.path())
-        .env("NO_COLOR", "1")
-        .args([
-            "clone",
-            "e",
-            "qa",
-            "--hosts",
-            "lab",
-            "--with-data",
-            "--anonymize",
-            "environments/rules.toml",
-        ])
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    r.succeeds(&[
+        "clone",
+        "e",
+        "qa",
+        "--hosts",
+        "lab",
+        "--with-data",
+        "--anonymize",
+        "environments/rules.toml",
+    ]);
     let qa = std::fs::read_to_string(r.path("environments/qa.toml")).expect("qa.toml");
     assert!(
         qa.contains("[seed]\nfrom_env = \"e\"\nanonymize = \"rules.toml\""),
