@@ -1207,7 +1207,7 @@ class BinlogReplay:
             cli = subprocess.Popen(mysql_cmd(self.cfg, "--binary-mode", socket=socket),
                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE)
-            stopped = False
+            stopped = broken = False
             try:
                 for line in dec.stdout:
                     text = line.rstrip(b"\n").decode("utf-8", "replace")
@@ -1223,12 +1223,13 @@ class BinlogReplay:
                     cli.stdin.write(line)
                 cli.stdin.close()
             except BrokenPipeError:
-                pass
-            if stopped:
+                broken = True
+            if stopped or broken:
+                # The decoder may be blocked writing to a pipe no one reads any more.
                 dec.kill()
             derr = dec.stderr.read().decode("utf-8", "replace").strip()
             cerr = cli.stderr.read().decode("utf-8", "replace").strip()
-            if dec.wait() != 0 and not stopped:
+            if dec.wait() != 0 and not stopped and not broken:
                 raise RuntimeError("mariadb-binlog %s: %s" % (f["file"], derr))
             if cli.wait() != 0:
                 raise RuntimeError("replaying %s/%s: %s" % (f["src"], f["file"], cerr))
@@ -1428,6 +1429,8 @@ def verify_point_in_time(cfg, s3):
         replay = BinlogReplay(s3, cfg, base, None, stop_seq=seq)
         with ScratchServer(cfg) as scratch:
             restore_databases(cfg, manifest, tmp, scratch.socket)
+            if "users.sql.gz" in manifest["files"]:
+                load_dump(cfg, os.path.join(tmp, "users.sql.gz"), scratch.socket)
             n = replay.run(tmp, scratch.socket)
             r = subprocess.run(mysql_cmd(cfg, "-N", "-B", "--force", socket=scratch.socket),
                                input=";\n".join(content_script(cols)) + ";\n",
@@ -1618,6 +1621,11 @@ def cmd_restore(cfg, args):
             problems += p
             log("restored database %s: %d table(s)%s" % (
                 db, len(got), ", row counts and checksums equal the backup's" if not p else ""))
+        # The accounts before the replay: the binary logs after the backup may change or drop
+        # them (GRANT, DROP USER), which fails on a server that lacks them.
+        if not args.no_users and "users.sql.gz" in manifest["files"]:
+            load_dump(cfg, os.path.join(tmp, "users.sql.gz"))
+            log("restored accounts (existing ones kept: INSERT IGNORE)")
         if replay:
             n = replay.run(tmp)
             log("replayed %d binlog file(s): the databases are as of %s" % (
@@ -1629,9 +1637,6 @@ def cmd_restore(cfg, args):
             if until is not None and hbs and max(h["until"] for h in hbs.values()) < until:
                 log("WARNING: the archive reaches only %s, before the requested %s" % (
                     iso(max(h["until"] for h in hbs.values())), iso(until)))
-        if not args.no_users and "users.sql.gz" in manifest["files"]:
-            load_dump(cfg, os.path.join(tmp, "users.sql.gz"))
-            log("restored accounts (existing ones kept: INSERT IGNORE)")
         media = manifest.get("media")
         if media and not args.no_media:
             problems += restore_media(s3, cfg, media, tmp)
@@ -1859,6 +1864,10 @@ def cmd_seed_export(cfg, args):
         with ScratchServer(cfg) as scratch:
             step("loading backup %s into a scratch server" % stamp)
             restore_databases(cfg, manifest, tmp, scratch.socket)
+            # The accounts too, for the replay (GRANT, DROP USER); the copy is dumped with
+            # --databases only, so they never reach the destination.
+            if "users.sql.gz" in manifest["files"]:
+                load_dump(cfg, os.path.join(tmp, "users.sql.gz"), scratch.socket)
             replayed, point = 0, "backup %s" % stamp
             if manifest.get("binlog"):
                 replay = BinlogReplay(s3, cfg, manifest["binlog"], None)
