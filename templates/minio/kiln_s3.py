@@ -215,14 +215,22 @@ class BotoS3:
             aws_secret_access_key=secret_key, region_name=region,
             config=botocore.config.Config(
                 signature_version="s3v4", s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
-                connect_timeout=10, read_timeout=timeout))
+                # Few, quick attempts to connect: a target that is gone must fail fast so
+                # the backup tool falls back to the replica (10 s x 5 attempts made a
+                # restore with the first target lost take 385 s instead of 68 s).
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=3, read_timeout=timeout))
         self.transfer = TransferConfig(multipart_threshold=64 << 20,
                                        multipart_chunksize=64 << 20, use_threads=False)
 
     @staticmethod
     def _wrap(e, what):
-        """botocore's ClientError as S3Error (the status the callers look at)."""
+        """botocore's ClientError as S3Error (the status the callers look at), its
+        connection failures as OSError (as `S3` raises them: a target that cannot be
+        reached, which the backup tool stops asking)."""
+        import botocore.exceptions as bx
+        if isinstance(e, (bx.ConnectionError, bx.HTTPClientError)):
+            return ConnectionError("%s: %s" % (what, e))
         resp = getattr(e, "response", None)
         if isinstance(resp, dict):
             err = resp.get("Error") or {}
