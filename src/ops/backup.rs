@@ -295,10 +295,7 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         let mut s = String::from(
             "set -eu\numask 077\nd=$(mktemp -d /tmp/kiln-restore.XXXXXX)\ntrap 'rm -rf \"$d\"' EXIT\n",
         );
-        let identity = source.resources.iter().find_map(|r| match &r.kind {
-            Kind::File(f) if f.path == AGE_IDENTITY => f.content.clone(),
-            _ => None,
-        });
+        let identity = rendered(source, AGE_IDENTITY);
         if let Some(id) = &identity {
             s.push_str(&crate::shell::heredoc(
                 "cat > \"$d/age-identity\"",
@@ -308,13 +305,7 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
             ));
         }
         for path in TOOL_FILES {
-            let content = source
-                .resources
-                .iter()
-                .find_map(|r| match &r.kind {
-                    Kind::File(f) if f.path == path => f.content.clone(),
-                    _ => None,
-                })
+            let content = rendered(source, path)
                 .ok_or_else(|| anyhow!("{}: no {path} in the spec", source.name))?;
             let name = path.rsplit('/').next().unwrap_or(path);
             s.push_str(&crate::shell::heredoc(
@@ -502,7 +493,7 @@ pub async fn seed(
         dt.as_ref(),
         &format!(
             "set -u\n/usr/local/sbin/kiln-backup restore --from {stamp} && /usr/local/sbin/kiln-backup seeded --mark {stamp} --from {}\n",
-            crate::shell::quote(src_name)
+            crate::shell::quote(&src.env.name)
         ),
         &dred,
     )
