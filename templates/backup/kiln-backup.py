@@ -566,17 +566,7 @@ def extract_physical(cfg, archive, target):
     os.makedirs(target, mode=0o700, exist_ok=True)
     if os.listdir(target):
         raise Refused("%s is not empty" % target)
-    p = subprocess.Popen(["mbstream", "-x", "-C", target], stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        with gzip.open(archive, "rb") as gz:
-            shutil.copyfileobj(gz, p.stdin, 1 << 20)
-        p.stdin.close()
-    except BrokenPipeError:
-        pass
-    err = p.stderr.read().decode("utf-8", "replace")
-    if p.wait() != 0:
-        raise RuntimeError("mbstream -x: %s" % err.strip()[-500:])
+    gunzip_into(["mbstream", "-x", "-C", target], archive, "mbstream -x")
     r = subprocess.run(["mariadb-backup", "--prepare", "--target-dir=" + target],
                        capture_output=True, text=True)
     if r.returncode != 0:
@@ -1243,10 +1233,11 @@ class BinlogReplay:
 # ---------------------------------------------------------------------------------------
 # restore, verify
 # ---------------------------------------------------------------------------------------
-def load_dump(cfg, path, socket=None):
-    """Pipes a gzipped dump into mariadb (the server's, or a scratch server's socket)."""
-    p = subprocess.Popen(mysql_cmd(cfg, socket=socket), stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def gunzip_into(cmd, path, what):
+    """Streams a gzipped file into a command's standard input; raises with the command's
+    standard error when it fails."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     try:
         with gzip.open(path, "rb") as gz:
             shutil.copyfileobj(gz, p.stdin, 1 << 20)
@@ -1255,7 +1246,13 @@ def load_dump(cfg, path, socket=None):
         pass
     err = p.stderr.read().decode("utf-8", "replace")
     if p.wait() != 0:
-        raise RuntimeError("mariadb failed loading %s: %s" % (os.path.basename(path), err.strip()))
+        raise RuntimeError("%s: %s" % (what, err.strip()[-1000:]))
+
+
+def load_dump(cfg, path, socket=None):
+    """Pipes a gzipped dump into mariadb (the server's, or a scratch server's socket)."""
+    gunzip_into(mysql_cmd(cfg, socket=socket), path,
+                "mariadb failed loading %s" % os.path.basename(path))
 
 
 class ScratchServer:
