@@ -42,16 +42,20 @@ template = "t.j2"
         std::fs::write(p, text).expect("write");
         self
     }
-    /// Runs kiln in the repository; its standard output, after asserting exit 0.
-    #[track_caller]
-    fn succeeds(&self, args: &[&str]) -> String {
-        let out = Command::cargo_bin("kiln")
+    /// Runs kiln in the repository.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::cargo_bin("kiln")
             .expect("binary")
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .args(args)
             .output()
-            .expect("run");
+            .expect("run")
+    }
+    /// Runs kiln in the repository; its standard output, after asserting exit 0.
+    #[track_caller]
+    fn succeeds(&self, args: &[&str]) -> String {
+        let out = self.run(args);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         assert_eq!(
             out.status.code(),
@@ -63,13 +67,7 @@ template = "t.j2"
     }
     #[track_caller]
     fn fails(&self, args: &[&str], expect: &[&str]) -> String {
-        let out = Command::cargo_bin("kiln")
-            .expect("binary")
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .args(args)
-            .output()
-            .expect("run");
+        let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(
             out.status.code(),
