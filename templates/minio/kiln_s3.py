@@ -38,7 +38,21 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-class S3:
+class _MakeBucket:
+    def make_bucket(self, bucket):
+        """Creates the bucket unless it exists. Returns whether it created it."""
+        if self.bucket_exists(bucket):
+            return False
+        try:
+            self._create_bucket(bucket)
+        except S3Error as e:
+            if e.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return False
+            raise
+        return True
+
+
+class S3(_MakeBucket):
     def __init__(self, endpoint, access_key, secret_key, region="us-east-1", timeout=300):
         u = urllib.parse.urlsplit(endpoint)
         if u.scheme not in ("http", "https"):
@@ -130,17 +144,8 @@ class S3:
                 return False
             raise
 
-    def make_bucket(self, bucket):
-        """Creates the bucket unless it exists. Returns whether it created it."""
-        if self.bucket_exists(bucket):
-            return False
-        try:
-            self.request("PUT", "/" + bucket, what="create bucket " + bucket)
-        except S3Error as e:
-            if e.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                return False
-            raise
-        return True
+    def _create_bucket(self, bucket):
+        self.request("PUT", "/" + bucket, what="create bucket " + bucket)
 
     # Objects -------------------------------------------------------------------------
     def list(self, bucket, prefix=""):
@@ -196,7 +201,7 @@ class S3:
                             what="minio admin " + op)[2]
 
 
-class BotoS3:
+class BotoS3(_MakeBucket):
     """The same interface as `S3`, through boto3 (Debian's python3-boto3): multipart
     transfers for large files (above 64 MiB, in 64 MiB parts), retries with backoff,
     path-style addressing for MinIO-compatible servers. `S3` stays for what boto3 lacks
@@ -260,19 +265,11 @@ class BotoS3:
                 return False
             raise
 
-    def make_bucket(self, bucket):
-        if self.bucket_exists(bucket):
-            return False
+    def _create_bucket(self, bucket):
         kw = {"Bucket": bucket}
         if self.region and self.region != "us-east-1":
             kw["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
-        try:
-            self._call("create bucket " + bucket, self.client.create_bucket, **kw)
-        except S3Error as e:
-            if e.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                return False
-            raise
-        return True
+        self._call("create bucket " + bucket, self.client.create_bucket, **kw)
 
     def list(self, bucket, prefix=""):
         out = []
