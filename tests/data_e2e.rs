@@ -575,7 +575,7 @@ fn main() {
     ];
     common::run_suite(
         "data_e2e",
-        &t,
+        t,
         scenarios,
         &down,
         common::Policy {

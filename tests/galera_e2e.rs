@@ -896,7 +896,7 @@ fn main() {
     // the check that no secret was ever printed.
     common::run_suite(
         "galera_e2e",
-        &lab,
+        lab,
         &scenarios,
         &down,
         common::Policy {

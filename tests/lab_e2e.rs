@@ -802,7 +802,7 @@ fn main() {
     // stop the others (lab up failing does).
     common::run_suite(
         "lab_e2e",
-        &lab,
+        lab,
         &scenarios,
         &down,
         common::Policy {

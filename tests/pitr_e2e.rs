@@ -750,7 +750,7 @@ fn main() {
     ];
     common::run_suite(
         "pitr_e2e",
-        &lab,
+        lab,
         scenarios,
         &down,
         common::Policy {

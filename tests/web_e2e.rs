@@ -1006,7 +1006,7 @@ fn main() {
     let lab = Lab::new(ENV, &env_text());
     common::run_suite(
         "web_e2e",
-        &lab,
+        lab,
         &[
             ("lab up (fresh hosts)", &up),
             (

@@ -253,10 +253,11 @@ pub type Scenario<'a, C> = (&'a str, &'a dyn Fn(&C) -> Result<(), String>);
 /// shared lab (`ctx`), names given on the command line select scenarios (the first, lab up,
 /// always runs), `teardown` always runs unless `KILN_E2E_KEEP` is set, times per scenario
 /// and in total, and the exit code is 1 on any failure — a scenario not run after a failure
-/// counts as failed, never as passed.
+/// counts as failed, never as passed. The suite's context (and with it the lab's scratch
+/// repository) is dropped before the process exits, unless `KILN_E2E_KEEP` keeps the lab.
 pub fn run_suite<C>(
     suite: &str,
-    ctx: &C,
+    ctx: C,
     scenarios: &[Scenario<'_, C>],
     teardown: &dyn Fn(&C) -> Result<(), String>,
     policy: Policy,
@@ -283,7 +284,7 @@ pub fn run_suite<C>(
         }
         let t = Instant::now();
         // A panicking scenario is a failed one: the rest and the teardown still run.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx)))
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx)))
             .unwrap_or_else(|p| {
                 let what = p
                     .downcast_ref::<String>()
@@ -308,14 +309,15 @@ pub fn run_suite<C>(
             }
         }
     }
-    if std::env::var_os("KILN_E2E_KEEP").is_some() {
+    let keep = std::env::var_os("KILN_E2E_KEEP").is_some();
+    if keep {
         println!(
             "\n!!! KILN_E2E_KEEP is set: the lab of {suite} is LEFT RUNNING (containers, netns, \
              bridge). Remove it with `kiln lab down` in its scratch repository.\n"
         );
     } else {
         let t = Instant::now();
-        match teardown(ctx) {
+        match teardown(&ctx) {
             Ok(()) => {
                 println!("test teardown ... ok ({:.1} s)", t.elapsed().as_secs_f64());
                 passed += 1;
@@ -330,6 +332,12 @@ pub fn run_suite<C>(
         "\n{suite} took {:.1} s\n{passed} passed, {failed} failed",
         total.elapsed().as_secs_f64()
     );
+    if keep {
+        // The scratch repository is how `kiln lab down` reaches the kept lab.
+        std::mem::forget(ctx);
+    } else {
+        drop(ctx);
+    }
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
 
