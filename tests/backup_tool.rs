@@ -19,7 +19,14 @@ fn kiln_backup_python_unit_tests() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("test_history_a ("), "{text}");
     assert!(text.trim_end().ends_with("OK"), "{text}");
-    assert!(text.contains("Ran 24 tests"), "{text}");
+    // Every test written in the file ran (none lost to a name clash or a bad indent).
+    let written = std::fs::read_to_string(dir.join("test_kiln_backup.py"))
+        .expect("test file")
+        .lines()
+        .filter(|l| l.trim_start().starts_with("def test_"))
+        .count();
+    assert!(written >= 25, "{written} tests written");
+    assert!(text.contains(&format!("Ran {written} tests")), "{text}");
     assert!(
         text.contains("test_absolute_climbing_and_odd_names_are_refused"),
         "{text}"

@@ -1163,8 +1163,8 @@ class BinlogReplay:
                                                    self.domain, self.start)
 
     def plan(self):
-        """The files to replay: every step until the first file with an event at or after
-        `until` (that one replayed up to `until`, the rest not at all)."""
+        """The files to replay: every step until the first file that may hold an event after
+        second `until` (that one replayed up to the end of `until`, the rest not at all)."""
         out = []
         for f, after in self.steps:
             if self.stop_seq is not None:
@@ -1172,7 +1172,9 @@ class BinlogReplay:
                     break
                 last = f["end"] >= self.stop_seq
             else:
-                last = self.until is not None and f["mtime"] >= self.until
+                # A file last written in second `until` holds only events of that second
+                # or before; the next file may still hold events of the same second.
+                last = self.until is not None and f["mtime"] > self.until
             out.append((f, after, last))
             if last:
                 break

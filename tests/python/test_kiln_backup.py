@@ -280,6 +280,19 @@ class PointInTimeVerify(unittest.TestCase):
         self.assertEqual(self.replay(steps[1:], stop_seq=10).plan(), [])
         self.assertEqual(len(self.replay(steps).plan()), 3)
 
+    def test_a_stop_time_replays_every_file_that_may_hold_its_second(self):
+        # File 0 was last written in second 100: every event in it is of second 100 or
+        # earlier, and file 1 may hold more events of second 100 (a rotation inside it).
+        f = [{"end": 10, "mtime": 100}, {"end": 20, "mtime": 101}, {"end": 30, "mtime": 300}]
+        steps = [(f[0], 0), (f[1], 10), (f[2], 20)]
+        self.assertEqual(self.replay(steps, until=100).plan(),
+                         [(f[0], 0, False), (f[1], 10, True)])
+        self.assertEqual(self.replay(steps, until=99).plan(), [(f[0], 0, True)])
+        self.assertEqual(self.replay(steps, until=101).plan(),
+                         [(f[0], 0, False), (f[1], 10, False), (f[2], 20, True)])
+        self.assertEqual(self.replay(steps, until=400).plan(),
+                         [(f[0], 0, False), (f[1], 10, False), (f[2], 20, False)])
+
     def test_gtid_event_lines_are_recognised(self):
         m = kb.BinlogReplay.GTID_EVENT.match(
             "#261203  1:35:00 server id 1  end_log_pos 456 CRC32 0x1a2b3c4d \tGTID 1000-1-57 trans")
