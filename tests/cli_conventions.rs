@@ -293,3 +293,54 @@ fn apply_json_needs_yes_and_prints_one_document() {
     assert_eq!(v["plan"]["environment"], "lab");
     assert!(v["hosts"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn explain_follows_two_extends_levels_to_each_file_and_line() {
+    // base ← mid ← top: each sets ssh.user on a known line; explain names top's line and the
+    // two values it overrides, nearest parent first, and a key only base sets by base's line.
+    let dir = tempfile::tempdir().unwrap();
+    let envs = dir.path().join("environments");
+    std::fs::create_dir(&envs).unwrap();
+    std::fs::write(
+        envs.join("base.toml"),
+        "description = \"base\"\n\n[ssh]\nuser = \"from-base\"\nport = 2222\n\n[hosts.one]\naddress = \"192.0.2.10\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        envs.join("mid.toml"),
+        "extends = \"base\"\n[ssh]\nuser = \"from-mid\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        envs.join("top.toml"),
+        "extends = \"mid\"\n\n\n[ssh]\nuser = \"from-top\"\n",
+    )
+    .unwrap();
+    let explain = |key: &str| {
+        let (code, out, err) = run(kiln()
+            .current_dir(dir.path())
+            .env("KILN_ROOT", dir.path())
+            .args(["explain", "top", key, "--format", "json"]));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("one JSON document")
+    };
+    let at = |v: &serde_json::Value| {
+        format!(
+            "{}:{}",
+            std::path::Path::new(v["file"].as_str().unwrap_or_default())
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy(),
+            v["line"]
+        )
+    };
+    let v = explain("ssh.user");
+    assert_eq!(v["value"], "from-top", "{v}");
+    assert_eq!(at(&v["set_by"]), "top.toml:5", "{v}");
+    let overrides: Vec<String> = v["overrides"].as_array().unwrap().iter().map(at).collect();
+    assert_eq!(overrides, ["mid.toml:3", "base.toml:4"], "{v}");
+    let v = explain("ssh.port");
+    assert_eq!(v["value"], 2222, "{v}");
+    assert_eq!(at(&v["set_by"]), "base.toml:5", "{v}");
+    assert!(v["overrides"].as_array().unwrap().is_empty(), "{v}");
+}

@@ -214,6 +214,30 @@ fn state_of(all: &[aws_sdk_ec2::types::Instance], id: &str) -> String {
         .unwrap_or_else(|| "absent".into())
 }
 
+/// The live (not terminated) instance the SDK lists for a host, by kiln's host tag.
+fn sdk_instance<'a>(
+    all: &'a [aws_sdk_ec2::types::Instance],
+    host: &str,
+) -> &'a aws_sdk_ec2::types::Instance {
+    let live: Vec<_> = all
+        .iter()
+        .filter(|i| sdk_tag(i, "kiln:host") == Some(host))
+        .filter(|i| {
+            let s = i.state().and_then(|s| s.name()).map(|n| n.as_str());
+            s != Some("terminated") && s != Some("shutting-down")
+        })
+        .collect();
+    assert_eq!(live.len(), 1, "{host}: {live:?}");
+    live[0]
+}
+
+fn sdk_tag<'a>(i: &'a aws_sdk_ec2::types::Instance, key: &str) -> Option<&'a str> {
+    i.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
 fn run_out(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().expect("run kiln");
     (
@@ -286,6 +310,25 @@ async fn ec2_provider_against_moto() {
     // The SDK's own view agrees (tags, AMI, type): read back independently.
     let all = all_instances(&c).await;
     assert_eq!(all.len(), 2);
+    for (host, kind) in [("web1", "t3.small"), ("db1", "m5.large")] {
+        let i = sdk_instance(&all, host);
+        assert_eq!(i.image_id(), Some(net.ami.as_str()), "{host}: {i:?}");
+        assert_eq!(
+            i.instance_type().map(|t| t.as_str()),
+            Some(kind),
+            "{host}: {i:?}"
+        );
+        assert_eq!(sdk_tag(i, "kiln:env"), Some("ec2test"), "{host}: {i:?}");
+        assert_eq!(
+            sdk_tag(i, "Name"),
+            Some(format!("ec2test-{host}").as_str()),
+            "{host}: {i:?}"
+        );
+    }
+    assert_eq!(
+        sdk_tag(sdk_instance(&all, "web1"), "team"),
+        Some("platform")
+    );
 
     // --- idempotency: a second ensure creates nothing and returns the same ids.
     let second = ec2::ensure_instances(&ec2c, &env, None, Duration::from_secs(60), &log)
@@ -460,13 +503,53 @@ async fn ec2_provider_against_moto() {
     assert_eq!(code, 0);
     assert!(out.contains("nothing to destroy"), "{out}");
 
-    // --- rebuild: ensure makes a new web1 and keeps db1.
+    // --- `kiln rebuild`: a new web1 instance with the declared AMI, type and tags, db1
+    // kept; moto's console prints no host keys, so rebuild stops there, trusting no key
+    // and connecting to nothing.
+    let (code, out, err) = run_out(kiln().arg("rebuild").arg(&env_file).arg("--yes"));
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("printed no SSH host keys"), "{err}");
+    let all = all_instances(&c).await;
+    let new_web = sdk_instance(&all, "web1");
+    let new_id = new_web.instance_id().unwrap_or_default().to_string();
+    assert_ne!(new_id, web.id, "a new instance for web1");
+    assert_eq!(new_web.image_id(), Some(net.ami.as_str()));
+    assert_eq!(
+        new_web.instance_type().map(|t| t.as_str()),
+        Some("t3.small")
+    );
+    assert_eq!(sdk_tag(new_web, "kiln:host"), Some("web1"));
+    assert_eq!(sdk_tag(new_web, "team"), Some("platform"));
+    assert_eq!(state_of(&all, &db.id), "running");
+    assert_eq!(
+        all.iter()
+            .filter(|i| sdk_tag(i, "kiln:host") == Some("db1"))
+            .count(),
+        1,
+        "db1 kept, not duplicated"
+    );
+    assert!(!env.known_hosts().exists(), "no host key recorded blindly");
+    // A second rebuild finds web1's new instance: nothing more is created.
+    let (code, _, err) = run_out(kiln().arg("rebuild").arg(&env_file).arg("--yes"));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        all_instances(&c)
+            .await
+            .iter()
+            .filter(|i| sdk_tag(i, "kiln:host") == Some("web1"))
+            .filter(
+                |i| state_of(std::slice::from_ref(i), i.instance_id().unwrap_or_default())
+                    == "running"
+            )
+            .count(),
+        1
+    );
     let third = ec2::ensure_instances(&ec2c, &env, None, Duration::from_secs(60), &log)
         .await
         .expect("third ensure");
     let w = third.iter().find(|e| e.host == "web1").unwrap();
     let d = third.iter().find(|e| e.host == "db1").unwrap();
-    assert!(w.created && w.instance_id != web.id);
+    assert!(!w.created && w.instance_id == new_id, "{w:?}");
     assert!(!d.created && d.instance_id == db.id);
 
     // --- a stopped instance is the host's: started again, not replaced.

@@ -830,8 +830,23 @@ fn verify_passes(lab: &Lab) -> Result<(), String> {
         &r,
     )?;
     lab.sh("db2", "systemctl stop mariadb");
-    let r = lab.kiln(&["verify", ENV]);
-    expect(r.code != 0, "verify fails with a node down", &r)?;
+    let r = lab.kiln(&["verify", ENV, "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+    let failing: Vec<String> = doc["checks"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c["passed"] == false)
+                .map(|c| format!("{}: {}", c["host"], c["name"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    expect(
+        r.code == 1 && doc["status"] == "failed" && !failing.is_empty(),
+        "verify fails with db2's node down: a health check fails",
+        &r,
+    )?;
+    println!("      verify with db2 down, failing checks: {failing:?}");
     // Through a saved plan: its cluster steps apply exactly, after the staleness check.
     let saved = lab.root.path().join("galera-plan.json");
     let saved = saved.to_str().unwrap_or_default();

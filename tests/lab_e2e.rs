@@ -7,6 +7,8 @@
 //! as in .ci/run).
 
 mod common;
+#[path = "lab_e2e/faults.rs"]
+mod faults;
 
 use std::path::Path;
 use std::process::Command;
@@ -529,6 +531,44 @@ unless = "grep -qx '{{ secrets.demo | upper }}' /etc/kiln-secret-cmd"
         &[("KILN_E2E_SECRET", "another-Secret-77")],
     );
     outputs.push(r.all());
+    // Saved plans holding a sensitive file: one planned with the new value is refused when
+    // apply is given another value, and refused as stale when the file changed on the host.
+    let new_secret = [("KILN_E2E_SECRET", "another-Secret-77")];
+    let plan2 = lab.path("secret-plan-2.json");
+    let plan2 = plan2.to_str().unwrap_or_default();
+    let r = lab.kiln_env(&["plan", ENV, "-o", plan2], &new_secret);
+    expect(r.code == 0, "a saved plan for the new value", &r)?;
+    outputs.push(r.all());
+    outputs.push(std::fs::read_to_string(plan2).map_err(|e| e.to_string())?);
+    let r = lab.kiln_env(&["apply", plan2, "--yes"], &envs);
+    expect(
+        r.code == 1 && r.all().contains("file:/etc/kiln-secret-demo.conf"),
+        "a saved plan applied with another secret value is refused",
+        &r,
+    )?;
+    outputs.push(r.all());
+    lab.sh(
+        "db1",
+        "echo 'edited = by hand' >> /etc/kiln-secret-demo.conf",
+    );
+    let r = lab.kiln_env(&["apply", plan2, "--yes"], &new_secret);
+    expect(
+        r.code == 1
+            && r.stderr.contains("refused stale change")
+            && r.stderr.contains("file:/etc/kiln-secret-demo.conf"),
+        "a saved plan whose sensitive file changed on the host is refused as stale",
+        &r,
+    )?;
+    outputs.push(r.all());
+    let kept = lab.sh("db1", "grep -c 'by hand' /etc/kiln-secret-demo.conf");
+    expect(
+        kept.stdout.trim() == "1",
+        "the refused plans wrote nothing",
+        &kept,
+    )?;
+    let r = lab.kiln_env(&["apply", ENV, "--yes"], &envs);
+    expect(r.code == 0, "a fresh apply with the first value", &r)?;
+    outputs.push(r.all());
     let forms = |v: &str| {
         use base64::Engine as _;
         let sha = |t: &str| kiln::resource::file::sha256_hex(t.as_bytes());
@@ -558,15 +598,7 @@ unless = "grep -qx '{{ secrets.demo | upper }}' /etc/kiln-secret-cmd"
 /// script on the host stops at its next step boundary, the re-run waits for its lock
 /// (naming the holder) instead of failing, and converges.
 fn lost_connection_mid_apply_then_rerun_converges(lab: &Lab) -> Result<(), String> {
-    let env_file = lab.path(&format!("environments/{ENV}.toml"));
-    let original = std::fs::read_to_string(&env_file).map_err(|e| e.to_string())?;
-    let result = lost_connection_scenario(lab, &env_file, &original);
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::write(&env_file, original).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(lab.path("modules"))
-        .or_else(|_| std::fs::remove_file(lab.path("modules")));
-    std::os::unix::fs::symlink(repo.join("modules"), lab.path("modules"))
-        .map_err(|e| e.to_string())?;
+    let result = lost_connection_scenario(lab);
     let _ = lab.sh(
         "db1",
         "rm -f /var/tmp/kiln-slow-done /var/tmp/kiln-after-slow",
@@ -574,17 +606,12 @@ fn lost_connection_mid_apply_then_rerun_converges(lab: &Lab) -> Result<(), Strin
     result
 }
 
-fn lost_connection_scenario(lab: &Lab, env_file: &Path, original: &str) -> Result<(), String> {
-    std::fs::remove_file(lab.path("modules")).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(lab.path("modules")).map_err(|e| e.to_string())?;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for m in ["base.toml", "web-hello.toml"] {
-        std::fs::copy(repo.join("modules").join(m), lab.path("modules").join(m))
-            .map_err(|e| e.to_string())?;
-    }
-    std::fs::write(
-        lab.path("modules/slow.toml"),
-        r#"[[resource]]
+fn lost_connection_scenario(lab: &Lab) -> Result<(), String> {
+    let _overlay = faults::Overlay::new(
+        lab,
+        &[(
+            "slow",
+            r#"[[resource]]
 type = "command"
 name = "slow"
 run = "sleep 8 && touch /var/tmp/kiln-slow-done"
@@ -597,10 +624,9 @@ run = "touch /var/tmp/kiln-after-slow"
 creates = "/var/tmp/kiln-after-slow"
 after = ["command:slow"]
 "#,
-    )
-    .map_err(|e| e.to_string())?;
-    let text = original.replace("modules = [\"base\"]", "modules = [\"base\", \"slow\"]");
-    std::fs::write(env_file, text).map_err(|e| e.to_string())?;
+        )],
+        |e| faults::with_module(e, "modules = [\"base\"]", "slow"),
+    )?;
 
     let mut first = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(lab.path(""))
@@ -670,50 +696,6 @@ after = ["command:slow"]
     expect(again.code == 0, "converged after the re-run", &again)
 }
 
-fn pending_handler_from_interrupted_run_is_replayed(lab: &Lab) -> Result<(), String> {
-    lab.sh("web", "touch /var/lib/kiln/pending/reload@nginx.service");
-    let r = lab.kiln(&["plan", ENV, "--detailed-exitcode", "--limit", "web"]);
-    expect(
-        r.code == 2
-            && r.stdout.contains("handler:reload@nginx.service")
-            && r.stdout.contains("earlier run"),
-        "owed reload planned",
-        &r,
-    )?;
-    let r = lab.kiln(&["apply", ENV, "--yes", "--limit", "web"]);
-    expect(r.code == 0, "apply runs the owed reload", &r)?;
-    let p = lab.sh("web", "ls /var/lib/kiln/pending | wc -l");
-    expect(p.stdout.trim() == "0", "journal cleared", &p)
-}
-
-fn locked_host_fails_alone(lab: &Lab) -> Result<(), String> {
-    // Another "run" holds web's lock; db1 must still be applied.
-    lab.sh("web", "echo x >> /etc/motd");
-    lab.sh("db1", "echo x >> /etc/motd");
-    let holder = lab.sh("web", "echo 'kiln by someone@elsewhere pid 1' > /var/lib/kiln/lock.holder; (flock /var/lib/kiln/lock sleep 30 </dev/null >/dev/null 2>&1 &) ; sleep 0.5");
-    expect(holder.code == 0, "lock taken", &holder)?;
-    let r = lab.kiln(&["apply", ENV, "--yes", "--lock-timeout", "2"]);
-    expect(
-        r.code == 1
-            && r.stdout
-                .contains("another run held this host's lock for all of --lock-timeout 2 s")
-            && r.stdout.contains("someone@elsewhere")
-            && r.stderr
-                .contains("web: waiting up to 2 s for the lock held by kiln by someone@elsewhere"),
-        "web waited, then refused with the holder named",
-        &r,
-    )?;
-    let db = lab.sh("db1", "grep -c '^x$' /etc/motd");
-    expect(
-        db.stdout.trim() == "0",
-        "db1 applied despite web failing",
-        &db,
-    )?;
-    lab.sh("web", "pkill -f 'sleep 30' ; true");
-    let r = lab.kiln(&["apply", ENV, "--yes"]);
-    expect(r.code == 0, "apply once the lock is free", &r)
-}
-
 fn verify_passes(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln(&["verify", ENV]);
     expect(
@@ -724,10 +706,26 @@ fn verify_passes(lab: &Lab) -> Result<(), String> {
         &r,
     )?;
     lab.sh("web", "systemctl stop nginx");
-    let r = lab.kiln(&["verify", ENV]);
+    let r = lab.kiln(&["verify", ENV, "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+    let page_check = doc["checks"].as_array().and_then(|cs| {
+        cs.iter()
+            .find(|c| c["host"] == "web" && c["name"] == "nginx serves the kiln page")
+    });
+    let nginx_change = doc["plan"]["hosts"].as_array().is_some_and(|hs| {
+        hs.iter().any(|h| {
+            h["host"] == "web"
+                && h["changes"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["resource"] == "service:nginx.service"))
+        })
+    });
     expect(
-        r.code != 0 && r.stdout.contains("running"),
-        "verify notices a stopped service",
+        r.code == 1
+            && doc["status"] == "failed"
+            && page_check.is_some_and(|c| c["passed"] == false)
+            && nginx_change,
+        "verify notices the stopped service: its check fails and the plan starts it",
         &r,
     )?;
     let r = lab.kiln(&["apply", ENV, "--yes"]);
@@ -781,15 +779,31 @@ fn main() {
         ("stale_saved_plan_is_refused", stale_saved_plan_is_refused),
         ("secrets_never_printed", secrets_never_printed),
         (
-            "pending_handler_from_interrupted_run_is_replayed",
-            pending_handler_from_interrupted_run_is_replayed,
-        ),
-        ("locked_host_fails_alone", locked_host_fails_alone),
-        (
             "lost_connection_mid_apply_then_rerun_converges",
             lost_connection_mid_apply_then_rerun_converges,
         ),
         ("verify_passes", verify_passes),
+        (
+            "killed_between_write_and_reload",
+            faults::killed_between_write_and_reload,
+        ),
+        ("two_applies_at_once", faults::two_applies_at_once),
+        (
+            "unreachable_host_mid_run_fails_alone",
+            faults::unreachable_host_mid_run_fails_alone,
+        ),
+        (
+            "full_disk_keeps_the_old_file",
+            faults::full_disk_keeps_the_old_file,
+        ),
+        (
+            "apt_lock_held_by_another_process",
+            faults::apt_lock_held_by_another_process,
+        ),
+        (
+            "failing_config_check_keeps_the_reload_owed",
+            faults::failing_config_check_keeps_the_reload_owed,
+        ),
         ("no_secret_in_any_output", |l: &Lab| {
             l.no_secret_in_any_output()
         }),

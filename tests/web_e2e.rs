@@ -626,8 +626,13 @@ fn age_scenario(lab: &Lab, original: &str) -> Result<(), String> {
 fn reloads(lab: &Lab) -> Result<usize, String> {
     let r = lab.sh(
         "web",
-        "journalctl -u nginx.service -o cat --no-pager | grep -c '^Reloaded' || true",
+        // An unreadable journal is an error (exit 9), never "no reload".
+        "j=$(journalctl -u nginx.service -o cat --no-pager) || exit 9; \
+         printf '%s\\n' \"$j\" | grep -c '^Reloaded'; exit 0",
     );
+    if r.code != 0 {
+        return Err(format!("reading nginx's journal on web:\n{}", r.all()));
+    }
     r.stdout
         .trim()
         .parse()

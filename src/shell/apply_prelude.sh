@@ -38,8 +38,10 @@ kiln_remove() {
     mkdir -p "$K/backup$(dirname "$1")" && rm -rf "$K/backup$1" && cp -a "$1" "$K/backup$1" && rm -rf "$1"
   fi
 }
+# dpkg's lock held by another process (unattended-upgrades, an admin's apt) is waited for,
+# up to 5 minutes, instead of failing the run at once.
 kiln_apt() {
-  apt-get -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
+  apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
 }
 # apt-get update can hang for good on a connection its proxy closed (seen through
 # apt-cacher-ng: the http method waits on apt-get with its socket in CLOSE-WAIT, and no
@@ -49,7 +51,7 @@ kiln_apt_update() {
   kiln_try=0
   for kiln_limit in 120 300 300; do
     kiln_try=$((kiln_try + 1))
-    if timeout -k 5 "$kiln_limit" apt-get -q -o Acquire::http::Timeout=60 update; then
+    if timeout -k 5 "$kiln_limit" apt-get -q -o Acquire::http::Timeout=60 -o DPkg::Lock::Timeout=100 update; then
       # The time of the last good update, where Ansible and pyinfra look for it too.
       mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/update-success-stamp
       return 0
