@@ -2,10 +2,29 @@
 //! environment file, `kiln` run inside it, shell commands on lab hosts through `kiln ssh`.
 #![allow(dead_code)]
 
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Time limit of a kiln command run by [`Lab::kiln`] / [`Lab::kiln_env`], in seconds. The
+/// slowest ones (`kiln lab up` of fresh hosts, `kiln apply` of a whole stack, `kiln
+/// rebuild`, `kiln restore`) take a few minutes under load; no whole scenario of a CI run
+/// took more than about four. A command that needs longer says so:
+/// [`Lab::kiln_timeout`].
+pub const KILN_TIMEOUT: u64 = 900;
+/// Time limit of a shell command on a lab host ([`Lab::sh`], [`Lab::sh_in`]), in seconds
+/// (lynis' install and audit, the longest, takes about a minute and a half); longer:
+/// [`Lab::sh_timeout`].
+pub const SH_TIMEOUT: u64 = 300;
+/// Time limit of a local command ([`local`]), in seconds (testssl.sh of one site, the
+/// longest, about a minute); longer: [`local_timeout`].
+pub const LOCAL_TIMEOUT: u64 = 300;
+/// Exit code of a [`Run`] whose command hit its time limit (as coreutils' `timeout`); its
+/// stderr ends with `TIMED OUT after N s: COMMAND LINE`.
+pub const TIMED_OUT: i32 = 124;
 
 pub struct Lab {
     pub root: tempfile::TempDir,
@@ -28,6 +47,11 @@ pub struct Run {
 impl Run {
     pub fn all(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    /// The command hit its time limit and was killed ([`TIMED_OUT`]).
+    pub fn timed_out(&self) -> bool {
+        self.code == TIMED_OUT && self.stderr.contains("TIMED OUT after ")
     }
 }
 
@@ -167,11 +191,22 @@ impl Lab {
     }
 
     pub fn kiln(&self, args: &[&str]) -> Run {
-        self.kiln_env(args, &[])
+        self.kiln_env_timeout(args, &[], KILN_TIMEOUT)
+    }
+
+    /// A kiln run with its own time limit (seconds) instead of [`KILN_TIMEOUT`].
+    pub fn kiln_timeout(&self, args: &[&str], secs: u64) -> Run {
+        self.kiln_env_timeout(args, &[], secs)
     }
 
     /// A kiln run in the scratch repository, with extra variables for this run only.
     pub fn kiln_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        self.kiln_env_timeout(args, envs, KILN_TIMEOUT)
+    }
+
+    /// [`Lab::kiln_env`] with its own time limit (seconds). Every output but `kiln ssh`'s
+    /// is recorded for [`Lab::no_secret_in_any_output`], a timed-out one too.
+    pub fn kiln_env_timeout(&self, args: &[&str], envs: &[(&str, &str)], secs: u64) -> Run {
         let mut c = Command::new(&self.bin);
         c.current_dir(self.root.path())
             .env("NO_COLOR", "1")
@@ -183,45 +218,197 @@ impl Lab {
         for (k, v) in envs {
             c.env(k, v);
         }
-        let out: Output = c.output().expect("run kiln");
-        let r = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        };
+        let r = run_timed(c, secs);
         if args.first() != Some(&"ssh") {
             self.outputs.lock().expect("lock").push(r.all());
         }
         r
     }
 
-    /// Runs a shell command on a lab host through `kiln ssh`.
+    /// Runs a shell command on a lab host through `kiln ssh` (limit [`SH_TIMEOUT`]).
     pub fn sh(&self, host: &str, cmd: &str) -> Run {
-        self.sh_in(&self.env, host, cmd)
+        self.sh_in_timeout(&self.env, host, cmd, SH_TIMEOUT)
+    }
+
+    /// [`Lab::sh`] with its own time limit (seconds).
+    pub fn sh_timeout(&self, host: &str, cmd: &str, secs: u64) -> Run {
+        self.sh_in_timeout(&self.env, host, cmd, secs)
     }
 
     /// Runs a shell command on a host of another environment of the scratch repository.
     pub fn sh_in(&self, env: &str, host: &str, cmd: &str) -> Run {
-        self.kiln(&[
-            "ssh",
-            env,
-            host,
-            "--",
-            "sh",
-            "-c",
-            &format!("'{}'", cmd.replace('\'', "'\\''")),
-        ])
+        self.sh_in_timeout(env, host, cmd, SH_TIMEOUT)
+    }
+
+    /// [`Lab::sh_in`] with its own time limit (seconds).
+    pub fn sh_in_timeout(&self, env: &str, host: &str, cmd: &str, secs: u64) -> Run {
+        self.kiln_env_timeout(
+            &[
+                "ssh",
+                env,
+                host,
+                "--",
+                "sh",
+                "-c",
+                &format!("'{}'", cmd.replace('\'', "'\\''")),
+            ],
+            &[],
+            secs,
+        )
     }
 }
 
-/// Runs a local command.
+/// Runs a local command (limit [`LOCAL_TIMEOUT`]).
 pub fn local(cmd: &str, args: &[&str]) -> Run {
-    let out = Command::new(cmd).args(args).output().expect("run command");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    local_timeout(cmd, args, LOCAL_TIMEOUT)
+}
+
+/// Runs a local command with its own time limit (seconds).
+pub fn local_timeout(cmd: &str, args: &[&str], secs: u64) -> Run {
+    let mut c = Command::new(cmd);
+    c.args(args);
+    run_timed(c, secs)
+}
+
+/// Runs `c` to its end, or for at most `secs` seconds: standard input empty, standard
+/// output and error read on threads of their own (a full pipe never blocks the command).
+/// The command runs in a process group of its own; at the limit that group is killed (the
+/// command and what it started: kiln's ssh clients, a remote shell's client), and the
+/// [`Run`] has exit code [`TIMED_OUT`], the output read so far, and on stderr `TIMED OUT
+/// after N s: COMMAND LINE`. What the lab must keep running (containers, apt-cacher-ng, the
+/// artifact server) is started with `setsid`, in no group of ours. The same happens when
+/// the command exits but something it started still holds its output open at the limit.
+/// Panics when the command cannot be started at all.
+pub fn run_timed(c: Command, secs: u64) -> Run {
+    let line = command_line(&c);
+    try_run_timed(c, secs).unwrap_or_else(|e| panic!("cannot run {line}: {e}"))
+}
+
+enum Event {
+    Exited(std::io::Result<ExitStatus>),
+    Closed,
+}
+
+fn try_run_timed(mut c: Command, secs: u64) -> std::io::Result<Run> {
+    let line = command_line(&c);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = c.spawn()?;
+    // The child leads its group: its pid is the group's id.
+    let group = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    spawn_reader(stdout, out.clone(), tx.clone());
+    spawn_reader(stderr, err.clone(), tx.clone());
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Event::Exited(child.wait()));
+        });
     }
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (status, open) = collect(&rx, deadline, None, 2);
+    let text =
+        |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().expect("lock")).to_string();
+    if let (Some(status), 0) = (&status, open) {
+        return Ok(Run {
+            code: status.as_ref().ok().and_then(|s| s.code()).unwrap_or(-1),
+            stdout: text(&out),
+            stderr: text(&err),
+        });
+    }
+    // SAFETY: kill(2) on the process group this function created (its leader is our
+    // child, whose pid the kernel does not reuse while the group has a member).
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
+    // The group is gone: the pipes close and the child is reaped, unless a process that
+    // left the group (setsid) holds them; then what was read is all there is.
+    let exited_before = status.is_some();
+    let (status, _) = collect(&rx, Instant::now() + Duration::from_secs(5), status, open);
+    let why = match (exited_before, &status) {
+        (true, Some(Ok(s))) => format!(
+            " (it exited {}, but a process it started kept its output open)",
+            s.code()
+                .map_or("on a signal".to_string(), |c| format!("with {c}"))
+        ),
+        _ => String::new(),
+    };
+    let message = format!("TIMED OUT after {secs} s: {line}{why}");
+    println!("      {message}");
+    let mut stderr = text(&err);
+    if !stderr.is_empty() && !stderr.ends_with('\n') {
+        stderr.push('\n');
+    }
+    stderr.push_str(&message);
+    stderr.push('\n');
+    Ok(Run {
+        code: TIMED_OUT,
+        stdout: text(&out),
+        stderr,
+    })
+}
+
+/// Waits until the child exited and `open` pipes closed, or until `deadline`; returns the
+/// exit status (if seen) and how many pipes are still open.
+fn collect(
+    rx: &mpsc::Receiver<Event>,
+    deadline: Instant,
+    mut status: Option<std::io::Result<ExitStatus>>,
+    mut open: usize,
+) -> (Option<std::io::Result<ExitStatus>>, usize) {
+    while status.is_none() || open > 0 {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Exited(s)) => status = Some(s),
+            Ok(Event::Closed) => open -= 1,
+            Err(_) => break,
+        }
+    }
+    (status, open)
+}
+
+fn spawn_reader(
+    mut from: impl Read + Send + 'static,
+    to: Arc<Mutex<Vec<u8>>>,
+    tx: mpsc::Sender<Event>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => to.lock().expect("lock").extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(Event::Closed);
+    });
+}
+
+/// The command line as a shell would take it (arguments quoted where needed).
+pub fn command_line(c: &Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "_-./:=@%+,".contains(ch));
+            if plain {
+                a.to_string()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn expect(cond: bool, what: &str, run: &Run) -> Result<(), String> {
