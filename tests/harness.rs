@@ -1,11 +1,11 @@
 //! The lab suites' harness (tests/common), checked without a lab: commands run under a
-//! time limit.
+//! time limit, and the teardown check's judgement of the shared bridge.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{local, local_timeout, TIMED_OUT};
+use common::{bridge_verdict, local, local_timeout, status_hosts, TIMED_OUT};
 
 #[test]
 fn a_command_within_its_limit_gives_its_code_and_output() {
@@ -91,4 +91,43 @@ fn a_full_pipe_never_blocks() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr.len());
     assert_eq!((r.stdout.len(), r.stderr.len()), (1_000_000, 1_000_000));
+}
+
+#[test]
+fn the_bridge_goes_only_with_its_last_interface() {
+    // Gone: always fine.
+    assert!(bridge_verdict(false, "").is_ok());
+    // Kept while a host of another environment is attached.
+    let attached = "624: vkc90a8f59@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master kilnbr0 state UP mode DEFAULT group default qlen 1000\\    link/ether 36:85:29:c4:13:a1 brd ff:ff:ff:ff:ff:ff link-netns kiln-c90a8f59\n\
+                    625: vk7ddd8938@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master kilnbr0 state UP\n";
+    let kept = bridge_verdict(true, attached).expect("kept for other hosts");
+    assert!(
+        kept.contains("2 interface(s)") && kept.contains("vkc90a8f59, vk7ddd8938"),
+        "{kept}"
+    );
+    // Left with nothing attached: the last down should have removed it.
+    let err = bridge_verdict(true, "").expect_err("an unused bridge left behind");
+    assert!(err.contains("no interface attached"), "{err}");
+    assert!(bridge_verdict(true, "\n").is_err());
+}
+
+#[test]
+fn lab_names_follow_the_provider() {
+    // src/provider/lab/host.rs: sha256("ENV/NAME"), first 4 bytes, hex.
+    let n = common::lab_names("pitrtest", "storage");
+    assert_eq!(n.machine, "pitrtest-storage");
+    assert_eq!(n.cgroup, "kiln-lab-pitrtest-storage");
+    // `printf pitrtest/storage | sha256sum`: c90a8f59…
+    assert_eq!(n.netns, "kiln-c90a8f59");
+    assert_eq!(n.veth, "vkc90a8f59");
+}
+
+#[test]
+fn status_lines_name_the_hosts() {
+    let out = "db1              10.233.0.41     running (pid 12)\nstorage          10.233.0.42     missing\na-very-long-host-name 10.233.0.43 stopped\n";
+    assert_eq!(
+        status_hosts(out),
+        ["db1", "storage", "a-very-long-host-name"]
+    );
+    assert!(status_hosts("lab `x` is up: a (10.233.0.2)\n").is_empty());
 }
