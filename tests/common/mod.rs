@@ -614,7 +614,7 @@ fn torn_down_report(lab_dir: &Path, env: &str, hosts: &[String]) -> Result<Strin
         let n = lab_names(env, host);
         let machine_arg = format!("--machine={}", n.machine);
         for (pid, args) in &nspawns {
-            if args.iter().any(|a| *a == machine_arg) {
+            if args.contains(&machine_arg) {
                 left.push(format!(
                     "{host}: systemd-nspawn still runs (pid {pid}): {}",
                     args.join(" ")
