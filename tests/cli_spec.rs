@@ -1,5 +1,7 @@
 //! Bad input: every spec error names file, line, column and key, exits 1, and no host is
-//! contacted (the hosts here point at a closed port; a connection attempt would say "ssh").
+//! contacted: the hosts here point at a closed port, and `ssh`, `scp` and `sftp` first on
+//! kiln's PATH are stubs that record every call (as in tests/bad_input.rs), so a connection
+//! attempt shows both as a recorded call and as kiln's "ssh to …" error.
 
 use std::path::{Path, PathBuf};
 
@@ -7,12 +9,40 @@ use assert_cmd::Command;
 
 struct Repo {
     dir: tempfile::TempDir,
+    /// `ssh`, `scp` and `sftp` stubs, first on PATH of every [`Repo::run`]: each call
+    /// appends `TOOL ARGS` to `calls` and fails as an unreachable host would (255).
+    _stubs: tempfile::TempDir,
+    calls: PathBuf,
+    path: String,
 }
 
 impl Repo {
     fn new() -> Repo {
+        let stubs = tempfile::tempdir().expect("tempdir");
+        let calls = stubs.path().join("calls");
+        for tool in ["ssh", "scp", "sftp"] {
+            let p = stubs.path().join(tool);
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\necho \"{tool} $*\" >> '{}'\nexit 255\n",
+                    calls.display()
+                ),
+            )
+            .expect("write stub");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let path = format!(
+            "{}:{}",
+            stubs.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let r = Repo {
             dir: tempfile::tempdir().expect("tempdir"),
+            _stubs: stubs,
+            calls,
+            path,
         };
         r.write(
             "modules/m.toml",
@@ -42,15 +72,20 @@ template = "t.j2"
         std::fs::write(p, text).expect("write");
         self
     }
-    /// Runs kiln in the repository.
+    /// Runs kiln in the repository, with the stubs first on PATH.
     fn run(&self, args: &[&str]) -> std::process::Output {
         Command::cargo_bin("kiln")
             .expect("binary")
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
+            .env("PATH", &self.path)
             .args(args)
             .output()
             .expect("run")
+    }
+    /// The stubs' record: every `ssh`, `scp` or `sftp` kiln ran so far, one line each.
+    fn stub_calls(&self) -> String {
+        std::fs::read_to_string(&self.calls).unwrap_or_default()
     }
     /// Runs kiln in the repository; its standard output, after asserting exit 0.
     #[track_caller]
@@ -65,10 +100,20 @@ template = "t.j2"
         );
         stdout
     }
+    /// Runs kiln in the repository, asserts exit 1, that stderr holds each of `expect`, and
+    /// that no host was contacted: no stub was called, and neither stream has kiln's
+    /// "ssh to …" connection error. Returns stderr.
     #[track_caller]
     fn fails(&self, args: &[&str], expect: &[&str]) -> String {
+        let before = self.stub_calls();
         let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let calls = self.stub_calls()[before.len()..].to_string();
+        assert!(
+            calls.is_empty() && !stdout.contains("ssh to") && !stderr.contains("ssh to"),
+            "{args:?}: a host was contacted; stub calls:\n{calls}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
         assert_eq!(
             out.status.code(),
             Some(1),
@@ -77,10 +122,6 @@ template = "t.j2"
         for e in expect {
             assert!(stderr.contains(e), "stderr should contain {e:?}:\n{stderr}");
         }
-        assert!(
-            !stderr.contains("ssh to"),
-            "a host was contacted:\n{stderr}"
-        );
         stderr
     }
 }
