@@ -374,7 +374,10 @@ impl Environment {
                 ));
             }
         }
-        out.dedup();
+        // A host named twice (`web,db1,web`, or by its name and its role) is worked on
+        // once, where it was first named: twice would plan and apply it twice at once.
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|h| seen.insert(h.clone()));
         Ok(out)
     }
 
@@ -818,5 +821,35 @@ pub fn expand_home(p: &str) -> String {
     match (p.strip_prefix("~/"), std::env::var("HOME")) {
         (Some(rest), Ok(home)) => format!("{home}/{rest}"),
         _ => p.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_names_each_host_once_in_the_order_first_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("environments")).expect("mkdir");
+        let file = dir.path().join("environments/e.toml");
+        std::fs::write(
+            &file,
+            "[hosts.web]\naddress = \"10.0.0.1\"\nroles = [\"web\"]\n\
+             [hosts.db1]\naddress = \"10.0.0.2\"\nroles = [\"db\"]\n\
+             [hosts.db2]\naddress = \"10.0.0.3\"\nroles = [\"db\"]\n\
+             [roles.web]\nmodules = []\n[roles.db]\nmodules = []\n",
+        )
+        .expect("write");
+        let env = Environment::load(&file).expect("load");
+        let sel = |l: &str| env.select_hosts(Some(l)).expect("select");
+        assert_eq!(sel("db"), ["db1", "db2"]);
+        assert_eq!(sel("db2,web"), ["db2", "web"]);
+        // Named again, not next to its first mention: still once.
+        assert_eq!(sel("db1,web,db"), ["db1", "web", "db2"]);
+        assert_eq!(sel("web,db1,web"), ["web", "db1"]);
+        assert_eq!(sel("db,db1, db2 ,"), ["db1", "db2"]);
+        assert_eq!(env.select_hosts(None).expect("all"), ["web", "db1", "db2"]);
+        assert!(env.select_hosts(Some("web,nope")).is_err());
     }
 }

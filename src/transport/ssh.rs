@@ -135,6 +135,19 @@ fn unsafe_uid() -> u32 {
 
 impl SshTransport {
     pub async fn connect(conn: &Connection, opts: &SshOptions) -> Result<SshTransport> {
+        let target = format!("{}@{}:{}", conn.user, conn.address, conn.port);
+        // ssh only warns about a key file it cannot read (on a stderr nobody sees) and goes
+        // on with the agent and the default keys: the error would be "Permission denied",
+        // hiding that the key named is not there (a mistyped KILN_SSH_KEY).
+        if let Some(k) = &conn.key {
+            if let Err(e) = std::fs::File::open(k) {
+                anyhow::bail!(
+                    "ssh to {target} failed: the SSH key {} cannot be read: {e} (it is named by \
+                     KILN_SSH_KEY, the host's `key` or `[ssh] key`)",
+                    k.display()
+                );
+            }
+        }
         let mut b = SessionBuilder::default();
         b.user(conn.user.clone())
             .port(conn.port)
@@ -156,7 +169,6 @@ impl SshTransport {
         if let Some(parent) = opts.known_hosts.parent() {
             std::fs::create_dir_all(parent).ok();
         }
-        let target = format!("{}@{}:{}", conn.user, conn.address, conn.port);
         let session = b.connect_mux(&conn.address).await.map_err(|e| {
             anyhow::anyhow!(
                 "ssh to {target} failed: {}",
@@ -244,6 +256,38 @@ impl Transport for SshTransport {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_key_file_that_cannot_be_read_is_named_before_ssh_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("no-such-key");
+        let conn = crate::desired::Connection {
+            // Nothing listens there: the error must come before any connection attempt.
+            address: "192.0.2.1".into(),
+            port: 22,
+            user: "ci".into(),
+            key: Some(key.clone()),
+            provider: crate::spec::Provider::Static,
+        };
+        let opts = super::SshOptions {
+            known_hosts: dir.path().join("known_hosts"),
+            accept_new: false,
+            connect_timeout: std::time::Duration::from_secs(1),
+        };
+        let t = std::time::Instant::now();
+        let e = match super::SshTransport::connect(&conn, &opts).await {
+            Ok(_) => panic!("connected with a missing key"),
+            Err(e) => e.to_string(),
+        };
+        assert!(t.elapsed().as_secs() < 1, "it tried to connect: {e}");
+        assert!(
+            e.starts_with("ssh to ci@192.0.2.1:22 failed: the SSH key ")
+                && e.contains(&key.display().to_string())
+                && e.contains("cannot be read")
+                && e.contains("KILN_SSH_KEY"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn the_control_directory_must_be_ours_and_private() {
         use std::os::unix::fs::PermissionsExt;
