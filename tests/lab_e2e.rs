@@ -6,6 +6,8 @@
 //! root; without root it prints NOT RUN and runs no scenario (and fails under KILN_E2E=require,
 //! as in .ci/run).
 
+#[path = "lab_e2e/access.rs"]
+mod access;
 mod common;
 #[path = "lab_e2e/faults.rs"]
 mod faults;
@@ -783,6 +785,26 @@ fn main() {
             lost_connection_mid_apply_then_rerun_converges,
         ),
         ("verify_passes", verify_passes),
+        (
+            "non_root_admin_plans_and_applies_through_sudo",
+            access::non_root_admin_plans_and_applies_through_sudo,
+        ),
+        (
+            "ssh_overrides_replace_the_spec_user_and_key",
+            access::ssh_overrides_replace_the_spec_user_and_key,
+        ),
+        (
+            "accept_new_records_unknown_host_keys_never_changed_ones",
+            access::accept_new_records_unknown_host_keys_never_changed_ones,
+        ),
+        (
+            "parallel_one_applies_hosts_one_after_another",
+            access::parallel_one_applies_hosts_one_after_another,
+        ),
+        (
+            "limit_plans_and_applies_exactly_the_selected_hosts",
+            access::limit_plans_and_applies_exactly_the_selected_hosts,
+        ),
         (
             "killed_between_write_and_reload",
             faults::killed_between_write_and_reload,
