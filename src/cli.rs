@@ -139,6 +139,10 @@ pub enum Command {
         /// Also write the timeline as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Seconds to wait for each phase of a new EC2 instance (running, host keys in its
+        /// console, SSH); default 300, 600 and 300.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
         /// Do not ask for confirmation (required without a terminal).
         #[arg(long, short = 'y')]
         yes: bool,
@@ -291,8 +295,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             env,
             hosts,
             json,
+            timeout,
             yes,
-        } => rt.block_on(ops::rebuild::run(&env, &hosts, json.as_deref(), yes)),
+        } => rt.block_on(ops::rebuild::run(
+            &env,
+            &hosts,
+            json.as_deref(),
+            timeout,
+            yes,
+        )),
         Command::Ec2 {
             action,
             env,

@@ -506,7 +506,13 @@ async fn ec2_provider_against_moto() {
     // --- `kiln rebuild`: a new web1 instance with the declared AMI, type and tags, db1
     // kept; moto's console prints no host keys, so rebuild stops there, trusting no key
     // and connecting to nothing.
-    let (code, out, err) = run_out(kiln().arg("rebuild").arg(&env_file).arg("--yes"));
+    let (code, out, err) =
+        run_out(
+            kiln()
+                .arg("rebuild")
+                .arg(&env_file)
+                .args(["--yes", "--timeout", "2"]),
+        );
     assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
     assert!(err.contains("printed no SSH host keys"), "{err}");
     let all = all_instances(&c).await;
@@ -530,7 +536,13 @@ async fn ec2_provider_against_moto() {
     );
     assert!(!env.known_hosts().exists(), "no host key recorded blindly");
     // A second rebuild finds web1's new instance: nothing more is created.
-    let (code, _, err) = run_out(kiln().arg("rebuild").arg(&env_file).arg("--yes"));
+    let (code, _, err) =
+        run_out(
+            kiln()
+                .arg("rebuild")
+                .arg(&env_file)
+                .args(["--yes", "--timeout", "2"]),
+        );
     assert_eq!(code, 1, "{err}");
     assert_eq!(
         all_instances(&c)

@@ -47,14 +47,7 @@ pub async fn run(
     let log = |m: &str| eprintln!("ec2: {m}");
     match action {
         Ec2Action::Up => {
-            let t = match timeout {
-                Some(s) => Timeouts {
-                    running: std::time::Duration::from_secs(s),
-                    host_keys: std::time::Duration::from_secs(s),
-                    ssh: std::time::Duration::from_secs(s),
-                },
-                None => Timeouts::default(),
-            };
+            let t = timeout.map(Timeouts::all).unwrap_or_default();
             let ensured = if no_ssh {
                 let ec2 = Ec2::from_env().await;
                 let e = ec2::ensure_instances(&ec2, &env, selected, t.running, &log).await?;

@@ -57,7 +57,13 @@ impl Timeline {
     }
 }
 
-pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>, yes: bool) -> Result<i32> {
+pub async fn run(
+    env_arg: &str,
+    only: &[String],
+    json: Option<&Path>,
+    timeout: Option<u64>,
+    yes: bool,
+) -> Result<i32> {
     let start = Instant::now();
     let path = spec::resolve_env_path(env_arg);
     if !path.exists() {
@@ -111,7 +117,10 @@ pub async fn run(env_arg: &str, only: &[String], json: Option<&Path>, yes: bool)
     let t = Instant::now();
     let connector = Arc::new(SshConnector::for_env(&env));
     let mut details = vec![];
-    for p in provider::for_env(&env, connector) {
+    let ec2_timeouts = timeout
+        .map(provider::ec2::Timeouts::all)
+        .unwrap_or_default();
+    for p in provider::for_env(&env, connector, ec2_timeouts) {
         let kind = match p.kind() {
             Provider::Lab => "lab",
             Provider::Ec2 => "ec2",

@@ -79,8 +79,13 @@ pub trait HostProvider: Send + Sync {
 }
 
 /// The providers an environment's hosts need: the lab when it has `lab` hosts, EC2 when it
-/// has `ec2` hosts (none for static hosts). `connector` is how EC2 waits for SSH.
-pub fn for_env(env: &Environment, connector: Arc<dyn Connector>) -> Vec<Box<dyn HostProvider>> {
+/// has `ec2` hosts (none for static hosts). `connector` is how EC2 waits for SSH, and
+/// `ec2_timeouts` how long it waits for each phase of a new instance.
+pub fn for_env(
+    env: &Environment,
+    connector: Arc<dyn Connector>,
+    ec2_timeouts: ec2::Timeouts,
+) -> Vec<Box<dyn HostProvider>> {
     let has = |p: Provider| env.spec.hosts.values().any(|h| h.provider == p);
     let mut out: Vec<Box<dyn HostProvider>> = vec![];
     if has(Provider::Lab) {
@@ -91,7 +96,7 @@ pub fn for_env(env: &Environment, connector: Arc<dyn Connector>) -> Vec<Box<dyn 
     if has(Provider::Ec2) {
         out.push(Box::new(ec2::Ec2Provider::new(
             env.clone(),
-            ec2::Timeouts::default(),
+            ec2_timeouts,
             connector,
         )));
     }
@@ -134,7 +139,7 @@ region = "eu-west-1"
     async fn one_provider_per_kind_behind_the_same_interface() {
         let (_dir, env) = env();
         let connector = Arc::new(crate::transport::ssh::SshConnector::for_env(&env));
-        let providers = for_env(&env, connector);
+        let providers = for_env(&env, connector, ec2::Timeouts::default());
         let kinds: Vec<Provider> = providers.iter().map(|p| p.kind()).collect();
         assert_eq!(kinds, vec![Provider::Lab, Provider::Ec2]);
         // The lab's addresses come from the spec, with no container and no root.

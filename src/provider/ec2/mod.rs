@@ -52,6 +52,18 @@ pub struct Timeouts {
     pub ssh: Duration,
 }
 
+impl Timeouts {
+    /// The same limit for every phase (`--timeout SECS`).
+    pub fn all(secs: u64) -> Timeouts {
+        let d = Duration::from_secs(secs);
+        Timeouts {
+            running: d,
+            host_keys: d,
+            ssh: d,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
