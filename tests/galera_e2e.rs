@@ -847,6 +847,23 @@ fn verify_passes(lab: &Lab) -> Result<(), String> {
         &r,
     )?;
     println!("      verify with db2 down, failing checks: {failing:?}");
+    // One Galera node alone (`--limit db2`): its join is planned, no other host is.
+    let r = lab.kiln(&["plan", ENV, "--limit", "db2", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+    let hosts: Vec<&str> = doc["hosts"]
+        .as_array()
+        .map(|hs| hs.iter().filter_map(|h| h["host"].as_str()).collect())
+        .unwrap_or_default();
+    let human = lab.kiln(&["plan", ENV, "--limit", "db2"]);
+    expect(
+        r.code == 0
+            && hosts == ["db2"]
+            && human.stdout.contains("db2 galera_node[galeratest]: join")
+            && !human.stdout.contains("db1 (")
+            && !human.stdout.contains("db3 ("),
+        &format!("--limit db2 plans db2's join alone (hosts {hosts:?})"),
+        &human,
+    )?;
     // Through a saved plan: its cluster steps apply exactly, after the staleness check.
     let saved = lab.root.path().join("galera-plan.json");
     let saved = saved.to_str().unwrap_or_default();

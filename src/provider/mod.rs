@@ -161,6 +161,6 @@ region = "eu-west-1"
         let (_dir, mut env) = env();
         env.spec.hosts.retain(|_, h| h.provider == Provider::Static);
         let connector = Arc::new(crate::transport::ssh::SshConnector::for_env(&env));
-        assert!(for_env(&env, connector).is_empty());
+        assert!(for_env(&env, connector, ec2::Timeouts::default()).is_empty());
     }
 }
