@@ -19,6 +19,9 @@ use std::time::Instant;
 use common::{expect, Lab};
 
 const ENV: &str = "labtest";
+/// The secret scenario's value, and the one it changes to.
+const DEMO_SECRET: &str = "s3cr3t-Value-9f2e";
+const DEMO_SECRET_2: &str = "another-Secret-77";
 
 /// The core scenarios run on the smallest stack (modules `base` and `web-hello`); the web
 /// stack of environments/lab.toml has its own suite (tests/web_e2e.rs).
@@ -405,7 +408,7 @@ fn secrets_never_printed(lab: &Lab) -> Result<(), String> {
 
 fn secrets_scenario(lab: &Lab, env_file: &Path, original: &str) -> Result<(), String> {
     // A module that renders a secret into a file, in the scratch repo only.
-    let secret = "s3cr3t-Value-9f2e";
+    let secret = DEMO_SECRET;
     std::fs::remove_file(lab.path("modules")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(lab.path("modules")).map_err(|e| e.to_string())?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -520,7 +523,7 @@ unless = "grep -qx '{{ secrets.demo | upper }}' /etc/kiln-secret-cmd"
     // Change the secret: the plan says so without showing either value.
     let r = lab.kiln_env(
         &["plan", ENV, "--detailed-exitcode"],
-        &[("KILN_E2E_SECRET", "another-Secret-77")],
+        &[("KILN_E2E_SECRET", DEMO_SECRET_2)],
     );
     expect(
         r.code == 2 && r.stdout.contains("(sensitive value changed)"),
@@ -530,12 +533,12 @@ unless = "grep -qx '{{ secrets.demo | upper }}' /etc/kiln-secret-cmd"
     outputs.push(r.all());
     let r = lab.kiln_env(
         &["drift", ENV, "--format", "markdown"],
-        &[("KILN_E2E_SECRET", "another-Secret-77")],
+        &[("KILN_E2E_SECRET", DEMO_SECRET_2)],
     );
     outputs.push(r.all());
     // Saved plans holding a sensitive file: one planned with the new value is refused when
     // apply is given another value, and refused as stale when the file changed on the host.
-    let new_secret = [("KILN_E2E_SECRET", "another-Secret-77")];
+    let new_secret = [("KILN_E2E_SECRET", DEMO_SECRET_2)];
     let plan2 = lab.path("secret-plan-2.json");
     let plan2 = plan2.to_str().unwrap_or_default();
     let r = lab.kiln_env(&["plan", ENV, "-o", plan2], &new_secret);
@@ -585,7 +588,7 @@ unless = "grep -qx '{{ secrets.demo | upper }}' /etc/kiln-secret-cmd"
         ]
     };
     for o in &outputs {
-        for form in forms(secret).into_iter().chain(forms("another-Secret-77")) {
+        for form in forms(secret).into_iter().chain(forms(DEMO_SECRET_2)) {
             if o.contains(&form) {
                 return Err(format!(
                     "{form:?} (a secret or a form of it) appeared in output:\n{o}"
@@ -753,7 +756,9 @@ fn down(lab: &Lab) -> Result<(), String> {
 }
 
 fn main() {
-    let lab = Lab::new(ENV, LABTEST_ENV);
+    // The secret scenario's two values: every output of the suite is scanned for both.
+    let mut lab = Lab::new(ENV, LABTEST_ENV).with_secret("KILN_E2E_SECRET", DEMO_SECRET);
+    lab.secrets.push(DEMO_SECRET_2.to_string());
     let scenarios: &[(&str, fn(&Lab) -> Result<(), String>)] = &[
         ("lab_up", up),
         (

@@ -163,6 +163,17 @@ impl Lab {
         use sha2::Digest as _;
         let outputs = self.outputs.lock().expect("lock");
         let secrets = self.known_secrets();
+        // A scan for nothing would pass whatever leaked: a suite registers its secrets.
+        if secrets.is_empty() {
+            return Err(
+                "no secret to look for: the suite registers none (Lab::with_secret), so this \
+                 scan could not fail"
+                    .into(),
+            );
+        }
+        if outputs.is_empty() {
+            return Err("no output was recorded: nothing was scanned".into());
+        }
         for v in &secrets {
             let forms = [
                 ("the value", v.clone()),

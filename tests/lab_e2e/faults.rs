@@ -429,8 +429,11 @@ pub fn full_disk_keeps_the_old_file(lab: &Lab) -> Result<(), String> {
     }
     let before = mount.stdout.trim().to_string();
     let result = (|| {
+        // The new page (the title twice) is larger than the old page plus a block: written
+        // in place, the old page would be cut short, not replaced.
+        let long_title = format!("kiln lab, disk full {}", "x".repeat(6000));
         let _o = Overlay::new(lab, &[], |e| {
-            e.replace("title = \"kiln lab\"", "title = \"kiln lab, disk full\"")
+            e.replace("title = \"kiln lab\"", &format!("title = \"{long_title}\""))
         })?;
         let r = lab.kiln(&["apply", ENV, "--yes", "--limit", "web"]);
         expect(
