@@ -69,29 +69,29 @@ pub fn with_module(env: &str, role_modules: &str, module: &str) -> String {
 const WEB_MODULES: &str = "modules = [\"base\", \"web-hello\"]";
 const DB_MODULES: &str = "modules = [\"base\"]";
 
-/// A command that sleeps `secs` after nginx's site file is written (so between that write and
-/// the reload it notifies, which runs at the end of the host's run), until it has run once.
-fn pause_after_site(secs: u32) -> String {
+/// A command that sleeps `secs` (after `after`, when given), until it has run once. After
+/// nginx's site file it sits between that write and the reload the file notifies, which runs
+/// at the end of the host's run.
+fn pause_module(secs: u32, after: Option<&str>) -> String {
+    let after = after
+        .map(|a| format!("after = [\"{a}\"]\n"))
+        .unwrap_or_default();
     format!(
         r#"[[resource]]
 type = "command"
 name = "fault-pause"
 run = "sleep {secs} && touch /var/tmp/kiln-fault-paused"
 creates = "/var/tmp/kiln-fault-paused"
-after = ["file:/etc/nginx/sites-available/kiln"]
-"#
+{after}"#
     )
 }
 
+fn pause_after_site(secs: u32) -> String {
+    pause_module(secs, Some("file:/etc/nginx/sites-available/kiln"))
+}
+
 fn pause(secs: u32) -> String {
-    format!(
-        r#"[[resource]]
-type = "command"
-name = "fault-pause"
-run = "sleep {secs} && touch /var/tmp/kiln-fault-paused"
-creates = "/var/tmp/kiln-fault-paused"
-"#
-    )
+    pause_module(secs, None)
 }
 
 /// A kiln run in the background, its output recorded with the suite's others when it ends.
