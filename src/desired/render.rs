@@ -13,8 +13,58 @@ pub struct Renderer {
     jinja: minijinja::Environment<'static>,
     base: serde_json::Value,
     host_vars: indexmap::IndexMap<String, serde_json::Value>,
-    templates_dir: std::path::PathBuf,
+    templates: TemplateDirs,
     pub redactor: Redactor,
+}
+
+/// Where `MODULE/NAME` templates are read: a loaded module's from the root of the module
+/// path its module file came from; any other (a template another module includes) from
+/// the first root of the path that has it.
+#[derive(Debug, Clone)]
+struct TemplateDirs {
+    /// Module name → the `templates/` directory of its root.
+    modules: std::collections::HashMap<String, std::path::PathBuf>,
+    /// Every root's `templates/`, in path order.
+    path: Vec<std::path::PathBuf>,
+}
+
+impl TemplateDirs {
+    fn new(env: &Environment) -> TemplateDirs {
+        TemplateDirs {
+            modules: env
+                .modules
+                .values()
+                .map(|m| (m.name.clone(), m.root.join("templates")))
+                .collect(),
+            path: env
+                .module_path
+                .roots
+                .iter()
+                .map(|r| r.templates_dir())
+                .collect(),
+        }
+    }
+
+    /// The file of template `name` (`MODULE/FILE…`), or `None` for a name that would leave
+    /// `templates/` (a segment starting with `.`, a backslash).
+    fn file(&self, name: &str) -> Option<std::path::PathBuf> {
+        let safe = name
+            .split('/')
+            .all(|s| !s.is_empty() && !s.starts_with('.') && !s.contains('\\'));
+        if !safe {
+            return None;
+        }
+        let module = name.split('/').next().unwrap_or_default();
+        match self.modules.get(module) {
+            Some(dir) => Some(dir.join(name)),
+            None => self
+                .path
+                .iter()
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+                .or_else(|| self.path.last().map(|d| d.join(name))),
+        }
+    }
 }
 
 /// Adds `item` (the current `for_each` element) to a context.
@@ -37,7 +87,22 @@ impl Renderer {
         let mut jinja = minijinja::Environment::new();
         jinja.set_undefined_behavior(UndefinedBehavior::Strict);
         jinja.set_keep_trailing_newline(true);
-        jinja.set_loader(minijinja::path_loader(env.templates_dir()));
+        let templates = TemplateDirs::new(env);
+        let dirs = templates.clone();
+        jinja.set_loader(move |name| {
+            let Some(path) = dirs.file(name) else {
+                return Ok(None);
+            };
+            match std::fs::read_to_string(path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "could not read template",
+                )
+                .with_source(e)),
+            }
+        });
         // `{{ fail("why") }}`: a module's own validation of its parameters, reported like
         // any other template error (file, line, message).
         jinja.add_function("fail", |msg: String| -> Result<String, minijinja::Error> {
@@ -78,7 +143,7 @@ impl Renderer {
             jinja,
             base,
             host_vars,
-            templates_dir: env.templates_dir(),
+            templates,
             redactor: env.redactor(),
         }
     }
@@ -204,7 +269,10 @@ impl Renderer {
         ctx: &Value,
     ) -> Result<String, SpecError> {
         let full = format!("{module}/{name}");
-        let path = self.templates_dir.join(&full);
+        let path = self
+            .templates
+            .file(&full)
+            .unwrap_or_else(|| std::path::PathBuf::from("templates").join(&full));
         let tmpl = match self.jinja.get_template(&full) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::TemplateNotFound => {
@@ -220,6 +288,12 @@ impl Renderer {
             Err(e) => return Err(self.file_error(&path, e, None, ctx)),
         };
         tmpl.render(ctx).map_err(|e| {
+            // An error inside a template this one includes is in that file.
+            let path = e
+                .name()
+                .filter(|n| *n != full)
+                .and_then(|n| self.templates.file(n))
+                .unwrap_or(path);
             let source = std::fs::read_to_string(&path).ok();
             self.file_error(&path, e, source.as_deref(), ctx)
         })
