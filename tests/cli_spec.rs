@@ -467,9 +467,62 @@ content = "{{ fail('this module needs a greeting') }}"
         "environments/e.toml",
         "[hosts.a]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[roles.r]\nmodules = [\"m\"]\n",
     );
+    // It reads nothing the environment sets, and the environment has no `[modules.m]`: at
+    // the role entry that brings the module, the module's place as a note.
     r.fails(
         &["plan", "e"],
-        &["modules/m.toml", "this module needs a greeting"],
+        &[
+            "environments/e.toml:6:12: `roles.r.modules[0]`: this module needs a greeting\n",
+            "= raised at ./modules/m.toml:5:1 (`resource[0].content`) by module `m`, on host `a`",
+        ],
+    );
+}
+
+/// A template's `fail()` about a parameter's value is reported at the environment key that
+/// set it, the template position as a note; hosts failing on the same key, once.
+#[test]
+fn a_template_fail_points_at_the_environment_key_that_set_the_value() {
+    let r = Repo::new();
+    r.write(
+        "templates/m/t.j2",
+        "# kiln-test\n{% if params.greeting == \"hi\" %}\n{{ fail(\"say hello, not hi\") }}\n{% endif %}\n",
+    );
+    let two_hosts = "[hosts.h1]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[hosts.h2]\naddress = \"127.0.0.2\"\nport = 1\nroles = [\"r\"]\n\n[roles.r]\nmodules = [\"m\"]\n\n[modules.m]\ngreeting = \"hi\"\n";
+    r.write("environments/e.toml", two_hosts);
+    let err = r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/e.toml:14:1: `modules.m.greeting`: say hello, not hi\n",
+            "14 | greeting = \"hi\"\n",
+            "= raised at ./templates/m/t.j2:3 by module `m`, on host `h1`",
+        ],
+    );
+    assert_eq!(err.matches("say hello, not hi").count(), 1, "{err}");
+    // Set for one host only: at that host's key.
+    r.write(
+        "environments/e.toml",
+        &two_hosts.replace("[modules.m]\n", "[hosts.h2.modules.m]\n"),
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/e.toml:14:1: `hosts.h2.modules.m.greeting`: say hello, not hi",
+            "on host `h2`",
+        ],
+    );
+    // A failure about nothing the environment sets: at the module's table, not in the
+    // template.
+    r.write(
+        "templates/m/t.j2",
+        "{{ params.greeting }}\n{{ fail(\"m is retired\") }}\n",
+    );
+    r.write("environments/e.toml", two_hosts);
+    r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/e.toml:13:10: `modules.m`: m is retired",
+            "= raised at ./templates/m/t.j2:2 by module `m`",
+        ],
     );
 }
 

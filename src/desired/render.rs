@@ -5,7 +5,7 @@ use minijinja::value::Value;
 use minijinja::{ErrorKind, UndefinedBehavior};
 use serde_json::json;
 
-use crate::spec::error::SpecError;
+use crate::spec::error::{Raised, SpecError};
 use crate::spec::source::{Location, SourceFile};
 use crate::spec::{Environment, Redactor};
 
@@ -105,8 +105,10 @@ impl Renderer {
         });
         // `{{ fail("why") }}`: a module's own validation of its parameters, reported like
         // any other template error (file, line, message).
+        // Such an error is marked (`fail::is_fail`) and reported at the environment key
+        // that set the value it is about (`spec::validate::relocate`).
         jinja.add_function("fail", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            Err(super::fail::fail_error(msg))
         });
         let hosts: serde_json::Map<String, serde_json::Value> = env
             .spec
@@ -288,12 +290,17 @@ impl Renderer {
             Err(e) => return Err(self.file_error(&path, e, None, ctx)),
         };
         tmpl.render(ctx).map_err(|e| {
-            // An error inside a template this one includes is in that file.
-            let path = e
-                .name()
-                .filter(|n| *n != full)
-                .and_then(|n| self.templates.file(n))
-                .unwrap_or(path);
+            if let Some(raised) = super::fail::origin(&e) {
+                // The failing template may be one this one includes.
+                let path = raised
+                    .name()
+                    .filter(|n| *n != full)
+                    .and_then(|n| self.templates.file(n))
+                    .unwrap_or(path.clone());
+                let source = std::fs::read_to_string(&path).ok();
+                let line = raised.line().unwrap_or(1);
+                return self.fail_error(&path, raised, source.as_deref(), line);
+            }
             let source = std::fs::read_to_string(&path).ok();
             self.file_error(&path, e, source.as_deref(), ctx)
         })
@@ -335,6 +342,57 @@ impl Renderer {
         err
     }
 
+    /// A template file's `fail("…")`: the module's message, at the template line, with
+    /// what the failing code reads (for `spec::validate::relocate`).
+    fn fail_error(
+        &self,
+        path: &std::path::Path,
+        e: &minijinja::Error,
+        source: Option<&str>,
+        line: usize,
+    ) -> SpecError {
+        let snippet = source.and_then(|s| s.lines().nth(line.saturating_sub(1)));
+        let offset = match (e.range(), source) {
+            (Some(r), _) => r.start,
+            (None, Some(s)) => {
+                let start: usize = s
+                    .lines()
+                    .take(line.saturating_sub(1))
+                    .map(|l| l.len() + 1)
+                    .sum();
+                start + snippet.and_then(|l| l.find("fail(")).unwrap_or(0)
+            }
+            (None, None) => 0,
+        };
+        let column = source
+            .map(|s| {
+                let before = &s[..offset.min(s.len())];
+                before[before.rfind('\n').map(|i| i + 1).unwrap_or(0)..]
+                    .chars()
+                    .count()
+                    + 1
+            })
+            .unwrap_or(1);
+        let location = Location {
+            file: path.to_path_buf(),
+            line,
+            column,
+        };
+        let mut err = SpecError::new(
+            location,
+            "",
+            self.redactor.redact(e.detail().unwrap_or("fail()")),
+        );
+        err.snippet = snippet.map(|s| self.redactor.redact(s));
+        err.raised = Some(Raised {
+            at: format!("{}:{line}", path.display()),
+            reads: source
+                .map(|s| super::fail::reads_at(s, offset))
+                .unwrap_or_default(),
+        });
+        err
+    }
+
     fn inline_error(
         &self,
         src: &SourceFile,
@@ -343,6 +401,18 @@ impl Renderer {
         e: minijinja::Error,
         ctx: &Value,
     ) -> SpecError {
+        if let Some(raised) = super::fail::origin(&e) {
+            let mut err = SpecError::at_key(
+                src,
+                key,
+                self.redactor.redact(raised.detail().unwrap_or("fail()")),
+            );
+            err.raised = Some(Raised {
+                at: format!("{} (`{key}`)", err.location),
+                reads: super::fail::reads_of(text),
+            });
+            return err;
+        }
         let msg = match self.undefined_name(text, &e, ctx) {
             Some((name, _)) => format!("undefined variable `{name}` in `{text}`"),
             None => format!("{} in `{text}`", describe(&e)),
