@@ -165,6 +165,10 @@ pub enum Command {
         /// `up`: seconds each phase may take (running, host keys, SSH); default 300/600/300.
         #[arg(long)]
         timeout: Option<u64>,
+        /// `status`: human, or json (one document: each host's instance, state, address,
+        /// AMI, type and tags; instances tagged with the environment that are no host of it).
+        #[arg(long, value_enum, default_value = "human")]
+        format: ops::plan::Format,
     },
     /// Terminate a host's EC2 instance (asks unless --yes). Only instances tagged as kiln's
     /// own for this environment and host are ever terminated.
@@ -320,7 +324,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             hosts,
             no_ssh,
             timeout,
-        } => rt.block_on(ops::ec2::run(action, &env, &hosts, no_ssh, timeout)),
+            format,
+        } => rt.block_on(ops::ec2::run(action, &env, &hosts, no_ssh, timeout, format)),
         Command::Destroy {
             env,
             host,
