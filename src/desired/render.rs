@@ -384,12 +384,12 @@ impl Renderer {
             self.redactor.redact(e.detail().unwrap_or("fail()")),
         );
         err.snippet = snippet.map(|s| self.redactor.redact(s));
-        err.raised = Some(Raised {
+        err.raised = Some(Box::new(Raised {
             at: format!("{}:{line}", path.display()),
             reads: source
                 .map(|s| super::fail::reads_at(s, offset))
                 .unwrap_or_default(),
-        });
+        }));
         err
     }
 
@@ -407,10 +407,10 @@ impl Renderer {
                 key,
                 self.redactor.redact(raised.detail().unwrap_or("fail()")),
             );
-            err.raised = Some(Raised {
+            err.raised = Some(Box::new(Raised {
                 at: format!("{} (`{key}`)", err.location),
                 reads: super::fail::reads_of(text),
-            });
+            }));
             return err;
         }
         let msg = match self.undefined_name(text, &e, ctx) {

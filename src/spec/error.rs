@@ -36,7 +36,7 @@ pub struct SpecError {
     /// Set when a module's own `fail("…")` raised the error: where, and what the failing
     /// template code reads, so that the error can be moved to the environment key that
     /// set the value (`spec::validate::relocate`).
-    pub raised: Option<Raised>,
+    pub raised: Option<Box<Raised>>,
 }
 
 /// Where a module template's `fail("…")` was raised and what it depends on.
