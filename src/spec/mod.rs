@@ -339,7 +339,11 @@ impl Environment {
             };
             for (i, p) in self.spec.modules_path.iter().enumerate() {
                 let key = format!("modules_path[{i}]");
-                let d = dir.join(expand_home(p));
+                let d = if dir == Path::new(".") {
+                    PathBuf::from(expand_home(p))
+                } else {
+                    dir.join(expand_home(p))
+                };
                 if p.is_empty() {
                     errors.push(self.error(&key, "an empty directory name"));
                 } else if !d.is_dir() {
