@@ -11,6 +11,7 @@ use crate::ui::ColorChoice;
 pub const ENV_HELP: &str = "\
 Environment variables:
   KILN_ROOT        Directory holding environments/, modules/ and templates/ (default: .)
+  KILN_PATH        Directories (colon-separated) searched first for modules/ and templates/
   KILN_SSH_USER    SSH user for every non-lab host (CI drift runs with their own account)
   KILN_SSH_KEY     SSH private key for every non-lab host (with KILN_SSH_USER)
   KILN_LAB_DIR     The lab's state directory (default /var/lib/kiln/lab)
@@ -164,6 +165,10 @@ pub enum Command {
         /// `up`: seconds each phase may take (running, host keys, SSH); default 300/600/300.
         #[arg(long)]
         timeout: Option<u64>,
+        /// `status`: human, or json (one document: each host's instance, state, address,
+        /// AMI, type and tags; instances tagged with the environment that are no host of it).
+        #[arg(long, value_enum, default_value = "human")]
+        format: ops::plan::Format,
     },
     /// Terminate a host's EC2 instance (asks unless --yes). Only instances tagged as kiln's
     /// own for this environment and host are ever terminated.
@@ -210,8 +215,13 @@ pub enum Command {
     },
     /// Restore databases (and media) from a backup, after checking its manifest.
     Restore(ops::backup::RestoreArgs),
-    /// List the modules (modules/*.toml): name and description.
-    Modules,
+    /// List the modules along the module path (KILN_PATH, an environment's modules_path and
+    /// repository, KILN_ROOT or .): name and description, and which directory each is from.
+    Modules {
+        /// Use this environment's module path (its `modules_path` and repository too).
+        #[arg(long, value_name = "ENV")]
+        env: Option<String>,
+    },
     /// Show a module: its description, parameters (type, default, format, description)
     /// and health checks.
     Module {
@@ -238,6 +248,10 @@ pub enum ModuleAction {
     Show {
         /// The module's name (`kiln modules` lists them).
         name: String,
+        /// Look it up along this environment's module path (its `modules_path` and
+        /// repository too).
+        #[arg(long, value_name = "ENV")]
+        env: Option<String>,
     },
 }
 
@@ -310,7 +324,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             hosts,
             no_ssh,
             timeout,
-        } => rt.block_on(ops::ec2::run(action, &env, &hosts, no_ssh, timeout)),
+            format,
+        } => rt.block_on(ops::ec2::run(action, &env, &hosts, no_ssh, timeout, format)),
         Command::Destroy {
             env,
             host,
@@ -327,10 +342,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Graph { env, limit } => ops::graph::run(&env, limit.as_deref()),
         Command::Backup { env } => rt.block_on(ops::backup::backup(&env)),
         Command::Restore(args) => rt.block_on(ops::backup::restore(args)),
-        Command::Modules => ops::modules::list(),
+        Command::Modules { env } => ops::modules::list(env.as_deref()),
         Command::Module {
-            action: ModuleAction::Show { name },
-        } => ops::modules::show(&name),
+            action: ModuleAction::Show { name, env },
+        } => ops::modules::show(&name, env.as_deref()),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

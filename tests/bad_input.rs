@@ -84,6 +84,7 @@ impl Scratch {
             .args(args)
             .env("PATH", &self.path)
             .env("KILN_ROOT", self.root())
+            .env_remove("KILN_PATH")
             .env("HOME", self.root().join("home"))
             .env("XDG_STATE_HOME", self.root().join("state"))
             .env("KILN_LAB_DIR", self.root().join("lab"))

@@ -16,7 +16,8 @@ fn kiln() -> Command {
     let mut c = Command::cargo_bin("kiln").expect("kiln binary");
     c.current_dir(repo())
         .env_remove("NO_COLOR")
-        .env_remove("KILN_ROOT");
+        .env_remove("KILN_ROOT")
+        .env_remove("KILN_PATH");
     c
 }
 
@@ -175,6 +176,55 @@ fn modules_lists_every_module_and_module_show_its_parameters() {
     assert!(
         err.contains("unknown module `nope`") && err.contains("nginx"),
         "{err}"
+    );
+}
+
+/// `kiln modules` along the module path: each directory with why it is there, a module
+/// met again further down shown as shadowed.
+#[test]
+fn modules_lists_along_the_module_path() {
+    let extra = tempfile::tempdir().unwrap();
+    std::fs::create_dir(extra.path().join("modules")).unwrap();
+    std::fs::write(
+        extra.path().join("modules/team-app.toml"),
+        "description = \"The team's own app.\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        extra.path().join("modules/nginx.toml"),
+        "description = \"The team's nginx.\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(kiln().arg("modules").env("KILN_PATH", extra.path()));
+    assert_eq!(code, 0, "{err}");
+    let first = format!("{} (KILN_PATH):", extra.path().join("modules").display());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], first, "{out}");
+    assert!(lines[1].starts_with("nginx ") && lines[1].contains("The team's nginx."));
+    assert!(lines[2].starts_with("team-app ") && lines[2].contains("The team's own app."));
+    assert!(
+        out.contains("\n./modules (the current directory):\n"),
+        "{out}"
+    );
+    let shadowed = format!(
+        "(shadowed: {} is used)",
+        extra.path().join("modules/nginx.toml").display()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("nginx ") && l.ends_with(&shadowed)),
+        "{out}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("php ")), "{out}");
+    // `module show` takes the first along the path and names the one it shadows.
+    let (code, out, _) = run(kiln()
+        .args(["module", "show", "nginx"])
+        .env("KILN_PATH", extra.path()));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("from KILN_PATH") && out.contains("shadows ./modules/nginx.toml"),
+        "{out}"
     );
 }
 

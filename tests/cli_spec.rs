@@ -74,14 +74,21 @@ template = "t.j2"
     }
     /// Runs kiln in the repository, with the stubs first on PATH.
     fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::cargo_bin("kiln")
-            .expect("binary")
-            .current_dir(self.dir.path())
+        self.run_in("", &[], args)
+    }
+    /// Runs kiln in `cwd` (relative to the temporary directory) with `vars` set, the stubs
+    /// first on PATH, and neither `KILN_ROOT` nor `KILN_PATH` of whoever runs the tests.
+    fn run_in(&self, cwd: &str, vars: &[(&str, String)], args: &[&str]) -> std::process::Output {
+        let mut c = Command::cargo_bin("kiln").expect("binary");
+        c.current_dir(self.path(cwd))
             .env("NO_COLOR", "1")
             .env("PATH", &self.path)
-            .args(args)
-            .output()
-            .expect("run")
+            .env_remove("KILN_ROOT")
+            .env_remove("KILN_PATH");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.args(args).output().expect("run")
     }
     /// The stubs' record: every `ssh`, `scp` or `sftp` kiln ran so far, one line each.
     fn stub_calls(&self) -> String {
@@ -105,8 +112,19 @@ template = "t.j2"
     /// "ssh to …" connection error. Returns stderr.
     #[track_caller]
     fn fails(&self, args: &[&str], expect: &[&str]) -> String {
+        self.fails_in("", &[], args, expect)
+    }
+    /// [`Repo::fails`] in `cwd` with `vars` (see [`Repo::run_in`]).
+    #[track_caller]
+    fn fails_in(
+        &self,
+        cwd: &str,
+        vars: &[(&str, String)],
+        args: &[&str],
+        expect: &[&str],
+    ) -> String {
         let before = self.stub_calls();
-        let out = self.run(args);
+        let out = self.run_in(cwd, vars, args);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let calls = self.stub_calls()[before.len()..].to_string();
@@ -449,9 +467,62 @@ content = "{{ fail('this module needs a greeting') }}"
         "environments/e.toml",
         "[hosts.a]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[roles.r]\nmodules = [\"m\"]\n",
     );
+    // It reads nothing the environment sets, and the environment has no `[modules.m]`: at
+    // the role entry that brings the module, the module's place as a note.
     r.fails(
         &["plan", "e"],
-        &["modules/m.toml", "this module needs a greeting"],
+        &[
+            "environments/e.toml:6:12: `roles.r.modules[0]`: this module needs a greeting\n",
+            "= raised at ./modules/m.toml:5:1 (`resource[0].content`) by module `m`, on host `a`",
+        ],
+    );
+}
+
+/// A template's `fail()` about a parameter's value is reported at the environment key that
+/// set it, the template position as a note; hosts failing on the same key, once.
+#[test]
+fn a_template_fail_points_at_the_environment_key_that_set_the_value() {
+    let r = Repo::new();
+    r.write(
+        "templates/m/t.j2",
+        "# kiln-test\n{% if params.greeting == \"hi\" %}\n{{ fail(\"say hello, not hi\") }}\n{% endif %}\n",
+    );
+    let two_hosts = "[hosts.h1]\naddress = \"127.0.0.1\"\nport = 1\nroles = [\"r\"]\n[hosts.h2]\naddress = \"127.0.0.2\"\nport = 1\nroles = [\"r\"]\n\n[roles.r]\nmodules = [\"m\"]\n\n[modules.m]\ngreeting = \"hi\"\n";
+    r.write("environments/e.toml", two_hosts);
+    let err = r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/e.toml:14:1: `modules.m.greeting`: say hello, not hi\n",
+            "14 | greeting = \"hi\"\n",
+            "= raised at ./templates/m/t.j2:3 by module `m`, on host `h1`",
+        ],
+    );
+    assert_eq!(err.matches("say hello, not hi").count(), 1, "{err}");
+    // Set for one host only: at that host's key.
+    r.write(
+        "environments/e.toml",
+        &two_hosts.replace("[modules.m]\n", "[hosts.h2.modules.m]\n"),
+    );
+    r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/e.toml:14:1: `hosts.h2.modules.m.greeting`: say hello, not hi",
+            "on host `h2`",
+        ],
+    );
+    // A failure about nothing the environment sets: at the module's table, not in the
+    // template.
+    r.write(
+        "templates/m/t.j2",
+        "{{ params.greeting }}\n{{ fail(\"m is retired\") }}\n",
+    );
+    r.write("environments/e.toml", two_hosts);
+    r.fails(
+        &["plan", "e", "--offline"],
+        &[
+            "environments/e.toml:13:10: `modules.m`: m is retired",
+            "= raised at ./templates/m/t.j2:2 by module `m`",
+        ],
     );
 }
 
@@ -787,4 +858,183 @@ fn clone_with_data_needs_a_choice_and_valid_rules() {
         qa.contains("[secrets.anonymize_key]\ngenerate = 32"),
         "{qa}"
     );
+}
+
+/// Environments anywhere: a team keeps its environments in its own repository and finds
+/// kiln's modules along the module path (`KILN_PATH`, `modules_path`, the environment's
+/// repository, then `KILN_ROOT` or the current directory).
+mod module_path {
+    use super::*;
+
+    /// `kiln/` (modules m and only_kiln, with templates) and `team/` (an environment that
+    /// uses both, outside kiln's repository) side by side.
+    fn layout(modules_path: &str) -> Repo {
+        let r = Repo::new();
+        r.write(
+            "kiln/modules/m.toml",
+            "description = \"kiln's m\"\n[[resource]]\ntype = \"file\"\npath = \"/etc/m\"\ntemplate = \"t.j2\"\n",
+        );
+        r.write("kiln/templates/m/t.j2", "from kiln's templates\n");
+        r.write(
+            "kiln/modules/only_kiln.toml",
+            "description = \"only in kiln\"\n[[resource]]\ntype = \"package\"\nname = \"tree\"\n",
+        );
+        r.write(
+            "team/environments/prod.toml",
+            &format!("{modules_path}[hosts.h1]\naddress = \"192.0.2.10\"\nroles = [\"r\"]\n\n[roles.r]\nmodules = [\"m\", \"only_kiln\"]\n"),
+        );
+        r
+    }
+
+    fn plan_offline(r: &Repo, cwd: &str, vars: &[(&str, String)]) -> String {
+        let env = r.path("team/environments/prod.toml");
+        let out = r.run_in(cwd, vars, &["plan", &env.to_string_lossy(), "--offline"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(2)),
+            "exit {:?}\n{stdout}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(r.stub_calls(), "", "no host contacted");
+        stdout
+    }
+
+    #[test]
+    fn an_environment_outside_the_repository_finds_modules_through_kiln_path() {
+        let r = layout("");
+        let env = r.path("team/environments/prod.toml");
+        let env = env.to_string_lossy();
+        // Run from the team's environments: kiln's modules are nowhere on the path.
+        let err = r.fails_in(
+            "team/environments",
+            &[],
+            &["plan", &env, "--offline"],
+            &["environments/prod.toml:6:12", "`roles.r.modules[0]`"],
+        );
+        let team_modules = r.path("team/modules");
+        assert!(
+            err.contains(&format!(
+                "unknown module `m` (looked in: {} (the environment's repository), ./modules (the current directory))",
+                team_modules.display()
+            )),
+            "{err}"
+        );
+        let kiln = r.path("kiln").to_string_lossy().to_string();
+        let stdout = plan_offline(&r, "team", &[("KILN_PATH", format!("/nonexistent:{kiln}"))]);
+        assert!(
+            stdout.contains("+from kiln's templates") && stdout.contains("package:tree"),
+            "{stdout}"
+        );
+        // KILN_ROOT (the repository kiln runs from) is on the path too, last.
+        let stdout = plan_offline(&r, "team", &[("KILN_ROOT", kiln.clone())]);
+        assert!(stdout.contains("+from kiln's templates"), "{stdout}");
+        let stdout = plan_offline(&r, "kiln", &[]);
+        assert!(stdout.contains("+from kiln's templates"), "{stdout}");
+    }
+
+    #[test]
+    fn modules_path_is_relative_to_the_environment_file() {
+        let r = layout("modules_path = [\"../../kiln\"]\n\n");
+        let stdout = plan_offline(&r, "team", &[]);
+        assert!(
+            stdout.contains("+from kiln's templates") && stdout.contains("package:tree"),
+            "{stdout}"
+        );
+        // `kiln explain` says which file a module default comes from.
+        r.write(
+            "kiln/modules/m.toml",
+            "[params.greeting]\ntype = \"string\"\ndefault = \"hi\"\n[[resource]]\ntype = \"file\"\npath = \"/etc/m\"\ncontent = \"{{ params.greeting }}\"\n",
+        );
+        let env = r.path("team/environments/prod.toml");
+        let out = r.run_in(
+            "team",
+            &[],
+            &["explain", &env.to_string_lossy(), "modules.m.greeting"],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "{}:1",
+                std::fs::canonicalize(r.path("kiln/modules/m.toml"))
+                    .expect("canonical")
+                    .display()
+            )),
+            "{stdout}"
+        );
+    }
+
+    #[test]
+    fn a_modules_path_entry_that_is_not_there_is_refused_at_its_key() {
+        let r = layout("modules_path = [\"../../kiln\", \"../../kiln-modules\"]\n\n");
+        let env = r.path("team/environments/prod.toml");
+        let err = r.fails_in(
+            "team",
+            &[],
+            &["plan", &env.to_string_lossy(), "--offline"],
+            &[
+                "environments/prod.toml:1:31",
+                "`modules_path[1]`",
+                "no directory",
+                "kiln-modules",
+            ],
+        );
+        assert!(!err.contains("modules_path[0]"), "{err}");
+        // A directory without modules/ is no module root either.
+        r.write("kiln-modules/README", "not a module root\n");
+        r.fails_in(
+            "team",
+            &[],
+            &["plan", &env.to_string_lossy(), "--offline"],
+            &["`modules_path[1]`", "has no `modules/` directory"],
+        );
+    }
+
+    #[test]
+    fn a_local_module_shadows_a_shipped_one_and_module_show_says_so() {
+        let r = layout("");
+        r.write(
+            "team/modules/m.toml",
+            "description = \"the team's m\"\n[[resource]]\ntype = \"file\"\npath = \"/etc/m\"\ntemplate = \"t.j2\"\n",
+        );
+        r.write("team/templates/m/t.j2", "from the team's templates\n");
+        // kiln's repository is the current directory: its `m` comes after the team's.
+        let stdout = plan_offline(&r, "kiln", &[]);
+        assert!(
+            stdout.contains("+from the team's templates")
+                && !stdout.contains("kiln's templates")
+                && stdout.contains("package:tree"),
+            "{stdout}"
+        );
+        let env = r.path("team/environments/prod.toml");
+        let out = r.run_in(
+            "kiln",
+            &[],
+            &["module", "show", "m", "--env", &env.to_string_lossy()],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "m ({}, from the environment's repository)",
+                r.path("team/modules/m.toml").display()
+            )) && stdout.contains("shadows ./modules/m.toml"),
+            "{stdout}"
+        );
+        // Without the environment, only kiln's own.
+        let out = r.run_in("kiln", &[], &["module", "show", "m"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("m (./modules/m.toml, from the current directory)"),
+            "{stdout}"
+        );
+        let out = r.run_in("kiln", &[], &["module", "show", "nope"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr.contains("unknown module `nope` (looked in: ./modules (the current directory))")
+                && stderr.contains("(modules: m, only_kiln)"),
+            "{stderr}"
+        );
+    }
 }

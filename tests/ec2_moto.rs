@@ -389,6 +389,47 @@ async fn ec2_provider_against_moto() {
     let (code, out, err) = run_out(kiln().args(["ec2", "status"]).arg(&env_file));
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains(&web.id) && out.contains(&db.id), "{out}");
+    // The same as one JSON document: each host's instance, state, address, AMI, type, tags.
+    let status_json = |args: &[&str]| {
+        let (code, out, err) = run_out(
+            kiln()
+                .args(["ec2", "status"])
+                .arg(&env_file)
+                .args(args)
+                .args(["--format", "json"]),
+        );
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("one JSON document ({e}): {out}\nstderr: {err}"));
+        (code, v)
+    };
+    let (code, v) = status_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["environment"], "ec2test", "{v:#}");
+    assert_eq!(v["all_running"], true, "{v:#}");
+    assert_eq!(v["untracked"].as_array().map(Vec::len), Some(0), "{v:#}");
+    let hosts = v["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2, "{v:#}");
+    for (h, (i, kind)) in hosts.iter().zip([(&web, "t3.small"), (&db, "m5.large")]) {
+        let name = i.tag("kiln:host").unwrap_or_default();
+        assert_eq!(h["name"], name, "{h:#}");
+        assert_eq!(h["instance_id"], i.id.as_str(), "{h:#}");
+        assert_eq!(h["state"], "running", "{h:#}");
+        assert_eq!(h["region"], REGION, "{h:#}");
+        assert_eq!(h["ami"], net.ami.as_str(), "{h:#}");
+        assert_eq!(h["instance_type"], kind, "{h:#}");
+        assert_eq!(h["tags"]["kiln:env"], "ec2test", "{h:#}");
+        assert_eq!(h["tags"]["kiln:host"], name, "{h:#}");
+        let private = i.private_ip.as_deref().expect("a private address");
+        assert_eq!(h["private_ip"], private, "{h:#}");
+        // Both hosts connect to the private address (the default, and db1's `connect`).
+        assert_eq!(h["address"], private, "{h:#}");
+    }
+    assert_eq!(hosts[0]["tags"]["team"], "platform");
+    // --host narrows it.
+    let (code, v) = status_json(&["--host", "db1"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["hosts"].as_array().map(Vec::len), Some(1), "{v:#}");
+    assert_eq!(v["hosts"][0]["name"], "db1");
 
     // --- an instance made by hand in the same region and subnet: not kiln's.
     let foreign = c
@@ -475,6 +516,43 @@ async fn ec2_provider_against_moto() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("web1") && out.contains("missing"), "{out}");
     assert!(out.contains(&foreign), "{out}");
+    // So does the JSON, with the same exit code.
+    let (code, v) = status_json(&[]);
+    assert_eq!(code, 2, "{v:#}");
+    assert_eq!(v["all_running"], false, "{v:#}");
+    let web_status = &v["hosts"][0];
+    assert_eq!(web_status["name"], "web1", "{v:#}");
+    assert_eq!(web_status["state"], "missing", "{v:#}");
+    assert!(web_status["instance_id"].is_null(), "{v:#}");
+    assert!(
+        web_status["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("kiln ec2 up ec2test")),
+        "{v:#}"
+    );
+    assert_eq!(v["hosts"][1]["state"], "running", "{v:#}");
+    let untracked = v["untracked"].as_array().expect("untracked");
+    assert_eq!(untracked.len(), 1, "{v:#}");
+    assert_eq!(untracked[0]["instance_id"], foreign.as_str(), "{v:#}");
+    assert_eq!(untracked[0]["tags"]["Name"], "hand-made", "{v:#}");
+    assert!(
+        untracked[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("is not an ec2 host of")),
+        "{v:#}"
+    );
+    // `up` has no JSON form.
+    let (code, _, err) = run_out(
+        kiln()
+            .args(["ec2", "up"])
+            .arg(&env_file)
+            .args(["--format", "json"]),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--format json is for `kiln ec2 status`"),
+        "{err}"
+    );
     // Plan/apply/ssh see web1 without an instance as unreachable, db1 still at its address.
     let mut env3 = env.clone();
     ec2::fill_addresses_blocking(&mut env3, None).expect("a missing instance is no error");

@@ -3,6 +3,7 @@
 //! only the spec's own files (templates), never a host.
 
 pub mod cycles;
+pub mod fail;
 pub mod render;
 
 use std::path::PathBuf;
@@ -130,6 +131,16 @@ pub fn expand(
         }
     }
     errors.extend(cycles::host_cycles(env, &out));
+    // Several hosts failing on one environment key (a `fail()` about `[modules.M]`): once.
+    let mut seen = vec![];
+    errors.retain(|e| {
+        let k = (e.location.clone(), e.key.clone(), e.message.clone());
+        let new = !seen.contains(&k);
+        if new {
+            seen.push(k);
+        }
+        new
+    });
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }
@@ -185,7 +196,12 @@ fn expand_host(
                         errors.extend(crate::spec::validate::resources(env, module, name, &rs));
                         resources.append(&mut rs)
                     }
-                    Err(e) => errors.push(crate::spec::validate::relocate(env, module, name, e)),
+                    Err(e) => errors.push(crate::spec::validate::relocate(
+                        env,
+                        module,
+                        name,
+                        with_item(e, table),
+                    )),
                 }
             }
             for (i, c) in module.spec.check.iter().enumerate() {
@@ -200,7 +216,7 @@ fn expand_host(
                         report: c.report,
                         sensitive: false,
                     }),
-                    Err(e) => errors.push(e),
+                    Err(e) => errors.push(crate::spec::validate::relocate(env, module, name, e)),
                 }
             }
         }
@@ -383,6 +399,21 @@ fn taint(
     } else {
         Err(errors)
     }
+}
+
+/// A `fail()` that reads `item` reads what the resource's `for_each` gives.
+fn with_item(mut e: SpecError, table: &toml::Table) -> SpecError {
+    let each = table.get("for_each").and_then(|v| v.as_str());
+    if let (Some(r), Some(each)) = (e.raised.as_mut(), each) {
+        if let Some(i) = r.reads.iter().position(|x| x == "item") {
+            let from: Vec<String> = fail::reads_of(each)
+                .into_iter()
+                .filter(|x| x != "item" && !r.reads.contains(x))
+                .collect();
+            r.reads.splice(i..=i, from);
+        }
+    }
+    e
 }
 
 /// Splits an `after` reference into (host, resource id).

@@ -5,7 +5,7 @@ use minijinja::value::Value;
 use minijinja::{ErrorKind, UndefinedBehavior};
 use serde_json::json;
 
-use crate::spec::error::SpecError;
+use crate::spec::error::{Raised, SpecError};
 use crate::spec::source::{Location, SourceFile};
 use crate::spec::{Environment, Redactor};
 
@@ -13,8 +13,58 @@ pub struct Renderer {
     jinja: minijinja::Environment<'static>,
     base: serde_json::Value,
     host_vars: indexmap::IndexMap<String, serde_json::Value>,
-    templates_dir: std::path::PathBuf,
+    templates: TemplateDirs,
     pub redactor: Redactor,
+}
+
+/// Where `MODULE/NAME` templates are read: a loaded module's from the root of the module
+/// path its module file came from; any other (a template another module includes) from
+/// the first root of the path that has it.
+#[derive(Debug, Clone)]
+struct TemplateDirs {
+    /// Module name → the `templates/` directory of its root.
+    modules: std::collections::HashMap<String, std::path::PathBuf>,
+    /// Every root's `templates/`, in path order.
+    path: Vec<std::path::PathBuf>,
+}
+
+impl TemplateDirs {
+    fn new(env: &Environment) -> TemplateDirs {
+        TemplateDirs {
+            modules: env
+                .modules
+                .values()
+                .map(|m| (m.name.clone(), m.root.join("templates")))
+                .collect(),
+            path: env
+                .module_path
+                .roots
+                .iter()
+                .map(|r| r.templates_dir())
+                .collect(),
+        }
+    }
+
+    /// The file of template `name` (`MODULE/FILE…`), or `None` for a name that would leave
+    /// `templates/` (a segment starting with `.`, a backslash).
+    fn file(&self, name: &str) -> Option<std::path::PathBuf> {
+        let safe = name
+            .split('/')
+            .all(|s| !s.is_empty() && !s.starts_with('.') && !s.contains('\\'));
+        if !safe {
+            return None;
+        }
+        let module = name.split('/').next().unwrap_or_default();
+        match self.modules.get(module) {
+            Some(dir) => Some(dir.join(name)),
+            None => self
+                .path
+                .iter()
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+                .or_else(|| self.path.last().map(|d| d.join(name))),
+        }
+    }
 }
 
 /// Adds `item` (the current `for_each` element) to a context.
@@ -37,11 +87,28 @@ impl Renderer {
         let mut jinja = minijinja::Environment::new();
         jinja.set_undefined_behavior(UndefinedBehavior::Strict);
         jinja.set_keep_trailing_newline(true);
-        jinja.set_loader(minijinja::path_loader(env.templates_dir()));
+        let templates = TemplateDirs::new(env);
+        let dirs = templates.clone();
+        jinja.set_loader(move |name| {
+            let Some(path) = dirs.file(name) else {
+                return Ok(None);
+            };
+            match std::fs::read_to_string(path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "could not read template",
+                )
+                .with_source(e)),
+            }
+        });
         // `{{ fail("why") }}`: a module's own validation of its parameters, reported like
         // any other template error (file, line, message).
+        // Such an error is marked (`fail::is_fail`) and reported at the environment key
+        // that set the value it is about (`spec::validate::relocate`).
         jinja.add_function("fail", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            Err(super::fail::fail_error(msg))
         });
         let hosts: serde_json::Map<String, serde_json::Value> = env
             .spec
@@ -78,7 +145,7 @@ impl Renderer {
             jinja,
             base,
             host_vars,
-            templates_dir: env.templates_dir(),
+            templates,
             redactor: env.redactor(),
         }
     }
@@ -204,7 +271,10 @@ impl Renderer {
         ctx: &Value,
     ) -> Result<String, SpecError> {
         let full = format!("{module}/{name}");
-        let path = self.templates_dir.join(&full);
+        let path = self
+            .templates
+            .file(&full)
+            .unwrap_or_else(|| std::path::PathBuf::from("templates").join(&full));
         let tmpl = match self.jinja.get_template(&full) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::TemplateNotFound => {
@@ -220,6 +290,17 @@ impl Renderer {
             Err(e) => return Err(self.file_error(&path, e, None, ctx)),
         };
         tmpl.render(ctx).map_err(|e| {
+            if let Some(raised) = super::fail::origin(&e) {
+                // The failing template may be one this one includes.
+                let path = raised
+                    .name()
+                    .filter(|n| *n != full)
+                    .and_then(|n| self.templates.file(n))
+                    .unwrap_or(path.clone());
+                let source = std::fs::read_to_string(&path).ok();
+                let line = raised.line().unwrap_or(1);
+                return self.fail_error(&path, raised, source.as_deref(), line);
+            }
             let source = std::fs::read_to_string(&path).ok();
             self.file_error(&path, e, source.as_deref(), ctx)
         })
@@ -261,6 +342,57 @@ impl Renderer {
         err
     }
 
+    /// A template file's `fail("…")`: the module's message, at the template line, with
+    /// what the failing code reads (for `spec::validate::relocate`).
+    fn fail_error(
+        &self,
+        path: &std::path::Path,
+        e: &minijinja::Error,
+        source: Option<&str>,
+        line: usize,
+    ) -> SpecError {
+        let snippet = source.and_then(|s| s.lines().nth(line.saturating_sub(1)));
+        let offset = match (e.range(), source) {
+            (Some(r), _) => r.start,
+            (None, Some(s)) => {
+                let start: usize = s
+                    .lines()
+                    .take(line.saturating_sub(1))
+                    .map(|l| l.len() + 1)
+                    .sum();
+                start + snippet.and_then(|l| l.find("fail(")).unwrap_or(0)
+            }
+            (None, None) => 0,
+        };
+        let column = source
+            .map(|s| {
+                let before = &s[..offset.min(s.len())];
+                before[before.rfind('\n').map(|i| i + 1).unwrap_or(0)..]
+                    .chars()
+                    .count()
+                    + 1
+            })
+            .unwrap_or(1);
+        let location = Location {
+            file: path.to_path_buf(),
+            line,
+            column,
+        };
+        let mut err = SpecError::new(
+            location,
+            "",
+            self.redactor.redact(e.detail().unwrap_or("fail()")),
+        );
+        err.snippet = snippet.map(|s| self.redactor.redact(s));
+        err.raised = Some(Box::new(Raised {
+            at: format!("{}:{line}", path.display()),
+            reads: source
+                .map(|s| super::fail::reads_at(s, offset))
+                .unwrap_or_default(),
+        }));
+        err
+    }
+
     fn inline_error(
         &self,
         src: &SourceFile,
@@ -269,6 +401,18 @@ impl Renderer {
         e: minijinja::Error,
         ctx: &Value,
     ) -> SpecError {
+        if let Some(raised) = super::fail::origin(&e) {
+            let mut err = SpecError::at_key(
+                src,
+                key,
+                self.redactor.redact(raised.detail().unwrap_or("fail()")),
+            );
+            err.raised = Some(Box::new(Raised {
+                at: format!("{} (`{key}`)", err.location),
+                reads: super::fail::reads_of(text),
+            }));
+            return err;
+        }
         let msg = match self.undefined_name(text, &e, ctx) {
             Some((name, _)) => format!("undefined variable `{name}` in `{text}`"),
             None => format!("{} in `{text}`", describe(&e)),

@@ -5,6 +5,9 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Result};
 
+use serde::Serialize;
+
+use crate::ops::plan::Format;
 use crate::provider::ec2::{self, Ec2, Instance, Timeouts};
 use crate::spec::ec2::{TAG_ENV, TAG_HOST};
 use crate::spec::{self, Environment, Provider};
@@ -35,7 +38,11 @@ pub async fn run(
     hosts: &[String],
     no_ssh: bool,
     timeout: Option<u64>,
+    format: Format,
 ) -> Result<i32> {
+    if format == Format::Json && action != Ec2Action::Status {
+        bail!("--format json is for `kiln ec2 status`");
+    }
     let env = load(env_arg)?;
     let selected = (!hosts.is_empty()).then_some(hosts);
     if ec2::ec2_hosts(&env, selected)?.is_empty() {
@@ -69,54 +76,138 @@ pub async fn run(
             }
             Ok(0)
         }
-        Ec2Action::Status => status(&env, selected).await,
+        Ec2Action::Status => status(&env, selected, format).await,
     }
 }
 
-async fn status(env: &Environment, selected: Option<&[String]>) -> Result<i32> {
+/// `kiln ec2 status ENV --format json`: one document.
+#[derive(Debug, Serialize)]
+pub struct Ec2Status {
+    pub environment: String,
+    pub env_file: String,
+    /// Every selected ec2 host has its instance, running (exit 0; else 2).
+    pub all_running: bool,
+    /// The environment's ec2 hosts (those of `--host`), in the file's order.
+    pub hosts: Vec<HostStatus>,
+    /// Live instances tagged `kiln:env = ENV` whose `kiln:host` is no ec2 host of the
+    /// environment (made by hand, or left from a host since removed): listed, never
+    /// touched. Only without `--host`.
+    pub untracked: Vec<InstanceStatus>,
+}
+
+/// One ec2 host: its instance, or `state = "missing"` (and no instance fields) with a
+/// note.
+#[derive(Debug, Serialize)]
+pub struct HostStatus {
+    pub name: String,
+    pub region: String,
+    /// The instance's state (`pending`, `running`, `stopped`, …) or `missing`.
+    pub state: String,
+    pub instance_id: Option<String>,
+    /// The address kiln connects to (the host's `connect`: private or public).
+    pub address: Option<String>,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub ami: Option<String>,
+    pub instance_type: Option<String>,
+    /// Every tag of the instance: kiln's (`kiln:env`, `kiln:host`, `Name`) and the
+    /// environment's `tags`.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// More live instances tagged as this host (`kiln ec2 up` refuses them; terminate the
+    /// extra ones).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<InstanceStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    pub instance_id: String,
+    pub state: String,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub ami: String,
+    pub instance_type: String,
+    /// Every tag of the instance: kiln's (`kiln:env`, `kiln:host`, `Name`) and the
+    /// environment's `tags`.
+    pub tags: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl InstanceStatus {
+    fn of(i: &Instance) -> InstanceStatus {
+        InstanceStatus {
+            instance_id: i.id.clone(),
+            state: i.state.clone(),
+            private_ip: i.private_ip.clone(),
+            public_ip: i.public_ip.clone(),
+            ami: i.ami.clone(),
+            instance_type: i.instance_type.clone(),
+            tags: i.tags.clone(),
+            note: None,
+        }
+    }
+}
+
+/// What EC2 says of the environment's ec2 hosts (`selected`: only those).
+async fn read_status(env: &Environment, selected: Option<&[String]>) -> Result<Ec2Status> {
     let ec2 = Ec2::from_env().await;
     let hosts = ec2::ec2_hosts(env, selected)?;
     let mut regions: Vec<String> = vec![];
+    let mut host_regions = vec![];
     for h in &hosts {
         let r = ec2.region(h.spec.region.as_deref())?;
         if !regions.contains(&r) {
-            regions.push(r);
+            regions.push(r.clone());
         }
+        host_regions.push(r);
     }
     let mut tagged: Vec<Instance> = vec![];
     for r in &regions {
         tagged.extend(ec2.find_env(r, &env.name).await?);
     }
     let mut all_running = true;
-    println!(
-        "{:<16} {:<20} {:<9} {:<15} {:<15} {:<10} AMI",
-        "HOST", "INSTANCE", "STATE", "PRIVATE", "PUBLIC", "TYPE"
-    );
-    for h in &hosts {
-        let mine: Vec<&Instance> = tagged
+    let mut out = vec![];
+    for (h, region) in hosts.iter().zip(host_regions) {
+        let mut mine: Vec<&Instance> = tagged
             .iter()
             .filter(|i| i.tag(TAG_HOST) == Some(h.name.as_str()))
             .collect();
-        if mine.is_empty() {
-            all_running = false;
-            println!("{:<16} {:<20} missing", h.name, "-");
-        }
-        for i in mine {
-            all_running &= i.state == "running";
-            println!(
-                "{:<16} {:<20} {:<9} {:<15} {:<15} {:<10} {}",
-                h.name,
-                i.id,
-                i.state,
-                i.private_ip.as_deref().unwrap_or("-"),
-                i.public_ip.as_deref().unwrap_or("-"),
-                i.instance_type,
-                i.ami
-            );
-        }
+        // The running one first, when there are several.
+        mine.sort_by_key(|i| i.state != "running");
+        all_running &= !mine.is_empty() && mine.iter().all(|i| i.state == "running");
+        let first = mine.first();
+        out.push(HostStatus {
+            name: h.name.clone(),
+            region: region.clone(),
+            state: first
+                .map(|i| i.state.clone())
+                .unwrap_or_else(|| "missing".into()),
+            instance_id: first.map(|i| i.id.clone()),
+            address: first.and_then(|i| i.address(h.spec.connect).map(str::to_string)),
+            private_ip: first.and_then(|i| i.private_ip.clone()),
+            public_ip: first.and_then(|i| i.public_ip.clone()),
+            ami: first.map(|i| i.ami.clone()),
+            instance_type: first.map(|i| i.instance_type.clone()),
+            tags: first.map(|i| i.tags.clone()).unwrap_or_default(),
+            duplicates: mine
+                .iter()
+                .skip(1)
+                .map(|i| InstanceStatus::of(i))
+                .collect(),
+            note: first.is_none().then(|| {
+                format!(
+                    "no live instance tagged {TAG_ENV}={}, {TAG_HOST}={} in {region} (`kiln ec2 up {}` creates it)",
+                    env.name, h.name, env.name
+                )
+            }),
+        });
     }
     // Instances tagged with this environment whose host is not (or no longer) an ec2 host
     // of the spec: shown so they are not forgotten, never touched.
+    let mut untracked = vec![];
     if selected.is_none() {
         for i in &tagged {
             let host = i.tag(TAG_HOST).unwrap_or("");
@@ -127,16 +218,95 @@ async fn status(env: &Environment, selected: Option<&[String]>) -> Result<i32> {
                 .map(|h| h.provider == Provider::Ec2)
                 .unwrap_or(false);
             if !known {
-                println!(
-                    "note: {} is tagged {TAG_ENV}={} but `{host}` is not an ec2 host of {}",
-                    i.describe(),
+                let mut u = InstanceStatus::of(i);
+                u.note = Some(format!(
+                    "tagged {TAG_ENV}={} but `{host}` is not an ec2 host of {}",
                     env.name,
                     env.file.display()
-                );
+                ));
+                untracked.push(u);
             }
         }
     }
-    Ok(if all_running { 0 } else { 2 })
+    Ok(Ec2Status {
+        environment: env.name.clone(),
+        env_file: env.file.display().to_string(),
+        all_running,
+        hosts: out,
+        untracked,
+    })
+}
+
+async fn status(env: &Environment, selected: Option<&[String]>, format: Format) -> Result<i32> {
+    let st = read_status(env, selected).await?;
+    let code = if st.all_running { 0 } else { 2 };
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(code);
+    }
+    println!(
+        "{:<16} {:<20} {:<9} {:<15} {:<15} {:<10} AMI",
+        "HOST", "INSTANCE", "STATE", "PRIVATE", "PUBLIC", "TYPE"
+    );
+    let row = |host: &str,
+               id: &str,
+               state: &str,
+               private: &Option<String>,
+               public: &Option<String>,
+               kind: &str,
+               ami: &str| {
+        println!(
+            "{:<16} {:<20} {:<9} {:<15} {:<15} {:<10} {}",
+            host,
+            id,
+            state,
+            private.as_deref().unwrap_or("-"),
+            public.as_deref().unwrap_or("-"),
+            kind,
+            ami
+        );
+    };
+    for h in &st.hosts {
+        match &h.instance_id {
+            None => println!("{:<16} {:<20} missing", h.name, "-"),
+            Some(id) => row(
+                &h.name,
+                id,
+                &h.state,
+                &h.private_ip,
+                &h.public_ip,
+                h.instance_type.as_deref().unwrap_or("-"),
+                h.ami.as_deref().unwrap_or("-"),
+            ),
+        }
+        for d in &h.duplicates {
+            row(
+                &h.name,
+                &d.instance_id,
+                &d.state,
+                &d.private_ip,
+                &d.public_ip,
+                &d.instance_type,
+                &d.ami,
+            );
+        }
+    }
+    for u in &st.untracked {
+        let tags = u
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "note: {} ({}; {}) is {}",
+            u.instance_id,
+            u.state,
+            if tags.is_empty() { "no tags" } else { &tags },
+            u.note.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(code)
 }
 
 /// `kiln destroy ENV --host H` / `--instance ID`: terminates the host's instance(s) after

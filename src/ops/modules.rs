@@ -1,48 +1,51 @@
-//! `kiln modules` and `kiln module show NAME`: the modules (modules/*.toml under
-//! `KILN_ROOT`, default `.`) and their parameters, from the module files themselves — like
-//! `ansible-doc`.
-
-use std::path::PathBuf;
+//! `kiln modules` and `kiln module show NAME`: the modules along the module path
+//! (`spec::module_path`: `KILN_PATH`, then — with `--env` — the environment's
+//! `modules_path` and repository, then `KILN_ROOT` or `.`) and their parameters, from the
+//! module files themselves — like `ansible-doc`.
 
 use anyhow::{bail, Result};
 
 use crate::spec::module::{Module, ModuleSpec};
+use crate::spec::module_path::ModulePath;
 use crate::spec::parse_typed;
 use crate::spec::source::SourceFile;
 use crate::ui::Paint;
 
-fn modules_dir() -> PathBuf {
-    std::env::var_os("KILN_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("modules")
+/// The module path: an environment's (`--env`), else `KILN_PATH` then `KILN_ROOT` or `.`.
+fn module_path(env: Option<&str>) -> Result<ModulePath> {
+    match env {
+        Some(e) => Ok(crate::engine::load_env(e)?.module_path),
+        None => Ok(ModulePath::without_env()),
+    }
 }
 
-/// Every module, sorted by name.
-pub fn all() -> Result<Vec<Module>> {
-    let dir = modules_dir();
-    let entries = std::fs::read_dir(&dir).map_err(|e| {
-        anyhow::anyhow!(
-            "no modules directory {} ({e}); run kiln from the repository or set KILN_ROOT",
-            dir.display()
-        )
-    })?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
-    paths.iter().map(|p| read(p)).collect()
+/// Every module used along the path (the first of each name), sorted by name.
+pub fn all(env: Option<&str>) -> Result<Vec<Module>> {
+    let path = module_path(env)?;
+    let mut out: Vec<Module> = vec![];
+    for (i, name, file) in path.list() {
+        if out.iter().any(|m| m.name == name) {
+            continue;
+        }
+        out.push(read(&file, &path.roots[i].dir)?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
-fn read(path: &std::path::Path) -> Result<Module> {
+fn read(path: &std::path::Path, root: &std::path::Path) -> Result<Module> {
     let source = SourceFile::read(path)?;
     let spec: ModuleSpec = parse_typed(&source)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    Ok(Module { name, source, spec })
+    Ok(Module {
+        name,
+        source,
+        spec,
+        root: root.to_path_buf(),
+    })
 }
 
 /// The first sentence (or line) of a description.
@@ -54,31 +57,83 @@ fn summary(description: Option<&str>) -> String {
     }
 }
 
-pub fn list() -> Result<i32> {
+pub fn list(env: Option<&str>) -> Result<i32> {
     let paint = Paint::detect();
-    for m in all()? {
-        println!(
+    let path = module_path(env)?;
+    let found = path.list();
+    if found.is_empty() {
+        bail!(
+            "no modules along the module path (looked in: {}); run kiln from the repository, or set KILN_ROOT or KILN_PATH",
+            path.looked_in()
+        );
+    }
+    let line = |m: &Module| {
+        format!(
             "{}  {}",
             paint.bold(&format!("{:<20}", m.name)),
             summary(m.spec.description.as_deref())
-        );
+        )
+    };
+    let mut roots: Vec<usize> = found.iter().map(|(i, _, _)| *i).collect();
+    roots.dedup();
+    if roots.len() == 1 {
+        for (i, _, file) in &found {
+            println!("{}", line(&read(file, &path.roots[*i].dir)?));
+        }
+        return Ok(0);
+    }
+    // Several roots: each under its directory, in path order; a name met again further
+    // down the path is shadowed by the first.
+    let mut first: Vec<(String, std::path::PathBuf)> = vec![];
+    let mut current = None;
+    for (i, name, file) in &found {
+        if current != Some(*i) {
+            if current.is_some() {
+                println!();
+            }
+            let r = &path.roots[*i];
+            println!(
+                "{}",
+                paint.bold(&format!(
+                    "{} ({}):",
+                    r.modules_dir().display(),
+                    r.kind.describe()
+                ))
+            );
+            current = Some(*i);
+        }
+        match first.iter().find(|(n, _)| n == name) {
+            Some((_, used)) => println!("{:<20}  (shadowed: {} is used)", name, used.display()),
+            None => {
+                println!("{}", line(&read(file, &path.roots[*i].dir)?));
+                first.push((name.clone(), file.clone()));
+            }
+        }
     }
     Ok(0)
 }
 
-pub fn show(name: &str) -> Result<i32> {
+pub fn show(name: &str, env: Option<&str>) -> Result<i32> {
     let paint = Paint::detect();
-    let path = modules_dir().join(format!("{name}.toml"));
-    if !path.is_file() {
-        let known: Vec<String> = all()
+    let mpath = module_path(env)?;
+    let Some((root, path)) = mpath.find(name) else {
+        let known: Vec<String> = all(env)
             .unwrap_or_default()
             .into_iter()
             .map(|m| m.name)
             .collect();
-        bail!("unknown module `{name}` (modules: {})", known.join(", "));
+        bail!("{} (modules: {})", mpath.unknown(name), known.join(", "));
+    };
+    let m = read(&path, &root.dir)?;
+    println!(
+        "{} ({}, from {})",
+        paint.bold(&m.name),
+        path.display(),
+        root.kind.describe()
+    );
+    for other in mpath.find_all(name).iter().skip(1) {
+        println!("  shadows {}", other.display());
     }
-    let m = read(&path)?;
-    println!("{} ({})", paint.bold(&m.name), path.display());
     if let Some(d) = &m.spec.description {
         println!("\n{}", d.trim());
     }

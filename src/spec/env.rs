@@ -12,6 +12,11 @@ pub struct EnvSpec {
     /// Name of another environment in the same directory to inherit from.
     #[serde(default)]
     pub extends: Option<String>,
+    /// Directories looked in for modules (each holding `modules/` and `templates/`), after
+    /// `KILN_PATH` and before this environment's own repository; relative to the file that
+    /// sets it (`spec::module_path`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules_path: Vec<String>,
     #[serde(default)]
     pub ssh: SshSpec,
     /// How packages are installed on every host of the environment.

@@ -33,6 +33,21 @@ pub struct SpecError {
     pub snippet: Option<String>,
     /// Further lines (e.g. the members of a dependency cycle).
     pub notes: Vec<String>,
+    /// Set when a module's own `fail("…")` raised the error: where, and what the failing
+    /// template code reads, so that the error can be moved to the environment key that
+    /// set the value (`spec::validate::relocate`).
+    pub raised: Option<Box<Raised>>,
+}
+
+/// Where a module template's `fail("…")` was raised and what it depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Raised {
+    /// `templates/m/x.j2:12`, or `modules/m.toml:4:1` for a template string of the module
+    /// file itself.
+    pub at: String,
+    /// What the failing expression and the blocks around it read, nearest first:
+    /// `params.NAME`, `vars.NAME`, or `item` (the element of the resource's `for_each`).
+    pub reads: Vec<String>,
 }
 
 impl SpecError {
@@ -47,6 +62,7 @@ impl SpecError {
             message: message.into(),
             snippet: None,
             notes: vec![],
+            raised: None,
         }
     }
 

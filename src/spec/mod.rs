@@ -16,6 +16,7 @@ pub mod ec2;
 pub mod env;
 pub mod error;
 pub mod module;
+pub mod module_path;
 pub mod secret;
 pub mod source;
 pub mod validate;
@@ -28,6 +29,7 @@ use indexmap::IndexMap;
 use crate::spec::error::{SpecError, SpecErrors};
 pub use env::{AptSpec, EnvSpec, HostSpec, Provider, RoleSpec, SecretRef, SshSpec};
 pub use module::{Module, ModuleSpec, ParamSpec, ParamType};
+pub use module_path::{ModulePath, ModuleRoot, RootKind};
 pub use secret::{Redactor, SecretValue};
 pub use source::{Location, SourceFile};
 
@@ -37,8 +39,12 @@ pub struct Environment {
     pub name: String,
     /// The environment file named on the command line.
     pub file: PathBuf,
-    /// Repository root: holds environments/, modules/ and templates/.
+    /// The environment's repository: the directory above its `environments/` (or the
+    /// file's own directory). Secrets must stay outside it; its `modules/` are on the
+    /// module path.
     pub root: PathBuf,
+    /// Where modules and their templates are looked up (`spec::module_path`).
+    pub module_path: ModulePath,
     pub spec: EnvSpec,
     /// The `extends` chain, base first, the named file last.
     pub sources: Vec<SourceFile>,
@@ -226,6 +232,7 @@ impl Environment {
             spec,
             sources,
             provenance,
+            module_path: ModulePath::default(),
             modules: IndexMap::new(),
             secrets: BTreeMap::new(),
             placeholders: vec![],
@@ -316,11 +323,55 @@ impl Environment {
         }))
     }
 
-    pub fn modules_dir(&self) -> PathBuf {
-        self.root.join("modules")
-    }
-    pub fn templates_dir(&self) -> PathBuf {
-        self.root.join("templates")
+    /// The module path of this environment: `KILN_PATH`, `modules_path` (directories that
+    /// exist; the others are reported by `validate`), its repository, then `KILN_ROOT` or
+    /// the current directory.
+    fn build_module_path(&self) -> (ModulePath, Vec<SpecError>) {
+        let mut middle = vec![];
+        let mut errors = vec![];
+        if !self.spec.modules_path.is_empty() {
+            let (file, _) = self.source_of("modules_path");
+            let dir = file.path.parent().unwrap_or(Path::new("."));
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            for (i, p) in self.spec.modules_path.iter().enumerate() {
+                let key = format!("modules_path[{i}]");
+                let d = if dir == Path::new(".") {
+                    PathBuf::from(expand_home(p))
+                } else {
+                    dir.join(expand_home(p))
+                };
+                if p.is_empty() {
+                    errors.push(self.error(&key, "an empty directory name"));
+                } else if !d.is_dir() {
+                    errors.push(self.error(
+                        &key,
+                        format!(
+                            "no directory {} (`modules_path` is relative to {})",
+                            d.display(),
+                            file.path.display()
+                        ),
+                    ));
+                } else if !d.join("modules").is_dir() {
+                    errors.push(self.error(
+                        &key,
+                        format!(
+                            "{} has no `modules/` directory (a `modules_path` entry holds modules/ and templates/)",
+                            d.display()
+                        ),
+                    ));
+                } else {
+                    // `environments/../../kiln` named as what it is, in every message.
+                    let d = std::fs::canonicalize(&d).unwrap_or(d);
+                    middle.push(ModuleRoot::new(d, RootKind::ModulesPath));
+                }
+            }
+        }
+        middle.push(ModuleRoot::new(self.root.clone(), RootKind::EnvRepo));
+        (ModulePath::build(middle), errors)
     }
 
     /// The known_hosts file for this environment (beside the environment file by default).
@@ -558,21 +609,25 @@ impl Environment {
                 }
             }
         }
-        // Roles → modules: load each module once.
+        // The module path, then roles → modules: load each module once, from the first
+        // root of the path that has it.
+        let (module_path, path_errors) = self.build_module_path();
+        errors.extend(path_errors);
+        self.module_path = module_path;
         let mut modules = IndexMap::new();
         for (rname, role) in &self.spec.roles {
             for (i, m) in role.modules.iter().enumerate() {
                 if modules.contains_key(m) {
                     continue;
                 }
-                let path = self.modules_dir().join(format!("{m}.toml"));
-                if !path.exists() {
+                let Some((root, path)) = self.module_path.find(m) else {
                     errors.push(self.error(
                         &format!("roles.{}.modules[{i}]", source::join_key("", rname)),
-                        format!("unknown module `{m}` (no {})", path.display()),
+                        self.module_path.unknown(m),
                     ));
                     continue;
-                }
+                };
+                let root = root.dir.clone();
                 match SourceFile::read(&path)
                     .and_then(|src| parse_typed::<ModuleSpec>(&src).map(|spec| (src, spec)))
                 {
@@ -584,6 +639,7 @@ impl Environment {
                                 name: m.clone(),
                                 source,
                                 spec,
+                                root,
                             },
                         );
                     }
@@ -611,8 +667,7 @@ impl Environment {
         }
         for (base, m, table) in param_tables {
             let Some(module) = modules.get(m) else {
-                let path = self.modules_dir().join(format!("{m}.toml"));
-                if path.exists() {
+                if self.module_path.find(m).is_some() {
                     errors.push(self.error(
                         &base,
                         format!(
@@ -620,10 +675,7 @@ impl Environment {
                         ),
                     ));
                 } else {
-                    errors.push(self.error(
-                        &base,
-                        format!("unknown module `{m}` (no {})", path.display()),
-                    ));
+                    errors.push(self.error(&base, self.module_path.unknown(m)));
                 }
                 continue;
             };

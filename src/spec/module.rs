@@ -1,6 +1,7 @@
 //! Modules as data (`modules/<name>.toml`): typed parameters with defaults, resources
 //! (templated tables, expanded per host by the desired stage) and health checks. Their
-//! templates live under `templates/<name>/`.
+//! templates live under `templates/<name>/` of the same root of the module path
+//! (`spec::module_path`).
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -110,4 +111,14 @@ pub struct Module {
     pub name: String,
     pub source: SourceFile,
     pub spec: ModuleSpec,
+    /// The root of the module path it was found in (holds its `modules/` and
+    /// `templates/`).
+    pub root: std::path::PathBuf,
+}
+
+impl Module {
+    /// `templates/<name>/` beside the module's own `modules/`.
+    pub fn templates_dir(&self) -> std::path::PathBuf {
+        self.root.join("templates").join(&self.name)
+    }
 }

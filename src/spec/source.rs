@@ -30,6 +30,7 @@ impl SpecError {
             message: message.into(),
             snippet,
             notes: vec![],
+            raised: None,
         }
     }
 
