@@ -133,6 +133,7 @@ fn sample_plan() -> Plan {
         after_hosts: vec![],
         error: None,
         facts_ms: 0,
+        lockout: Default::default(),
     };
     let mut db2 = host("db2", "10.0.0.12", vec![]);
     db2.error = Some("ssh to 10.0.0.12: connection refused | retried".into());

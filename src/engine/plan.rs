@@ -34,6 +34,7 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
                 after_hosts: vec![],
                 error: Some(e.clone()),
                 facts_ms: 0,
+                lockout: Default::default(),
             },
         };
         hp.facts_ms = g.ms;
