@@ -73,6 +73,12 @@ impl Repo {
 }
 
 fn expand(file: &Path) -> Desired {
+    // The CI overrides of user and key would change who kiln logs in as.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::remove_var("KILN_SSH_USER");
+        std::env::remove_var("KILN_SSH_KEY");
+    });
     let mut env = Environment::load(file).unwrap_or_else(|e| panic!("{e}"));
     env.resolve_secrets_or_placeholders()
         .unwrap_or_else(|e| panic!("{e}"));
