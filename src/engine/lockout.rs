@@ -24,8 +24,13 @@ pub fn kiln_key(conn: &Connection) -> KilnKey {
 }
 
 fn key_of_file(path: &Path) -> KilnKey {
-    let private = std::fs::read_to_string(path);
-    if let Some(key) = private.as_deref().ok().and_then(keys::from_openssh_private) {
+    // The private key's text is wiped from memory once its public part is read.
+    let private = std::fs::read_to_string(path).map(zeroize::Zeroizing::new);
+    if let Some(key) = private
+        .as_ref()
+        .ok()
+        .and_then(|p| keys::from_openssh_private(p))
+    {
         return KilnKey::Known {
             key,
             from: path.display().to_string(),

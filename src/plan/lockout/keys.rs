@@ -55,16 +55,20 @@ impl PublicKey {
 /// KEY-----`). The format keeps it unencrypted beside the (possibly encrypted) private
 /// part, so no passphrase is needed. `None` for other formats (PEM: read the `.pub`).
 pub fn from_openssh_private(text: &str) -> Option<PublicKey> {
-    let body: String = text
+    // The private part (encrypted or not) is wiped once the public key is copied out.
+    let body: zeroize::Zeroizing<String> = text
         .lines()
         .skip_while(|l| l.trim() != "-----BEGIN OPENSSH PRIVATE KEY-----")
         .skip(1)
         .take_while(|l| l.trim() != "-----END OPENSSH PRIVATE KEY-----")
         .map(str::trim)
-        .collect();
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .ok()?;
+        .collect::<String>()
+        .into();
+    let data = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(body.as_bytes())
+            .ok()?,
+    );
     let rest = data.strip_prefix(b"openssh-key-v1\0")?;
     let mut r = Reader(rest);
     r.string()?; // cipher
