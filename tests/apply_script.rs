@@ -1071,6 +1071,7 @@ fn fact_and_check_scripts_pass_shellcheck() {
             cluster: "main".into(),
             config: vec!["/etc/mysql/mariadb.conf.d/60-galera.cnf".into()],
         },
+        FactQuery::SshSession,
     ];
     let s = kiln::facts::script::fact_script(&queries);
     let (ok, report) = kiln_shellcheck(&s);

@@ -330,7 +330,7 @@ fn apply_json_needs_yes_and_prints_one_document() {
     let env_file = dir.path().join("environments/lab.toml");
     std::fs::write(&env_file, "[hosts.one]\naddress = \"192.0.2.10\"\n").unwrap();
     let saved = dir.path().join("empty.plan");
-    let plan = serde_json::json!({"format": 1, "kiln_version": "test", "environment": "lab",
+    let plan = serde_json::json!({"format": kiln::plan::PLAN_FORMAT, "kiln_version": "test", "environment": "lab",
         "env_file": env_file, "created_at": "2026-01-01T00:00:00Z", "hosts": []});
     std::fs::write(&saved, plan.to_string()).unwrap();
     let (code, out, err) = run(kiln()

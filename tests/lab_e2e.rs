@@ -11,6 +11,8 @@ mod access;
 mod common;
 #[path = "lab_e2e/faults.rs"]
 mod faults;
+#[path = "lab_e2e/lockout.rs"]
+mod lockout;
 
 use std::path::Path;
 use std::process::Command;
@@ -830,6 +832,18 @@ fn main() {
         (
             "failing_config_check_keeps_the_reload_owed",
             faults::failing_config_check_keeps_the_reload_owed,
+        ),
+        (
+            "a_spec_that_would_lock_kiln_out_is_refused_and_changes_nothing",
+            lockout::a_spec_that_would_lock_kiln_out_is_refused_and_changes_nothing,
+        ),
+        (
+            "the_allowed_variant_applies_and_kiln_still_reaches_the_host",
+            lockout::the_allowed_variant_applies_and_kiln_still_reaches_the_host,
+        ),
+        (
+            "through_sudo_the_source_and_the_admin_s_own_key_are_judged",
+            lockout::through_sudo_the_source_and_the_admin_s_own_key_are_judged,
         ),
         ("no_secret_in_any_output", |l: &Lab| {
             l.no_secret_in_any_output()

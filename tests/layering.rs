@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 /// is its layer. The vocabulary is lowest — fact queries, the plan as a value (`plan`,
 /// `plan::step`, `plan::seal`, `plan::render`) and the resource types — then the spec,
 /// which validates against that vocabulary, then expansion (`desired`), planning
-/// (`plan::build`, `plan::graph`) and cross-host decisions (`cluster`); above them the I/O
+/// (`plan::build`, `plan::graph`, `plan::select`, and `plan::lockout`, which judges the
+/// desired state against the facts as build does) and cross-host decisions (`cluster`); above them the I/O
 /// layers (`transport`, `provider`, `engine`), apply and verify, which run through the
 /// engine, the commands (`ops`) and the argument parser (`cli`).
 const RANKS: &[(&str, u32)] = &[
@@ -25,6 +26,7 @@ const RANKS: &[(&str, u32)] = &[
     ("plan::build", 7),
     ("plan::graph", 7),
     ("plan::select", 7),
+    ("plan::lockout", 7),
     ("cluster", 8),
     ("transport", 9),
     ("provider", 10),

@@ -133,6 +133,7 @@ fn sample_plan() -> Plan {
         after_hosts: vec![],
         error: None,
         facts_ms: 0,
+        lockout: Default::default(),
     };
     let mut db2 = host("db2", "10.0.0.12", vec![]);
     db2.error = Some("ssh to 10.0.0.12: connection refused | retried".into());
@@ -191,6 +192,53 @@ fn markdown_snapshot_of_a_plan_with_a_diff_a_sensitive_change_and_a_galera_step(
         "a fence longer than ````: {md}"
     );
     assert!(md.contains("1. **db1** `galera_node[prod]`: restart db1"));
+}
+
+#[test]
+fn a_lockout_is_a_warning_in_the_row_and_what_was_not_checked_a_note() {
+    let mut plan = sample_plan();
+    plan.hosts[0].lockout = kiln::plan::Lockout {
+        reasons: vec!["the firewall (/etc/nftables.conf) admits SSH (port 22) only from 198.51.100.0/24, and kiln connects from 10.233.0.1".into()],
+        not_checked: vec!["/home/deploy/.ssh/authorized_keys (deploy's authorized_keys) is written by kiln, and kiln's key is not named".into()],
+        overridden: true,
+    };
+    let md = render_markdown(
+        &plan,
+        &Notes {
+            offline: false,
+            placeholders: &[],
+        },
+    );
+    assert!(
+        md.contains("| changes<br>⚠️ applying this locks kiln out (--i-know-this-locks-me-out): the firewall (/etc/nftables.conf) admits SSH (port 22) only from 198.51.100.0/24, and kiln connects from 10.233.0.1 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("> `web1`: lockout check: /home/deploy/.ssh/authorized\\_keys (deploy's authorized\\_keys) is written by kiln"),
+        "{md}"
+    );
+    let human = kiln::plan::render::render_plan(&plan, &kiln::ui::Paint::plain());
+    assert!(
+        human.contains(
+            "\n  warning: applying this locks kiln out (--i-know-this-locks-me-out): the firewall"
+        ),
+        "{human}"
+    );
+    assert!(
+        human.contains("\n  lockout check: /home/deploy/.ssh/authorized_keys"),
+        "{human}"
+    );
+    // Refused: the row is the error, the changes are gone.
+    plan.hosts[0].lockout.overridden = false;
+    plan.refuse_lockouts(false);
+    let md = render_markdown(
+        &plan,
+        &Notes {
+            offline: false,
+            placeholders: &[],
+        },
+    );
+    assert!(md.contains("| web1 | 10.0.0.2 | 0 | 0 | 0 | 0 | 0 | ❌ applying this would lock kiln out: the firewall"), "{md}");
 }
 
 #[test]

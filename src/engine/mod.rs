@@ -6,11 +6,13 @@
 mod connections;
 mod gather;
 mod load;
+mod lockout;
 mod plan;
 
 pub use connections::{connector, Connections};
 pub use gather::{gather, Gathered, FACTS_TIMEOUT};
 pub use load::{load, load_env, load_with, Loaded};
+pub use lockout::kiln_key;
 pub use plan::{make_plan, now_rfc3339, offline_plan};
 
 /// A name for this run in host locks: user@machine pid time.

@@ -5,13 +5,27 @@ use anyhow::Result;
 
 use super::{gather, Connections, Loaded};
 use crate::facts::HostFacts;
+use crate::plan::lockout::{self, KilnKey};
 use crate::plan::{build, HostPlan, Plan, PLAN_FORMAT};
 
-/// Reads every host and builds the plan.
+/// Reads every host and builds the plan, each host's with its lockout check (judged here,
+/// refused or not by the command: `Plan::refuse_lockouts`).
 pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan> {
     let seal_key = crate::plan::seal::load_key()?;
+    let keys: Vec<KilnKey> = loaded
+        .desired
+        .hosts
+        .iter()
+        .map(|h| super::lockout::kiln_key(&h.connection))
+        .collect();
+    let redactor = loaded.env.redactor();
+    // The host's own facts, and what the lockout check needs (the SSH session, when a rule
+    // kiln writes admits SSH by address): still one script per host.
     let gathered = gather(loaded, conns, |h| {
-        build::host_queries(&loaded.desired.hosts[h])
+        let host = &loaded.desired.hosts[h];
+        let mut q = build::host_queries(host);
+        q.extend(lockout::queries(host, &keys[h]));
+        q
     })
     .await;
     let mut hosts = vec![];
@@ -34,9 +48,13 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
                 after_hosts: vec![],
                 error: Some(e.clone()),
                 facts_ms: 0,
+                lockout: Default::default(),
             },
         };
         hp.facts_ms = g.ms;
+        if let Ok(f) = &g.facts {
+            hp.lockout = super::lockout::check(host, &keys[h], Some(f), &redactor);
+        }
         hosts.push(hp);
         all_facts.push(g.facts.ok());
     }
@@ -73,20 +91,27 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
 }
 
 /// The plan against bare hosts, built with no connection: checks the whole spec (templates
-/// rendered, graph acyclic, resources valid) and shows everything a fresh host would get.
+/// rendered, graph acyclic, resources valid) and shows everything a fresh host would get,
+/// and the lockout check of what it can judge without a host.
 pub fn offline_plan(loaded: &Loaded) -> Result<Plan> {
     let seal_key = crate::plan::seal::load_key()?;
     let bare = HostFacts::default();
+    let redactor = loaded.env.redactor();
     let hosts = (0..loaded.desired.hosts.len())
         .map(|h| {
-            build::host_plan_selected(
+            let host = &loaded.desired.hosts[h];
+            let mut hp = build::host_plan_selected(
                 &loaded.desired,
                 &loaded.graph,
                 h,
                 &bare,
                 &seal_key,
                 loaded.selection.as_ref(),
-            )
+            );
+            // No host read: no source address, nothing of the host's current files.
+            let key = super::lockout::kiln_key(&host.connection);
+            hp.lockout = super::lockout::check(host, &key, None, &redactor);
+            hp
         })
         .collect();
     Ok(Plan {

@@ -23,6 +23,7 @@ pub use kinds::group::GroupFact;
 pub use kinds::package::PackageFact;
 pub use kinds::path::{PathFact, PathKind};
 pub use kinds::service::ServiceFact;
+pub use kinds::ssh_session::{SshEndpoints, SshSessionFact};
 pub use kinds::user::UserFact;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,9 @@ pub enum FactQuery {
         cluster: String,
         config: Vec<String>,
     },
+    /// kiln's own SSH session as the host sees it (`$SSH_CONNECTION`), for the lockout
+    /// check: asked only when a rule kiln renders admits SSH by source address.
+    SshSession,
 }
 
 impl FactQuery {
@@ -107,6 +111,9 @@ pub struct HostFacts {
     /// Galera node state, by cluster name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub galera: BTreeMap<String, galera::GaleraFact>,
+    /// kiln's SSH session (when asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_session: Option<SshSessionFact>,
 }
 
 impl HostFacts {

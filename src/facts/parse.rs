@@ -141,6 +141,7 @@ mod tests {
                 FactQuery::DirList { path } => facts.dirs.contains_key(path),
                 FactQuery::Pending => true,
                 FactQuery::Galera { cluster, .. } => facts.galera.contains_key(cluster),
+                FactQuery::SshSession => facts.ssh_session.is_some(),
             };
             assert!(present, "no entry for {query:?}");
         }

@@ -68,9 +68,15 @@ pub struct PlanArgs {
     pub offline: bool,
     #[command(flatten)]
     pub select: TargetArgs,
+    /// Plan a host even though applying it would lock kiln out of it (its SSH source
+    /// range, key, user, sudo or port): the refusal becomes a warning, recorded in a saved
+    /// plan. `kiln apply` needs it too.
+    #[arg(long = "i-know-this-locks-me-out")]
+    pub i_know_this_locks_me_out: bool,
 }
 
-/// Exit code: 0 no changes, 2 changes (with `detailed_exitcode`), 1 when a host failed.
+/// Exit code: 0 no changes, 2 changes (with `detailed_exitcode`), 1 when a host failed —
+/// or would lock kiln out (`--i-know-this-locks-me-out` makes that a warning).
 pub async fn run(args: PlanArgs) -> Result<i32> {
     if args.offline && args.out.is_some() {
         anyhow::bail!("an --offline plan describes bare hosts and cannot be saved for apply");
@@ -83,6 +89,10 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
         let mut conns = Connections::ssh(&loaded.env);
         make_plan(&loaded, &mut conns).await?
     };
+    let mut plan = plan;
+    for w in plan.refuse_lockouts(args.i_know_this_locks_me_out) {
+        eprintln!("warning: {w}");
+    }
     if args.offline && args.format == PlanFormat::Human {
         println!(
             "Offline: no host was contacted; this is the plan for bare hosts. \

@@ -155,6 +155,8 @@ pub async fn run(
         lock_timeout: 10,
         format: super::plan::Format::Human,
         select: Default::default(),
+        // A rebuilt host that would lock kiln out is refused like any other apply.
+        i_know_this_locks_me_out: false,
     })
     .await?;
     phases.push(Phase {

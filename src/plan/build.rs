@@ -75,6 +75,7 @@ pub fn host_plan_selected(
         after_hosts: graph.host_dependencies(desired, h),
         error: None,
         facts_ms: 0,
+        lockout: Default::default(),
     };
     let mut predicted = Predicted {
         managed_paths: host

@@ -220,11 +220,19 @@ pub fn render_markdown(plan: &Plan, notes: &Notes) -> String {
     );
     for h in &plan.hosts {
         let n = counts(&h.changes);
-        let status = match &h.error {
+        let mut status = match &h.error {
             Some(e) => format!("❌ {}", html(e)),
             None if h.changes.is_empty() => "✅ no changes".to_string(),
             None => "changes".to_string(),
         };
+        if h.error.is_none() && !h.lockout.reasons.is_empty() {
+            let w = if h.lockout.overridden {
+                h.lockout.warning()
+            } else {
+                format!("would lock kiln out: {}", h.lockout.reasons.join("; "))
+            };
+            status.push_str(&format!("<br>⚠️ {}", html(&w)));
+        }
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -237,6 +245,22 @@ pub fn render_markdown(plan: &Plan, notes: &Notes) -> String {
             n.cluster,
             cell(&status)
         );
+    }
+    let notes: Vec<String> = plan
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            h.lockout
+                .not_checked
+                .iter()
+                .map(move |n| format!("> {}: lockout check: {}", code(&h.host), text(n)))
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            let _ = writeln!(out, "{n}");
+        }
     }
     out.push_str(&cluster_overview(plan));
     for h in &plan.hosts {

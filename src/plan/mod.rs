@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod graph;
+pub mod lockout;
 pub mod markdown;
 pub mod render;
 pub mod seal;
@@ -16,8 +17,12 @@ use serde::{Deserialize, Serialize};
 
 pub use step::{Content, HandlerAction, OnChange, Step, SystemctlVerb};
 
-/// Version of the saved-plan format; a plan with another version is refused.
-pub const PLAN_FORMAT: u32 = 1;
+/// Version of the saved-plan format; a plan with another version is refused. 2: host plans
+/// carry the lockout check's result (a plan of format 1 was never checked).
+pub const PLAN_FORMAT: u32 = 2;
+
+/// The flag that applies a plan the lockout check refuses.
+pub const LOCKOUT_FLAG: &str = "--i-know-this-locks-me-out";
 
 /// Closed set of actions, with the symbols the human output shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +147,47 @@ pub struct HostPlan {
     /// Wall time of the fact gathering, for reports.
     #[serde(default)]
     pub facts_ms: u64,
+    /// Would applying this plan lock kiln out of the host (see `plan::lockout`)?
+    #[serde(default, skip_serializing_if = "Lockout::is_empty")]
+    pub lockout: Lockout,
+}
+
+/// What the lockout check (`plan::lockout`) found for a host: each way applying the plan
+/// would take kiln's own SSH access away (its source range, its key, its user, sudo, the
+/// port), and what it could not judge and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lockout {
+    /// Each way kiln would be locked out; empty: none found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// What was not checked, and why (no source address offline, no key named, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_checked: Vec<String>,
+    /// The plan was made with `--i-know-this-locks-me-out`: the reasons were warnings.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overridden: bool,
+}
+
+impl Lockout {
+    pub fn is_empty(&self) -> bool {
+        self.reasons.is_empty() && self.not_checked.is_empty() && !self.overridden
+    }
+
+    /// The host's error when the plan is refused.
+    pub fn refusal(&self) -> String {
+        format!(
+            "applying this would lock kiln out: {} (pass {LOCKOUT_FLAG} to plan and apply if this is intended)",
+            self.reasons.join("; ")
+        )
+    }
+
+    /// The warning when it is not (`--i-know-this-locks-me-out`).
+    pub fn warning(&self) -> String {
+        format!(
+            "applying this locks kiln out ({LOCKOUT_FLAG}): {}",
+            self.reasons.join("; ")
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +303,29 @@ impl Plan {
             }
         }
         out
+    }
+
+    /// The lockout check's verdict, before anything is applied: a host whose plan would
+    /// lock kiln out is refused — its error says why and its changes are dropped, so none of
+    /// them runs and the hosts after it wait in vain — unless `allow`
+    /// (`--i-know-this-locks-me-out`), which keeps it and records the override. Returns
+    /// the warnings of the hosts kept that way, `host: warning`.
+    pub fn refuse_lockouts(&mut self, allow: bool) -> Vec<String> {
+        let mut warnings = vec![];
+        for h in &mut self.hosts {
+            if h.lockout.reasons.is_empty() || h.error.is_some() {
+                continue;
+            }
+            if allow {
+                h.lockout.overridden = true;
+                warnings.push(format!("{}: {}", h.host, h.lockout.warning()));
+            } else {
+                h.lockout.overridden = false;
+                h.error = Some(h.lockout.refusal());
+                h.changes.clear();
+            }
+        }
+        warnings
     }
 
     pub fn change_count(&self) -> usize {

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::step::galera::steps_of;
-use super::{Action, Change, Plan, Shown};
+use super::{Action, Change, HostPlan, Plan, Shown};
 use crate::ui::Paint;
 
 pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
@@ -24,20 +24,21 @@ pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
         );
         if let Some(e) = &host.error {
             let _ = writeln!(out, "  {}", paint.red(&format!("error: {e}")));
-            continue;
-        }
-        if host.changes.is_empty() {
+        } else if host.changes.is_empty() {
             let _ = writeln!(out, "  {}", paint.dim("no changes"));
-            continue;
+        } else {
+            let _ = writeln!(
+                out,
+                "  {} change{}",
+                host.changes.len(),
+                if host.changes.len() == 1 { "" } else { "s" }
+            );
         }
-        let _ = writeln!(
-            out,
-            "  {} change{}",
-            host.changes.len(),
-            if host.changes.len() == 1 { "" } else { "s" }
-        );
-        for c in &host.changes {
-            render_change(&mut out, c, paint);
+        render_lockout(&mut out, host, paint);
+        if host.error.is_none() {
+            for c in &host.changes {
+                render_change(&mut out, c, paint);
+            }
         }
     }
     out.push_str(&render_overview(plan, paint));
@@ -60,6 +61,24 @@ pub fn render_plan(plan: &Plan, paint: &Paint) -> String {
     }
     out.push_str(".\n");
     out
+}
+
+/// The lockout check's lines under a host's header: a warning when the host would lock
+/// kiln out and is not refused (overridden, or a command that does not refuse), then what
+/// it could not check.
+fn render_lockout(out: &mut String, host: &HostPlan, paint: &Paint) {
+    let l = &host.lockout;
+    if !l.reasons.is_empty() && host.error.is_none() {
+        let text = if l.overridden {
+            l.warning()
+        } else {
+            format!("would lock kiln out: {}", l.reasons.join("; "))
+        };
+        let _ = writeln!(out, "  {}", paint.yellow(&format!("warning: {text}")));
+    }
+    for n in &l.not_checked {
+        let _ = writeln!(out, "  {}", paint.dim(&format!("lockout check: {n}")));
+    }
 }
 
 fn symbol(a: Action, paint: &Paint) -> String {

@@ -16,6 +16,7 @@ pub mod package;
 pub mod path;
 pub mod pending;
 pub mod service;
+pub mod ssh_session;
 pub mod user;
 
 #[cfg(test)]
@@ -101,6 +102,7 @@ pub(crate) fn kind_of(query: &FactQuery) -> &'static dyn FactKind {
         FactQuery::DirList { .. } => &dir_list::DirList,
         FactQuery::Pending => &pending::Pending,
         FactQuery::Galera { .. } => &galera::Galera,
+        FactQuery::SshSession => &ssh_session::SshSession,
     }
 }
 
@@ -147,6 +149,7 @@ mod tests {
                 cluster: "c".into(),
                 config: vec![],
             },
+            FactQuery::SshSession,
         ]
     }
 

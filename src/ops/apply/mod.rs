@@ -42,6 +42,11 @@ pub struct ApplyArgs {
     /// Not with a saved plan: it records its own selection.
     #[command(flatten)]
     pub select: TargetArgs,
+    /// Apply a host even though it would lock kiln out of it (its SSH source range, key,
+    /// user, sudo or port); without it such a host is refused before it is touched. A
+    /// saved plan needs it again here, even when it was made with it.
+    #[arg(long = "i-know-this-locks-me-out")]
+    pub i_know_this_locks_me_out: bool,
 }
 
 pub async fn run(args: ApplyArgs) -> Result<i32> {
@@ -80,13 +85,15 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         let loaded = load(&env_file, Some(&hosts.join(",")))?;
         let mut conns = Connections::ssh(&loaded.env);
         refused = refuse_stale(&loaded, &mut conns, &mut plan, &paint).await?;
+        lockouts(&mut plan, args.i_know_this_locks_me_out);
         show(&plan, &loaded.env);
         (loaded, plan, conns)
     } else {
         let mut loaded = load(&args.target, args.limit.as_deref())?;
         loaded.select(&args.select.targets, &args.select.exclude)?;
         let mut conns = Connections::ssh(&loaded.env);
-        let plan = make_plan(&loaded, &mut conns).await?;
+        let mut plan = make_plan(&loaded, &mut conns).await?;
+        lockouts(&mut plan, args.i_know_this_locks_me_out);
         show(&plan, &loaded.env);
         (loaded, plan, conns)
     };
@@ -144,6 +151,15 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         output::print_json(&plan, refused, &outcomes, clusters_ok, code)?;
     }
     seed_after(&loaded, &args, code).await
+}
+
+/// The lockout check's verdict (recorded in the plan, a saved one too): a host that would
+/// lock kiln out is refused before anything runs on it (its error says why), unless
+/// `allow` — then it is a warning on standard error.
+fn lockouts(plan: &mut crate::plan::Plan, allow: bool) {
+    for w in plan.refuse_lockouts(allow) {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// An environment with `[seed]` gets its databases from the source once, after an apply
