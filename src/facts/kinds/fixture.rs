@@ -181,13 +181,20 @@ pub(crate) fn captured() -> HostFacts {
 
 /// Runs `script` with `sh -s`, the way kiln runs it on a host.
 pub(crate) fn run_sh(script: &str) -> String {
-    let mut child = Command::new("sh")
-        .arg("-s")
+    let mut sh = Command::new("sh");
+    sh.arg("-s");
+    run_piped(sh, script)
+}
+
+/// Runs `cmd` with `script` on its standard input; its standard output, after asserting
+/// that it succeeded.
+pub(crate) fn run_piped(mut cmd: Command, script: &str) -> String {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn sh");
+        .expect("spawn");
     child
         .stdin
         .take()

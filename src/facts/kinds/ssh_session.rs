@@ -135,8 +135,7 @@ impl FactKind for SshSession {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     use crate::facts::parse::parse_facts;
     use crate::facts::script::fact_script;
@@ -153,26 +152,8 @@ mod tests {
         for (k, v) in env {
             c.arg(format!("{k}={v}"));
         }
-        let mut child = c
-            .args(["sh", "-c", outer])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sh");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        c.args(["sh", "-c", outer]);
+        crate::facts::kinds::fixture::run_piped(c, &script)
     }
 
     fn seen(output: &str) -> Option<SshEndpoints> {
