@@ -117,7 +117,10 @@ fn config_names_every_node_and_binds_to_its_own_address() {
         nft.contains("127.0.0.0/8, 10.0.0.1, 10.0.0.2, 10.0.0.3 }"),
         "{nft}"
     );
-    assert!(nft.contains("127.0.0.0/8, 10.0.0.9, 192.0.2.7 }"), "{nft}");
+    assert!(
+        nft.contains("127.0.0.0/8, 10.0.0.2, 10.0.0.3, 10.0.0.9, 192.0.2.7 }"),
+        "{nft}"
+    );
     assert!(nft.contains("tcp dport { 3306, 4444, 4567, 4568 } drop"));
     // No secret in any rendered file, and the config notifies no service.
     let db1 = f.desired.host("db1").unwrap();

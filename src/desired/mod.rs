@@ -4,6 +4,7 @@
 
 pub mod cycles;
 pub mod fail;
+pub mod inbound;
 pub mod render;
 
 use std::path::PathBuf;
@@ -112,10 +113,22 @@ pub fn expand(
     hosts: &[String],
     lab_key: Option<PathBuf>,
 ) -> Result<Desired, SpecErrors> {
-    let renderer = Renderer::new(env);
-    let canaries = (!env.secrets.is_empty()).then(|| Renderer::with_canaries(env));
+    let mut renderer = Renderer::new(env);
+    let mut canaries = (!env.secrets.is_empty()).then(|| Renderer::with_canaries(env));
     let mut errors = vec![];
     let mut out = vec![];
+    // The firewall openings first: every template of a host may render them.
+    for name in hosts {
+        match inbound::for_host(env, &renderer, name) {
+            Ok(list) => {
+                renderer.set_inbound(name, &list);
+                if let Some(c) = canaries.as_mut() {
+                    c.set_inbound(name, &list);
+                }
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
     for name in hosts {
         match expand_host(env, &renderer, name, lab_key.clone()) {
             Ok(mut h) => {
@@ -169,19 +182,8 @@ fn expand_host(
     let mut errors: Vec<SpecError> = vec![];
     let mut resources: Vec<Resource> = vec![];
     let mut checks = vec![];
-    let mut seen_modules: Vec<&str> = vec![];
-    for role in &host.roles {
-        let Some(r) = env.spec.roles.get(role) else {
-            continue;
-        };
-        for m in &r.modules {
-            if seen_modules.contains(&m.as_str()) {
-                continue;
-            }
-            seen_modules.push(m);
-            let Some(module) = env.modules.get(m) else {
-                continue;
-            };
+    {
+        for module in inbound::host_modules(env, name) {
             let params = match module_params(env, module, name) {
                 Ok(p) => p,
                 Err(e) => {
@@ -425,7 +427,11 @@ pub fn split_ref(r: &str) -> (Option<&str>, &str) {
 }
 
 /// Module defaults, then the environment's `[modules.M]`, then the host's.
-fn module_params(env: &Environment, module: &Module, host: &str) -> Result<toml::Table, SpecError> {
+pub(crate) fn module_params(
+    env: &Environment,
+    module: &Module,
+    host: &str,
+) -> Result<toml::Table, SpecError> {
     let mut params = toml::Table::new();
     for (k, p) in &module.spec.params {
         if let Some(d) = &p.default {

@@ -67,6 +67,19 @@ impl TemplateDirs {
     }
 }
 
+/// `u` with its host part replaced by `addresses[host]` when it names one.
+fn host_url(u: &str, addresses: &std::collections::HashMap<String, String>) -> String {
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return u.to_string();
+    };
+    let end = rest.find([':', '/', '?', '#']).unwrap_or(rest.len());
+    match addresses.get(&rest[..end]) {
+        Some(a) if a.contains(':') => format!("{scheme}://[{a}]{}", &rest[end..]),
+        Some(a) => format!("{scheme}://{a}{}", &rest[end..]),
+        None => u.to_string(),
+    }
+}
+
 /// Adds `item` (the current `for_each` element) to a context.
 pub fn with_item(ctx: &Value, item: Value) -> Value {
     minijinja::context! { item => item, ..ctx.clone() }
@@ -110,14 +123,52 @@ impl Renderer {
         jinja.add_function("fail", |msg: String| -> Result<String, minijinja::Error> {
             Err(super::fail::fail_error(msg))
         });
+        // `{{ addresses | ipv4 }}`, `| ipv6`: the addresses and networks of one family (a
+        // host name counts as IPv4: nft resolves it so in `ip saddr`).
+        jinja.add_filter("ipv4", |v: Vec<String>| -> Vec<String> {
+            v.into_iter()
+                .filter(|a| !super::inbound::is_ipv6(a))
+                .collect()
+        });
+        jinja.add_filter("ipv6", |v: Vec<String>| -> Vec<String> {
+            v.into_iter()
+                .filter(|a| super::inbound::is_ipv6(a))
+                .collect()
+        });
+        // `{{ names | addresses }}`: the environment's host names replaced by their
+        // addresses (a host without one keeps its name); anything else kept as is.
+        let address_of: std::collections::HashMap<String, String> = env
+            .spec
+            .hosts
+            .iter()
+            .filter_map(|(n, h)| h.address.clone().map(|a| (n.clone(), a)))
+            .collect();
+        let urls = address_of.clone();
+        jinja.add_filter("addresses", move |v: Vec<String>| -> Vec<String> {
+            v.into_iter()
+                .map(|a| address_of.get(&a).cloned().unwrap_or(a))
+                .collect()
+        });
+        // `{{ url | host_url }}`: `scheme://HOST[:port]/…` with an environment host's name
+        // replaced by its address (`http://storage:9000` works where nothing resolves the
+        // environment's names, and follows the host when `kiln clone` moves it).
+        jinja.add_filter("host_url", move |u: String| -> String {
+            host_url(&u, &urls)
+        });
+        // Every host with the modules it runs (`hosts.web.modules`), so a module can
+        // derive what it needs from the rest of the environment (monitoring targets, say).
         let hosts: serde_json::Map<String, serde_json::Value> = env
             .spec
             .hosts
             .iter()
             .map(|(n, h)| {
+                let modules: Vec<&str> = super::inbound::host_modules(env, n)
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect();
                 (
                     n.clone(),
-                    json!({ "name": n, "address": h.address, "roles": h.roles }),
+                    json!({ "name": n, "address": h.address, "roles": h.roles, "modules": modules }),
                 )
             })
             .collect();
@@ -138,7 +189,7 @@ impl Renderer {
             .map(|(n, h)| {
                 let mut vars = env.spec.vars.clone();
                 vars.extend(h.vars.clone());
-                (n.clone(), json!({ "host": { "name": n, "address": h.address, "roles": h.roles }, "vars": vars }))
+                (n.clone(), json!({ "host": { "name": n, "address": h.address, "roles": h.roles, "inbound": [] }, "vars": vars }))
             })
             .collect();
         Renderer {
@@ -147,6 +198,22 @@ impl Renderer {
             host_vars,
             templates,
             redactor: env.redactor(),
+        }
+    }
+
+    /// Sets `host.inbound` of `host`: the firewall openings its modules declare
+    /// ([`super::inbound`]).
+    pub fn set_inbound(&mut self, host: &str, inbound: &[super::inbound::Inbound]) {
+        if let Some(h) = self
+            .host_vars
+            .get_mut(host)
+            .and_then(|v| v.get_mut("host"))
+            .and_then(|v| v.as_object_mut())
+        {
+            h.insert(
+                "inbound".into(),
+                serde_json::to_value(inbound).unwrap_or_default(),
+            );
         }
     }
 
@@ -469,4 +536,27 @@ fn single_expression(s: &str) -> Option<&str> {
         return None;
     }
     Some(inner.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_url_replaces_an_environment_host_only() {
+        let a: std::collections::HashMap<String, String> = [
+            ("storage".to_string(), "10.0.0.30".to_string()),
+            ("v6".to_string(), "2001:db8::30".to_string()),
+        ]
+        .into();
+        assert_eq!(host_url("http://storage:9000", &a), "http://10.0.0.30:9000");
+        assert_eq!(host_url("https://storage/x?y", &a), "https://10.0.0.30/x?y");
+        assert_eq!(host_url("http://v6:9000", &a), "http://[2001:db8::30]:9000");
+        assert_eq!(host_url("http://storage2:9000", &a), "http://storage2:9000");
+        assert_eq!(
+            host_url("https://s3.example.com", &a),
+            "https://s3.example.com"
+        );
+        assert_eq!(host_url("", &a), "");
+    }
 }

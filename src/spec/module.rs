@@ -23,6 +23,33 @@ pub struct ModuleSpec {
     pub resource: Vec<toml::Table>,
     #[serde(default)]
     pub check: Vec<CheckSpec>,
+    /// What the module listens on and who may connect: the firewall openings derived for
+    /// every host of the module (`desired::inbound`), rendered by debian-base's firewall.
+    #[serde(default)]
+    pub listen: Vec<ListenSpec>,
+}
+
+/// One port a module serves to other hosts (`[[listen]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSpec {
+    /// The port: a number, or a template giving one (`"{{ params.port }}"`).
+    pub port: toml::Value,
+    /// `tcp` (the default) or `udp`.
+    #[serde(default)]
+    pub proto: Option<String>,
+    /// An expression giving who may connect, a list of: environment host names, role
+    /// names (`role:NAME` or a bare role name), `module:NAME` (every host of the
+    /// environment running that module), addresses and networks, or `any`. Each is turned
+    /// into addresses from the environment; the host itself is left out; an empty result
+    /// opens nothing.
+    pub from: String,
+    /// An expression: the port is opened only when it holds.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// What the port serves (a comment in the firewall).
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
