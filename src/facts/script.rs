@@ -25,7 +25,7 @@
 //! * `@@kiln:begin` — always first.
 //! * one section per query, or per batched kind; what each prints is documented with its
 //!   kind in [`crate::facts::kinds`] (`packages`, `apt-lists`, `path`, `user`, `group`,
-//!   `services`, `guard`, `dir`, `pending`, `galera`, `ssh-session`).
+//!   `services`, `guard`, `dir`, `pending`, `galera`, `ssh-session`, `certs`).
 //! * `@@kiln:end` — always last; its absence means the output was truncated.
 //!
 //! This file only batches: it orders the queries, plans the sections, and puts each

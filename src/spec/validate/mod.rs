@@ -288,6 +288,19 @@ pub fn resources(
                 if let Some(p) = &c.creates {
                     check("creates", p, abs_path);
                 }
+                if let Some(crate::resource::Due::Certs(d)) = &c.due {
+                    check("due.certs.live", &d.live, abs_path);
+                    if let Some(r) = &d.renewal {
+                        check("due.certs.renewal", r, abs_path);
+                    }
+                    for (i, cert) in d.certificates.iter().enumerate() {
+                        check(
+                            &format!("due.certs.certificates[{i}].name"),
+                            &cert.name,
+                            word,
+                        );
+                    }
+                }
             }
             Kind::GaleraNode(g) => {
                 check("cluster", &g.cluster, word);
