@@ -18,6 +18,8 @@ use crate::transport::{Connector, Transport};
 pub struct Connections {
     connector: Arc<dyn Connector>,
     pub by_host: HashMap<String, Arc<dyn Transport>>,
+    /// Time each section of the fact scripts on the host (`kiln plan --timings`).
+    pub timings: bool,
 }
 
 impl Connections {
@@ -25,6 +27,7 @@ impl Connections {
         Connections {
             connector,
             by_host: HashMap::new(),
+            timings: false,
         }
     }
 

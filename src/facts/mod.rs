@@ -16,6 +16,7 @@ pub mod kinds;
 pub mod parse;
 pub mod script;
 pub mod section;
+pub mod timings;
 
 pub use kinds::apt_lists::{self, AptListsFact};
 pub use kinds::certs::{CertDecl, CertsCheck, CertsFact, CertsRules};
