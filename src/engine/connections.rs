@@ -20,6 +20,8 @@ pub struct Connections {
     pub by_host: HashMap<String, Arc<dyn Transport>>,
     /// Time each section of the fact scripts on the host (`kiln plan --timings`).
     pub timings: bool,
+    /// Print a line when each host's facts are read (`kiln apply` without a terminal).
+    pub progress_lines: bool,
 }
 
 impl Connections {
@@ -28,6 +30,7 @@ impl Connections {
             connector,
             by_host: HashMap::new(),
             timings: false,
+            progress_lines: false,
         }
     }
 

@@ -93,6 +93,14 @@ pub async fn gather(
                 if let Some(t) = &mut timings {
                     t.total_ms = elapsed.as_millis() as u64;
                 }
+                if conns.progress_lines {
+                    let how = if res.is_ok() { "read" } else { "not read" };
+                    eprintln!(
+                        "[{:>7.1} s] {}: facts {how}",
+                        elapsed.as_secs_f64(),
+                        host.name
+                    );
+                }
                 out.push(Gathered {
                     facts: res.map_err(|e| redactor.redact(&e)),
                     ms: elapsed.as_millis() as u64,
