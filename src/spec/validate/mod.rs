@@ -232,9 +232,14 @@ pub fn resources(
     for r in resources {
         let key = &r.origin.key;
         let mut bad: Vec<(String, String)> = vec![];
+        // `field` is one key, or a dotted path of simple keys (`due.certs.live`).
         let mut check = |field: &str, value: &str, f: Check| {
             if let Err(msg) = f(value) {
-                bad.push((join_key(key, field), msg));
+                let at = match field.contains('.') {
+                    true => format!("{key}.{field}"),
+                    false => join_key(key, field),
+                };
+                bad.push((at, msg));
             }
         };
         match &r.kind {
