@@ -6,12 +6,13 @@
 //!
 //! Section `@@kiln:certs <index> <live dir>`: `now <epoch>` (the host's clock, which the
 //! host-side script judged by too), then for each directory `NAME` under the live
-//! directory `entry <base64 NAME>`, followed by `key yes` when `NAME/privkey.pem` is a
-//! non-empty file (a `test -s`: the key is never read) and `fullchain <base64 PEM>` when
+//! directory `entry NAME`, followed by `key yes` when `NAME/privkey.pem` is a non-empty
+//! file (a `test -s`: the key is never read) and `fullchain <base64 PEM>` when
 //! `NAME/fullchain.pem` is non-empty (`fullchain large` above [`MAX_FULLCHAIN_BYTES`]);
-//! then `renewal <base64 NAME>` for each `NAME.conf` of the renewal directory (certbot's
-//! `/etc/letsencrypt/renewal`), when the query names one. Names travel base64-encoded, so
-//! nothing in them can forge a marker or a line.
+//! then `renewal NAME` for each `NAME.conf` of the renewal directory (certbot's
+//! `/etc/letsencrypt/renewal`), when the query names one. A name of other characters than
+//! letters, digits, `.`, `_` and `-` travels base64-encoded (`entry64`, `renewal64`), so
+//! nothing in it can forge a marker or a line; the others cost the host no process.
 //!
 //! The decision ([`CertsFact::due`]) parses the certificates with `x509-parser`: which are
 //! missing, placeholders, for other names or within the renewal window, and which
@@ -30,6 +31,8 @@ use crate::shell::quote as sh_quote;
 
 /// A fullchain larger than this is not sent (a real chain is a few KiB).
 pub const MAX_FULLCHAIN_BYTES: u64 = 65536;
+/// [`MAX_FULLCHAIN_BYTES`] as base64 characters.
+const MAX_B64: u64 = MAX_FULLCHAIN_BYTES.div_ceil(3) * 4;
 
 /// What a live directory holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,12 +232,17 @@ impl FactKind for Certs {
         s.push_str(&format!("\tfor kiln_d in {}/*; do\n", sh_quote(live)));
         s.push_str(&format!(
             r#"		[ -d "$kiln_d" ] || continue
-		printf 'entry %s\n' "$(printf '%s' "${{kiln_d##*/}}" | base64 -w0)"
+		kiln_n=${{kiln_d##*/}}
+		case $kiln_n in
+		*[!A-Za-z0-9._-]*) printf 'entry64 %s\n' "$(printf '%s' "$kiln_n" | base64 -w0)" ;;
+		*) printf 'entry %s\n' "$kiln_n" ;;
+		esac
 		[ -s "$kiln_d/privkey.pem" ] && [ -f "$kiln_d/privkey.pem" ] && printf 'key yes\n'
-		if [ -s "$kiln_d/fullchain.pem" ] && [ -f "$kiln_d/fullchain.pem" ]; then
-			if [ "$(stat -L -c %s -- "$kiln_d/fullchain.pem" 2>/dev/null || echo 0)" -gt {MAX_FULLCHAIN_BYTES} ]; then
+		if [ -s "$kiln_d/fullchain.pem" ] && [ -f "$kiln_d/fullchain.pem" ] \
+			&& kiln_c=$(base64 -w0 <"$kiln_d/fullchain.pem" 2>/dev/null); then
+			if [ "${{#kiln_c}}" -gt {MAX_B64} ]; then
 				printf 'fullchain large\n'
-			elif kiln_c=$(base64 -w0 <"$kiln_d/fullchain.pem" 2>/dev/null); then
+			else
 				printf 'fullchain %s\n' "$kiln_c"
 			fi
 		fi
@@ -249,7 +257,11 @@ impl FactKind for Certs {
             s.push_str(
                 r#"		[ -e "$kiln_r" ] || continue
 		kiln_r=${kiln_r##*/}
-		printf 'renewal %s\n' "$(printf '%s' "${kiln_r%.conf}" | base64 -w0)"
+		kiln_r=${kiln_r%.conf}
+		case $kiln_r in
+		*[!A-Za-z0-9._-]*) printf 'renewal64 %s\n' "$(printf '%s' "$kiln_r" | base64 -w0)" ;;
+		*) printf 'renewal %s\n' "$kiln_r" ;;
+		esac
 	done
 "#,
             );
@@ -273,12 +285,18 @@ impl FactKind for Certs {
             match key_value(text) {
                 ("", "") => {}
                 ("now", value) => now = Some(parse_num(section, line, text, value)?),
-                ("entry", value) => {
-                    let name = text_of(line, text, value)?;
+                (k @ ("entry" | "entry64"), value) => {
+                    let name = match k {
+                        "entry" => value.to_string(),
+                        _ => text_of(line, text, value)?,
+                    };
                     fact.live.insert(name.clone(), LiveCert::default());
                     current = Some(name);
                 }
                 ("renewal", value) => {
+                    fact.renewal.insert(value.to_string());
+                }
+                ("renewal64", value) => {
                     fact.renewal.insert(text_of(line, text, value)?);
                 }
                 (k @ ("key" | "fullchain"), value) => {
