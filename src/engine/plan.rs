@@ -49,9 +49,11 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
                 error: Some(e.clone()),
                 facts_ms: 0,
                 lockout: Default::default(),
+                timings: None,
             },
         };
         hp.facts_ms = g.ms;
+        hp.timings = g.timings.clone();
         if let Ok(f) = &g.facts {
             hp.lockout = super::lockout::check(host, &keys[h], Some(f), &redactor);
         }
