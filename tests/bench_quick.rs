@@ -2,7 +2,8 @@
 //! sample of every measurement), so that the harness cannot rot. It needs root (the lab),
 //! the network for apt through the lab's cache, and `bench/.venv` with ansible-core and
 //! pyinfra, which `.ci/run` creates in its "bench venv" stage. Without the venv this test
-//! fails and says how to make it; it never skips.
+//! fails and says how to make it; it never skips. It also fails when the host's no-op plan
+//! takes more than twice `ssh HOST true` measured in the same run (issue 19).
 
 mod common;
 
@@ -103,4 +104,14 @@ fn bench_quick_mode_measures_everything_and_all_tools_converge_equal() {
             );
         }
     }
+    // Issue 19: the web-like host's no-op plan (`dry_kiln`: `kiln plan`, one fact script)
+    // costs at most twice an SSH round trip (`floor_true`: `ssh HOST true`), both measured
+    // in this run on the same host: a ratio, not an absolute time.
+    let first = |m: &str| one["samples"][m][0].as_f64().unwrap_or(f64::NAN);
+    let (plan, floor) = (first("dry_kiln"), first("floor_true"));
+    assert!(
+        plan <= 2.0 * floor,
+        "the no-op plan took {plan:.3} s, {:.2}× `ssh HOST true` ({floor:.3} s); at most 2×",
+        plan / floor
+    );
 }

@@ -20,6 +20,10 @@ fn loaded(limit: Option<&str>) -> Loaded {
         let state = std::env::temp_dir().join(format!("kiln-json-rec-{}", std::process::id()));
         std::env::set_var("XDG_STATE_HOME", &state);
         std::env::set_var("KILN_REC_API_TOKEN", TOKEN);
+        // The seal key of this fresh state directory, made once here: tests running in
+        // parallel threads would otherwise each make one, and a plan sealed with one key
+        // would be checked with another.
+        kiln::plan::seal::load_key().expect("seal key");
     });
     let env = fixtures().join("repo/environments/rec.toml");
     load(env.to_str().unwrap(), limit).expect("the fixture environment loads")

@@ -424,12 +424,19 @@ fn exists(p: &Path) -> bool {
 }
 
 /// The shipped environments validate with no host and no secret: every module, template,
-/// parameter and graph edge of prod and the lab is checked offline.
+/// parameter and graph edge of prod, dr and the lab is checked offline — and prod and dr
+/// are the whole production (web, a 3-node cluster whose first formation is planned, object
+/// storage, backups), with no hand-written `ports`.
 #[test]
 fn shipped_environments_plan_offline() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let state = tempfile::tempdir().expect("tempdir");
-    for env in ["prod", "lab"] {
+    for env in ["prod", "dr", "lab"] {
+        let text = std::fs::read_to_string(repo.join(format!("environments/{env}.toml"))).unwrap();
+        assert!(
+            !text.lines().any(|l| l.trim_start().starts_with("ports")),
+            "{env}.toml lists ports by hand"
+        );
         let out = Command::cargo_bin("kiln")
             .expect("binary")
             .current_dir(&repo)
@@ -448,6 +455,35 @@ fn shipped_environments_plan_offline() {
         );
         // Secrets that cannot be read stand in as placeholders, and are redacted anyway.
         assert!(!stdout.contains("<secret "), "{stdout}");
+        if env == "lab" {
+            continue;
+        }
+        assert!(
+            stdout.contains("Secrets not read, placeholders used: "),
+            "{stdout}"
+        );
+        for host in ["web1", "db1", "db2", "db3", "storage"] {
+            assert!(stdout.contains(&format!("\n{host} (")), "{env}: no {host}");
+        }
+        for step in [
+            "db1 galera_node[prod]: bootstrap new cluster",
+            "db2 galera_node[prod]: join (waits for db1)",
+            "db3 galera_node[prod]: join (waits for db1, db2)",
+        ] {
+            assert!(stdout.contains(step), "{env}: no cluster step {step:?}");
+        }
+        // The firewall of db1 lets the web host reach MariaDB, derived from the modules.
+        let web1 = if env == "prod" {
+            "203.0.113.10"
+        } else {
+            "192.0.2.110"
+        };
+        assert!(
+            stdout.lines().any(|l| l.contains("tcp dport 3306 accept")
+                && l.contains(web1)
+                && l.contains("module mariadb-galera")),
+            "{env}: web1 not let in on 3306"
+        );
     }
 }
 

@@ -134,6 +134,7 @@ fn sample_plan() -> Plan {
         error: None,
         facts_ms: 0,
         lockout: Default::default(),
+        timings: None,
     };
     let mut db2 = host("db2", "10.0.0.12", vec![]);
     db2.error = Some("ssh to 10.0.0.12: connection refused | retried".into());

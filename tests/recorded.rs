@@ -28,6 +28,10 @@ fn setup() {
         let state = std::env::temp_dir().join(format!("kiln-recorded-{}", std::process::id()));
         std::env::set_var("XDG_STATE_HOME", &state);
         std::env::set_var("KILN_REC_API_TOKEN", TOKEN);
+        // The seal key of this fresh state directory, made once here: tests running in
+        // parallel threads would otherwise each make one, and a plan sealed with one key
+        // would be checked with another.
+        kiln::plan::seal::load_key().expect("seal key");
     });
 }
 
@@ -217,4 +221,26 @@ fn a_tape_for_other_queries_fails_loudly_not_silently() {
         err.contains("`apply` script") && err.contains("`checks` one"),
         "{err}"
     );
+}
+
+/// `kiln plan --timings` on tapes: the tapes were recorded with the untimed script, so the
+/// hosts sent no section times; the controller's own (connect, total) are there, and the
+/// plan is the same as without timings.
+#[test]
+fn timings_on_tapes_say_the_host_sent_no_section_times() {
+    let loaded = loaded(Some("web"));
+    let (_, mut plain) = replay("verify");
+    let (_, mut conns) = replay("verify");
+    conns.timings = true;
+    let rt = runtime();
+    let timed = rt.block_on(make_plan(&loaded, &mut conns)).unwrap();
+    let untimed = rt.block_on(make_plan(&loaded, &mut plain)).unwrap();
+    let web = host(&timed, "web");
+    let t = web.timings.as_ref().expect("timings asked for");
+    assert_eq!((t.script_us, t.sections.len()), (None, 0));
+    assert!(host(&untimed, "web").timings.is_none());
+    assert_eq!(web.changes, host(&untimed, "web").changes);
+    let text = kiln::plan::render::render_timings(&timed);
+    assert!(text.contains("web: total "), "{text}");
+    assert!(text.contains("the host sent no section times"), "{text}");
 }

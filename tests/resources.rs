@@ -1257,6 +1257,41 @@ fn command_unless_guard_true_is_noop_false_runs() {
     assert!(plan(&k, &HostFacts::default()).unwrap().is_some());
 }
 
+#[test]
+fn command_due_by_certs_is_decided_from_the_fact_and_asks_for_it() {
+    let k = kind(
+        "type = 'command'\nname = 'sync'\nrun = 'kiln-certs sync'\n\
+         [due.certs]\ncheck = 'sync'\nlive = '/l'\nrenewal = '/r'\nrenew_days = 30\n\
+         certificates = [{ name = 'web', domains = ['a.test'], cert_secret = 'ignored' }]",
+    );
+    let query = kiln::facts::FactQuery::Certs {
+        live: "/l".into(),
+        renewal: Some("/r".into()),
+    };
+    assert_eq!(k.facts(), vec![query.clone()]);
+    // Not read (an offline plan): a bare host, so the certificate is missing.
+    let p = planned(&k, &HostFacts::default());
+    assert_eq!(p.action, Action::Run);
+    assert_eq!(p.reason.as_deref(), Some("due: web: missing"));
+    // Only a stale renewal left on the host: due for it, and the declared one is missing.
+    let mut facts = HostFacts::default();
+    let mut fact = kiln::facts::CertsFact::default();
+    fact.renewal.insert("old".into());
+    facts.certs.insert(query.key(), fact);
+    let p = planned(&k, &facts);
+    assert_eq!(
+        p.reason.as_deref(),
+        Some("due: web: missing; old: no longer in the spec")
+    );
+    // Nothing declared, nothing on the host: not due.
+    let empty = kind(
+        "type = 'command'\nname = 'sync'\nrun = 'x'\n\
+         [due.certs]\ncheck = 'sync'\nlive = '/l'\nrenewal = '/r'\ncertificates = []",
+    );
+    facts.certs.insert(query.key(), Default::default());
+    no_change(&empty, &facts);
+}
+
 // ---------------------------------------------------------------------------------------
 // service
 // ---------------------------------------------------------------------------------------
@@ -1538,6 +1573,7 @@ fn resources_are_built_from_struct_literals_too() {
         run: "true".into(),
         creates: None,
         unless: None,
+        due: None,
         sensitive: false,
     });
     assert_eq!(k.id(), "command:c");

@@ -5,7 +5,8 @@
 //! Scenarios (in order, each building on the last): fresh apply, every URL over verified
 //! HTTPS, HTTP redirects, verify, testssl.sh's judgement of the TLS setup (Debian's
 //! `testssl.sh` package), lynis' hardening index on both hosts (Debian's `lynis`, installed
-//! on the hosts by the test), an idempotent second apply, one site's change reloads
+//! on the hosts by the test), an idempotent second apply, a no-op plan that decides the
+//! certificates on the controller (no `kiln-certs` on the host; `--timings`), one site's change reloads
 //! nginx once and touches nothing else, `--target file:/etc/nginx/nginx.conf` applies that
 //! file and its reload only, a broken template never reaches the running
 //! nginx, a removed site loses its config and its certificate renewal, `kiln clone` makes a
@@ -523,6 +524,87 @@ fn second_apply_changes_nothing(lab: &Lab) -> Result<(), String> {
     )
 }
 
+/// A converged web host's no-op plan decides its certificates on the controller: no guard
+/// section runs `kiln-certs` (openssl) on the host, the `certs` section carries them, and
+/// `--timings` names every section. Prints the no-op plan's wall time against `kiln ssh
+/// web -- true` (medians of 5, interleaved) for the report; asserts no time.
+fn noop_plan_decides_certificates_on_the_controller(lab: &Lab) -> Result<(), String> {
+    let p = lab.kiln(&[
+        "plan",
+        ENV,
+        "--limit",
+        "web",
+        "--timings",
+        "--format",
+        "json",
+    ]);
+    expect(p.code == 0, "plan --timings --format json", &p)?;
+    let plan: serde_json::Value = serde_json::from_str(&p.stdout).map_err(|e| e.to_string())?;
+    let web = &plan["hosts"][0];
+    let changes = web["changes"].as_array().map(Vec::len).unwrap_or(0);
+    let sections: Vec<(String, u64)> = web["timings"]["sections"]
+        .as_array()
+        .ok_or_else(|| format!("no timings.sections: {}", p.stdout))?
+        .iter()
+        .map(|s| {
+            (
+                s["section"].as_str().unwrap_or("").to_string(),
+                s["us"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    if changes != 0 {
+        return Err(format!(
+            "the no-op plan has {changes} changes: {}",
+            p.stdout
+        ));
+    }
+    let guard = |s: &str| s.starts_with("guard:") || s.starts_with("guard@");
+    if let Some((s, _)) = sections
+        .iter()
+        .find(|(s, _)| guard(s) && s.contains("kiln-certs"))
+    {
+        return Err(format!("a guard still runs kiln-certs on the host: {s}"));
+    }
+    if !sections
+        .iter()
+        .any(|(s, _)| s == "certs:/etc/kiln/tls/live:/etc/letsencrypt/renewal")
+    {
+        return Err(format!("no certs section: {sections:?}"));
+    }
+    let human = lab.kiln(&["plan", ENV, "--limit", "web", "--timings"]);
+    expect(
+        human.code == 0 && human.stdout.contains("Fact timings (ms):"),
+        "plan --timings (human)",
+        &human,
+    )?;
+    println!(
+        "      {}",
+        human.stdout.trim_end().replace('\n', "\n      ")
+    );
+    let time = |args: &[&str]| -> Result<f64, String> {
+        let t = std::time::Instant::now();
+        let r = lab.kiln(args);
+        expect(r.code == 0, &format!("kiln {}", args.join(" ")), &r)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (mut plan_s, mut ssh_s) = (vec![], vec![]);
+    for _ in 0..5 {
+        plan_s.push(time(&["plan", ENV, "--limit", "web"])?);
+        ssh_s.push(time(&["ssh", ENV, "web", "--", "true"])?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (pm, sm) = (median(&mut plan_s), median(&mut ssh_s));
+    println!(
+        "      no-op plan of web: median {pm:.3} s; kiln ssh web -- true: median {sm:.3} s; ratio {:.2}",
+        pm / sm
+    );
+    Ok(())
+}
+
 /// The lab's database password (`db_app`, rendered into the API's FPM pool) as an age
 /// secret committed beside the environment: `kiln secret set` encrypts the value kiln
 /// generated for this lab, and the environment that reads it from `secrets/db_app.age`
@@ -1033,6 +1115,10 @@ fn main() {
             (
                 "second apply changes nothing",
                 &second_apply_changes_nothing,
+            ),
+            (
+                "a no-op plan decides certificates on the controller (--timings)",
+                &noop_plan_decides_certificates_on_the_controller,
             ),
             (
                 "the database password as an age secret: no change",

@@ -179,6 +179,8 @@ pub async fn execute(
     } else {
         ProgressDrawTarget::hidden()
     });
+    // Without a terminal (CI) the bars are hidden: one line per host per phase instead.
+    let lines = !std::io::stderr().is_terminal();
     let style =
         ProgressStyle::with_template("{spinner} {prefix:.bold} [{pos}/{len}] {wide_msg} {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
@@ -272,8 +274,15 @@ pub async fn execute(
             };
             let resources: Vec<String> = hp.changes.iter().map(|c| c.resource.clone()).collect();
             let progress = Mutex::new(0usize);
+            let phases = Mutex::new(PhaseLog::new(&hp.host, start));
             let on_line = |line: &str| match parse_marker(line) {
-                Some(Marker::Begin(n)) => bar.set_message(resources.get(n).cloned().unwrap_or_default()),
+                Some(Marker::Begin(n)) => {
+                    let resource = resources.get(n).cloned().unwrap_or_default();
+                    if lines {
+                        phases.lock().expect("phase lock").begin(&resource);
+                    }
+                    bar.set_message(resource)
+                }
                 Some(Marker::Waiting(h)) => {
                     let msg = format!("waiting up to {lock_timeout} s for the lock held by {}", h.trim());
                     bar.suspend(|| eprintln!("{}: {msg}", hp.host));
@@ -283,6 +292,7 @@ pub async fn execute(
                     let mut p = progress.lock().expect("progress lock");
                     *p += 1;
                     bar.set_position(*p as u64);
+                    phases.lock().expect("phase lock").done += 1;
                 }
                 _ => {}
             };
@@ -320,6 +330,14 @@ pub async fn execute(
                     }
                 }
             };
+            if lines {
+                let mut phases = phases.lock().expect("phase lock");
+                phases.end();
+                match &outcome.error {
+                    None => eprintln!("{} {}: applied {} changes", stamp(start), hp.host, outcome.applied),
+                    Some(_) => eprintln!("{} {}: failed after {} of {} changes", stamp(start), hp.host, outcome.applied, total),
+                }
+            }
             bar.finish_with_message(if outcome.error.is_some() { "failed" } else { "done" });
             let _ = tx.send(Some(outcome.error.is_none()));
             outcome
@@ -331,4 +349,89 @@ pub async fn execute(
     }
     let _ = multi.clear();
     Ok(outcomes)
+}
+
+/// `[  12.3 s]`: the time since `start`, the prefix of a progress line.
+pub fn stamp(start: Instant) -> String {
+    format!("[{:>7.1} s]", start.elapsed().as_secs_f64())
+}
+
+/// The phase a change belongs to, for progress lines without a terminal.
+pub fn phase_of(resource: &str) -> &'static str {
+    match resource.split(':').next().unwrap_or("") {
+        "apt_repo" | "package" => "packages",
+        "file" | "directory" | "symlink" | "unit" => "files",
+        "user" | "group" => "users",
+        "service" => "services",
+        "command" => "commands",
+        "handler" => "handlers",
+        "galera_node" => "cluster steps",
+        _ => "other changes",
+    }
+}
+
+/// One host's phases as its apply script runs them: a line when a phase ends (the next
+/// begins, or the script ends) with its changes and duration.
+struct PhaseLog {
+    host: String,
+    host_start: Instant,
+    current: Option<(&'static str, Instant)>,
+    /// Changes of the current phase that finished.
+    done: usize,
+}
+
+impl PhaseLog {
+    fn new(host: &str, host_start: Instant) -> PhaseLog {
+        PhaseLog {
+            host: host.to_string(),
+            host_start,
+            current: None,
+            done: 0,
+        }
+    }
+
+    fn begin(&mut self, resource: &str) {
+        let phase = phase_of(resource);
+        if self.current.map(|(p, _)| p) != Some(phase) {
+            self.end();
+            self.current = Some((phase, Instant::now()));
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some((phase, at)) = self.current.take() {
+            eprintln!(
+                "{} {}: {phase}: {} change{} in {:.1} s",
+                stamp(self.host_start),
+                self.host,
+                self.done,
+                if self.done == 1 { "" } else { "s" },
+                at.elapsed().as_secs_f64()
+            );
+        }
+        self.done = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phase_of;
+
+    #[test]
+    fn changes_fall_into_the_phases_progress_lines_name() {
+        let cases = [
+            ("package:nginx", "packages"),
+            ("apt_repo:debian", "packages"),
+            ("file:/etc/x", "files"),
+            ("unit:x.service", "files"),
+            ("user:www", "users"),
+            ("service:nginx.service", "services"),
+            ("command:kiln-certs sync", "commands"),
+            ("handler:reload@nginx.service", "handlers"),
+            ("galera_node:c", "cluster steps"),
+        ];
+        for (resource, phase) in cases {
+            assert_eq!(phase_of(resource), phase, "{resource}");
+        }
+    }
 }

@@ -692,11 +692,11 @@ fn build_resource(
                 ));
             }
         }
-        Kind::Command(c) if c.creates.is_none() && c.unless.is_none() => {
+        Kind::Command(c) if c.creates.is_none() && c.unless.is_none() && c.due.is_none() => {
             return Err(SpecError::at_key(
                 src,
                 key,
-                "a command needs `creates` or `unless`, so that a converged host runs nothing",
+                "a command needs `creates`, `unless` or `due`, so that a converged host runs nothing",
             ));
         }
         _ => {}

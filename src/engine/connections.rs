@@ -18,6 +18,10 @@ use crate::transport::{Connector, Transport};
 pub struct Connections {
     connector: Arc<dyn Connector>,
     pub by_host: HashMap<String, Arc<dyn Transport>>,
+    /// Time each section of the fact scripts on the host (`kiln plan --timings`).
+    pub timings: bool,
+    /// Print a line when each host's facts are read (`kiln apply` without a terminal).
+    pub progress_lines: bool,
 }
 
 impl Connections {
@@ -25,6 +29,8 @@ impl Connections {
         Connections {
             connector,
             by_host: HashMap::new(),
+            timings: false,
+            progress_lines: false,
         }
     }
 

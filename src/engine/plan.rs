@@ -49,9 +49,11 @@ pub async fn make_plan(loaded: &Loaded, conns: &mut Connections) -> Result<Plan>
                 error: Some(e.clone()),
                 facts_ms: 0,
                 lockout: Default::default(),
+                timings: None,
             },
         };
         hp.facts_ms = g.ms;
+        hp.timings = g.timings.clone();
         if let Ok(f) = &g.facts {
             hp.lockout = super::lockout::check(host, &keys[h], Some(f), &redactor);
         }
@@ -97,7 +99,7 @@ pub fn offline_plan(loaded: &Loaded) -> Result<Plan> {
     let seal_key = crate::plan::seal::load_key()?;
     let bare = HostFacts::default();
     let redactor = loaded.env.redactor();
-    let hosts = (0..loaded.desired.hosts.len())
+    let mut hosts: Vec<_> = (0..loaded.desired.hosts.len())
         .map(|h| {
             let host = &loaded.desired.hosts[h];
             let mut hp = build::host_plan_selected(
@@ -114,6 +116,24 @@ pub fn offline_plan(loaded: &Loaded) -> Result<Plan> {
             hp
         })
         .collect();
+    // The cluster steps for bare nodes (first formation, databases and users), as a first
+    // apply would run them.
+    let clusters = loaded
+        .selection
+        .as_ref()
+        .is_none_or(|s| s.keeps_type(&loaded.desired, "galera_node"));
+    if clusters {
+        let facts: Vec<Option<&HostFacts>> = vec![Some(&bare); loaded.desired.hosts.len()];
+        for note in crate::cluster::galera::plan_clusters(
+            &loaded.desired,
+            &facts,
+            &mut hosts,
+            &loaded.env.secrets,
+            &seal_key,
+        ) {
+            eprintln!("note: {note}");
+        }
+    }
     Ok(Plan {
         format: PLAN_FORMAT,
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),

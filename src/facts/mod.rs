@@ -16,8 +16,10 @@ pub mod kinds;
 pub mod parse;
 pub mod script;
 pub mod section;
+pub mod timings;
 
 pub use kinds::apt_lists::{self, AptListsFact};
+pub use kinds::certs::{CertDecl, CertsCheck, CertsFact, CertsRules};
 pub use kinds::galera;
 pub use kinds::group::GroupFact;
 pub use kinds::package::PackageFact;
@@ -74,6 +76,14 @@ pub enum FactQuery {
     /// kiln's own SSH session as the host sees it (`$SSH_CONNECTION`), for the lockout
     /// check: asked only when a rule kiln renders admits SSH by source address.
     SshSession,
+    /// The public certificates of a live directory (`live/NAME/fullchain.pem`; of the key
+    /// only whether it is there) and the names of a renewal directory's `NAME.conf`, for
+    /// a command that is due by the certificates' rules (see [`kinds::certs`]).
+    Certs {
+        live: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        renewal: Option<String>,
+    },
 }
 
 impl FactQuery {
@@ -114,6 +124,9 @@ pub struct HostFacts {
     /// kiln's SSH session (when asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_session: Option<SshSessionFact>,
+    /// Certificates of live directories, by the query's key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certs: BTreeMap<String, CertsFact>,
 }
 
 impl HostFacts {

@@ -142,6 +142,7 @@ mod tests {
                 FactQuery::Pending => true,
                 FactQuery::Galera { cluster, .. } => facts.galera.contains_key(cluster),
                 FactQuery::SshSession => facts.ssh_session.is_some(),
+                FactQuery::Certs { .. } => facts.certs.contains_key(&query.key()),
             };
             assert!(present, "no entry for {query:?}");
         }

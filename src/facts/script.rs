@@ -25,7 +25,7 @@
 //! * `@@kiln:begin` — always first.
 //! * one section per query, or per batched kind; what each prints is documented with its
 //!   kind in [`crate::facts::kinds`] (`packages`, `apt-lists`, `path`, `user`, `group`,
-//!   `services`, `guard`, `dir`, `pending`, `galera`, `ssh-session`).
+//!   `services`, `guard`, `dir`, `pending`, `galera`, `ssh-session`, `certs`).
 //! * `@@kiln:end` — always last; its absence means the output was truncated.
 //!
 //! This file only batches: it orders the queries, plans the sections, and puts each
@@ -141,6 +141,21 @@ use crate::shell::FACTS_PRELUDE as PRELUDE;
 /// documentation for the output format. The queries are sorted and deduplicated first
 /// ([`normalize_queries`]), so the same set of queries always gives the same script.
 pub fn fact_script(queries: &[FactQuery]) -> String {
+    script_with(queries, false)
+}
+
+/// The same script, with a tick on standard error before each section (see
+/// [`crate::facts::timings`]): for `kiln plan --timings`. Its standard output is the
+/// untimed script's.
+pub fn fact_script_timed(queries: &[FactQuery]) -> String {
+    script_with(queries, true)
+}
+
+/// Defines `kiln_tick`, which prints one tick line on standard error.
+const TICK_FUNCTION: &str =
+    "kiln_tick() {\n\tprintf '@@kiln-time %s %s\\n' \"$1\" \"$(date +%s%N)\" >&2\n}\n";
+
+fn script_with(queries: &[FactQuery], timed: bool) -> String {
     let normalized = normalize_queries(queries);
     let sections = plan_sections(&normalized);
     let mut s = PRELUDE.replace("__MAX_CONTENT__", &MAX_CONTENT_BYTES.to_string());
@@ -155,6 +170,9 @@ pub fn fact_script(queries: &[FactQuery]) -> String {
             }
         }
     }
+    if timed {
+        functions.push(TICK_FUNCTION.to_string());
+    }
     if !functions.is_empty() {
         s = s.replacen(
             "kiln_facts() {\n",
@@ -167,12 +185,20 @@ pub fn fact_script(queries: &[FactQuery]) -> String {
         s.push_str(&sh_quote(line));
         s.push('\n');
     };
+    let tick = |s: &mut String, name: &str| {
+        if timed {
+            s.push_str(&format!("\tkiln_tick {name}\n"));
+        }
+    };
+    tick(&mut s, "begin");
     marker(&mut s, &format!("{MARKER_PREFIX}begin"));
-    for section in &sections {
+    for (i, section) in sections.iter().enumerate() {
+        tick(&mut s, &i.to_string());
         marker(&mut s, &section.marker());
         section.kind.script(&section.queries, &mut s);
     }
     marker(&mut s, &format!("{MARKER_PREFIX}end"));
+    tick(&mut s, "end");
     s.push_str("}\nkiln_facts </dev/null\n");
     s
 }

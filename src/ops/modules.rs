@@ -165,6 +165,31 @@ pub fn show(name: &str, env: Option<&str>) -> Result<i32> {
             }
         }
     }
+    if !m.spec.listen.is_empty() {
+        println!(
+            "\n{}",
+            paint.bold("Listens (debian-base's firewall opens each to `from`):")
+        );
+        for l in &m.spec.listen {
+            let port = match &l.port {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let mut line = format!(
+                "  {}/{}  from {}",
+                port,
+                l.proto.as_deref().unwrap_or("tcp"),
+                l.from
+            );
+            if let Some(w) = &l.when {
+                line.push_str(&format!(", when {w}"));
+            }
+            println!("{line}");
+            if let Some(d) = &l.description {
+                println!("      {d}");
+            }
+        }
+    }
     if !m.spec.check.is_empty() {
         println!("\n{}", paint.bold("Health checks (kiln verify):"));
         for c in &m.spec.check {

@@ -73,11 +73,21 @@ pub struct PlanArgs {
     /// plan. `kiln apply` needs it too.
     #[arg(long = "i-know-this-locks-me-out")]
     pub i_know_this_locks_me_out: bool,
+    /// Show what reading each host cost: connect, the fact script on the host, and each of
+    /// its sections (a package batch, a path, a guard ...) timed on the host, slowest
+    /// first, so that a slow `unless` guard is visible. With `--format json` every
+    /// section is in each host's `timings`. Each section's tick runs one `date` on the
+    /// host, which the script's own time includes.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// Exit code: 0 no changes, 2 changes (with `detailed_exitcode`), 1 when a host failed —
 /// or would lock kiln out (`--i-know-this-locks-me-out` makes that a warning).
 pub async fn run(args: PlanArgs) -> Result<i32> {
+    if args.offline && args.timings {
+        anyhow::bail!("--timings measures the hosts, which an --offline plan does not contact");
+    }
     if args.offline && args.out.is_some() {
         anyhow::bail!("an --offline plan describes bare hosts and cannot be saved for apply");
     }
@@ -87,6 +97,7 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
         crate::engine::offline_plan(&loaded)?
     } else {
         let mut conns = Connections::ssh(&loaded.env);
+        conns.timings = args.timings;
         make_plan(&loaded, &mut conns).await?
     };
     let mut plan = plan;
@@ -108,6 +119,9 @@ pub async fn run(args: PlanArgs) -> Result<i32> {
     match args.format {
         PlanFormat::Human => {
             print!("{}", render_plan(&plan, &Paint::detect()));
+            if args.timings {
+                print!("{}", crate::plan::render::render_timings(&plan));
+            }
             if let Some(line) = seed_note(&loaded.env) {
                 println!("{line}");
             }

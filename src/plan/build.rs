@@ -76,6 +76,7 @@ pub fn host_plan_selected(
         error: None,
         facts_ms: 0,
         lockout: Default::default(),
+        timings: None,
     };
     let mut predicted = Predicted {
         managed_paths: host

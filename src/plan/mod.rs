@@ -150,6 +150,10 @@ pub struct HostPlan {
     /// Would applying this plan lock kiln out of the host (see `plan::lockout`)?
     #[serde(default, skip_serializing_if = "Lockout::is_empty")]
     pub lockout: Lockout,
+    /// `kiln plan --timings`: connect, the fact script on the host and each of its
+    /// sections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<crate::facts::timings::HostTimings>,
 }
 
 /// What the lockout check (`plan::lockout`) found for a host: each way applying the plan

@@ -153,3 +153,43 @@ pub fn render_overview(plan: &Plan, paint: &Paint) -> String {
     }
     out
 }
+
+/// How many sections `render_timings` lists per host before summing up the rest.
+const TIMINGS_SHOWN: usize = 12;
+
+/// `kiln plan --timings`: per host, connect, the fact script on the host and its slowest
+/// sections (all sections are in `--format json`).
+pub fn render_timings(plan: &Plan) -> String {
+    let mut out = String::from("Fact timings (ms):\n");
+    let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+    for h in &plan.hosts {
+        let Some(t) = &h.timings else {
+            let _ = writeln!(out, "  {}: not gathered", h.host);
+            continue;
+        };
+        let script = t
+            .script_us
+            .map(|us| format!("fact script {} on the host", ms(us)))
+            .unwrap_or_else(|| "the host sent no section times".into());
+        let _ = writeln!(
+            out,
+            "  {}: total {}, connect {}, {script}",
+            h.host, t.total_ms, t.connect_ms
+        );
+        let mut sections: Vec<_> = t.sections.iter().collect();
+        sections.sort_by(|a, b| b.us.cmp(&a.us).then(a.section.cmp(&b.section)));
+        for s in sections.iter().take(TIMINGS_SHOWN) {
+            let _ = writeln!(out, "    {:>9}  {}", ms(s.us), s.section);
+        }
+        if sections.len() > TIMINGS_SHOWN {
+            let rest = &sections[TIMINGS_SHOWN..];
+            let _ = writeln!(
+                out,
+                "    {:>9}  {} more sections",
+                ms(rest.iter().map(|s| s.us).sum()),
+                rest.len()
+            );
+        }
+    }
+    out
+}

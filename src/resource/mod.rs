@@ -27,7 +27,7 @@ pub use crate::plan::OnChange;
 use crate::plan::{Action, AttrChange, Step};
 
 pub use apt_repo::AptRepo;
-pub use command::Command;
+pub use command::{Command, Due};
 pub use directory::Directory;
 pub use file::File;
 pub use galera::GaleraNode;

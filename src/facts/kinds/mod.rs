@@ -8,6 +8,7 @@
 //! and one line in [`kind_of`], the registration point.
 
 pub mod apt_lists;
+pub mod certs;
 pub mod dir_list;
 pub mod galera;
 pub mod group;
@@ -103,6 +104,7 @@ pub(crate) fn kind_of(query: &FactQuery) -> &'static dyn FactKind {
         FactQuery::Pending => &pending::Pending,
         FactQuery::Galera { .. } => &galera::Galera,
         FactQuery::SshSession => &ssh_session::SshSession,
+        FactQuery::Certs { .. } => &certs::Certs,
     }
 }
 
@@ -150,6 +152,10 @@ mod tests {
                 config: vec![],
             },
             FactQuery::SshSession,
+            FactQuery::Certs {
+                live: "/l".into(),
+                renewal: None,
+            },
         ]
     }
 

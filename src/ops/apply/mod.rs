@@ -84,6 +84,7 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         let env_file = plan.env_file.to_string_lossy().to_string();
         let loaded = load(&env_file, Some(&hosts.join(",")))?;
         let mut conns = Connections::ssh(&loaded.env);
+        conns.progress_lines = !std::io::stderr().is_terminal();
         refused = refuse_stale(&loaded, &mut conns, &mut plan, &paint).await?;
         lockouts(&mut plan, args.i_know_this_locks_me_out);
         show(&plan, &loaded.env);
@@ -92,6 +93,8 @@ pub async fn run(args: ApplyArgs) -> Result<i32> {
         let mut loaded = load(&args.target, args.limit.as_deref())?;
         loaded.select(&args.select.targets, &args.select.exclude)?;
         let mut conns = Connections::ssh(&loaded.env);
+        // Without a terminal (CI), where no progress bar shows: a line per host.
+        conns.progress_lines = !std::io::stderr().is_terminal();
         let mut plan = make_plan(&loaded, &mut conns).await?;
         lockouts(&mut plan, args.i_know_this_locks_me_out);
         show(&plan, &loaded.env);

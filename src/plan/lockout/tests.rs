@@ -591,6 +591,7 @@ fn plan_with(lockout: Lockout) -> crate::plan::Plan {
             error: None,
             facts_ms: 0,
             lockout,
+            timings: None,
         }],
         targets: None,
     }

@@ -232,9 +232,14 @@ pub fn resources(
     for r in resources {
         let key = &r.origin.key;
         let mut bad: Vec<(String, String)> = vec![];
+        // `field` is one key, or a dotted path of simple keys (`due.certs.live`).
         let mut check = |field: &str, value: &str, f: Check| {
             if let Err(msg) = f(value) {
-                bad.push((join_key(key, field), msg));
+                let at = match field.contains('.') {
+                    true => format!("{key}.{field}"),
+                    false => join_key(key, field),
+                };
+                bad.push((at, msg));
             }
         };
         match &r.kind {
@@ -287,6 +292,19 @@ pub fn resources(
             Kind::Command(c) => {
                 if let Some(p) = &c.creates {
                     check("creates", p, abs_path);
+                }
+                if let Some(crate::resource::Due::Certs(d)) = &c.due {
+                    check("due.certs.live", &d.live, abs_path);
+                    if let Some(r) = &d.renewal {
+                        check("due.certs.renewal", r, abs_path);
+                    }
+                    for (i, cert) in d.certificates.iter().enumerate() {
+                        check(
+                            &format!("due.certs.certificates[{i}].name"),
+                            &cert.name,
+                            word,
+                        );
+                    }
                 }
             }
             Kind::GaleraNode(g) => {
