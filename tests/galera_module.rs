@@ -193,7 +193,8 @@ fn synced_facts(f: &Fixture, host: &str, digest: Option<&str>) -> HostFacts {
             cluster_size: Some(3),
             cluster_state_uuid: Some(UUID.into()),
             databases: vec!["app".into(), "mysql".into()],
-            users: vec!["app@10.0.0.%".into()],
+            // The module also makes the mysqld exporter's socket-only account.
+            users: vec!["app@10.0.0.%".into(), "prometheus@localhost".into()],
             schema_digest: digest.map(String::from),
             ..Default::default()
         },

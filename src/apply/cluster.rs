@@ -444,15 +444,23 @@ pub fn schema_sql(
         ));
     }
     for u in users {
-        let pw = secrets
-            .get(&u.password_secret)
-            .with_context(|| format!("secret `{}` is not defined", u.password_secret))?;
         let who = format!("{}@{}", sql_str(&u.name), sql_str(&u.host));
-        let pw = sql_str(pw.expose());
-        sql.push_str(&format!(
-            "CREATE USER IF NOT EXISTS {who} IDENTIFIED BY {pw};\n"
-        ));
-        sql.push_str(&format!("ALTER USER {who} IDENTIFIED BY {pw};\n"));
+        if u.password_secret.is_empty() {
+            // No password anywhere: only the system user of the same name, over the socket.
+            sql.push_str(&format!(
+                "CREATE USER IF NOT EXISTS {who} IDENTIFIED VIA unix_socket;\n"
+            ));
+            sql.push_str(&format!("ALTER USER {who} IDENTIFIED VIA unix_socket;\n"));
+        } else {
+            let pw = secrets
+                .get(&u.password_secret)
+                .with_context(|| format!("secret `{}` is not defined", u.password_secret))?;
+            let pw = sql_str(pw.expose());
+            sql.push_str(&format!(
+                "CREATE USER IF NOT EXISTS {who} IDENTIFIED BY {pw};\n"
+            ));
+            sql.push_str(&format!("ALTER USER {who} IDENTIFIED BY {pw};\n"));
+        }
         for g in &u.grants {
             if g.contains(';') {
                 bail!("grant `{g}` of user {}@{} contains `;`", u.name, u.host);
@@ -616,5 +624,25 @@ mod tests {
         assert!(sql.contains("IDENTIFIED BY 'it''s\\\\a\\nsecret';"));
         assert!(sql.contains("GRANT ALL PRIVILEGES ON `app`.* TO 'app'@'10.%';"));
         assert!(!sql.lines().any(|l| l == "KILN_SQL_END"));
+    }
+
+    #[test]
+    fn an_account_without_password_logs_in_over_the_socket_only() {
+        let sql = schema_sql(
+            &[],
+            &[GaleraUser {
+                name: "prometheus".into(),
+                host: "localhost".into(),
+                password_secret: String::new(),
+                grants: vec!["PROCESS, REPLICATION CLIENT ON *.*".into()],
+            }],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(sql.contains(
+            "CREATE USER IF NOT EXISTS 'prometheus'@'localhost' IDENTIFIED VIA unix_socket;"
+        ));
+        assert!(sql.contains("ALTER USER 'prometheus'@'localhost' IDENTIFIED VIA unix_socket;"));
+        assert!(!sql.contains("IDENTIFIED BY"));
     }
 }

@@ -155,20 +155,31 @@ impl Renderer {
         jinja.add_filter("host_url", move |u: String| -> String {
             host_url(&u, &urls)
         });
-        // Every host with the modules it runs (`hosts.web.modules`), so a module can
-        // derive what it needs from the rest of the environment (monitoring targets, say).
+        // Every host with the modules it runs (`hosts.web.modules`) and their parameters
+        // as the environment gives them (`hosts.web.params.nginx.sites`: defaults, then
+        // `[modules.M]`, then the host's own), so a module can derive what it needs from the
+        // rest of the environment — the monitoring module's targets, probes and rules.
+        // Parameters are the spec's values, not rendered; a module whose parameters are
+        // incomplete on another host is left out here (that host's own expansion names the
+        // error, this one must not fail for it).
         let hosts: serde_json::Map<String, serde_json::Value> = env
             .spec
             .hosts
             .iter()
             .map(|(n, h)| {
-                let modules: Vec<&str> = super::inbound::host_modules(env, n)
+                let mods = super::inbound::host_modules(env, n);
+                let modules: Vec<&str> = mods.iter().map(|m| m.name.as_str()).collect();
+                let params: serde_json::Map<String, serde_json::Value> = mods
                     .iter()
-                    .map(|m| m.name.as_str())
+                    .filter_map(|m| {
+                        let p = super::module_params(env, m, n).ok()?;
+                        Some((m.name.clone(), serde_json::to_value(p).ok()?))
+                    })
                     .collect();
                 (
                     n.clone(),
-                    json!({ "name": n, "address": h.address, "roles": h.roles, "modules": modules }),
+                    json!({ "name": n, "address": h.address, "roles": h.roles,
+                            "aliases": h.aliases, "modules": modules, "params": params }),
                 )
             })
             .collect();

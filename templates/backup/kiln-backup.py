@@ -22,6 +22,11 @@
 #   kiln-backup prune [--prefix P] [--dry-run]   apply retention now
 #   kiln-backup s3 ls|put|get|rm BUCKET [KEY] [FILE]   the configured S3 endpoint, by hand
 #
+# Metrics for Prometheus (node exporter's textfile collector, `metrics_dir`, written
+# atomically): every `run` and `verify` its outcome and time (kiln_backup_run_*.prom), a
+# successful run and every archive cycle the newest complete backup's time, the allowed
+# age, and the binlog archive's lag and its limit (kiln_backup.prom).
+#
 # Configuration: /etc/kiln/backup/backup.json (no secrets); S3 credentials from
 # /etc/kiln/backup/s3.env (mode 0600). No credential is ever put on a command line or
 # printed. Backups are s3://BUCKET/PREFIX/YYYYMMDDTHHMMSSZ/{db-NAME.sql.gz, users.sql.gz,
@@ -108,6 +113,7 @@ def load_config(path=None):
     cfg.setdefault("workdir", "/var/lib/kiln-backup")
     cfg.setdefault("mysql_defaults", "")
     cfg.setdefault("age", {"recipients": [], "identity": ""})
+    cfg.setdefault("metrics_dir", "/var/lib/prometheus/node-exporter")
     if os.environ.get("KILN_BACKUP_AGE_IDENTITY"):
         cfg["age"]["identity"] = os.environ["KILN_BACKUP_AGE_IDENTITY"]
     return cfg
@@ -695,7 +701,90 @@ def cmd_run(cfg, args):
     with open(state + ".tmp", "w") as f:
         f.write(stamp + "\n")
     os.replace(state + ".tmp", state)
+    try:
+        publish_state(s3, cfg)
+    except Exception as e:  # noqa: BLE001 - metrics never fail a backup
+        log("metrics not written: %s: %s" % (type(e).__name__, e))
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# metrics (node exporter's textfile collector)
+# ---------------------------------------------------------------------------------------
+def prom_text(samples):
+    """Prometheus' text format for [(name, help, labels, value)], one HELP/TYPE per name."""
+    out, said = [], set()
+    for name, help_, labels, value in samples:
+        if name not in said:
+            out.append("# HELP %s %s" % (name, help_))
+            out.append("# TYPE %s gauge" % name)
+            said.add(name)
+        lab = ",".join('%s="%s"' % (k, str(v).replace("\\", "\\\\").replace('"', '\\"')
+                                   .replace("\n", "\\n"))
+                       for k, v in sorted(labels.items()))
+        out.append(name + "{" + lab + "} " + repr(float(value)))
+    return "\n".join(out) + "\n"
+
+
+def write_metrics(cfg, name, samples):
+    """Writes DIR/NAME.prom atomically (a temporary file in the same directory, renamed), so
+    the exporter never reads half a file; readable by the exporter's user. Nothing when the
+    directory does not exist (no node exporter on this host)."""
+    d = cfg.get("metrics_dir") or ""
+    if not d or not os.path.isdir(d):
+        return False
+    fd, tmp = tempfile.mkstemp(prefix="." + name, suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(prom_text(samples))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(d, name + ".prom"))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def record_run(cfg, kind, ok, when=None):
+    lab = {"kind": kind, "prefix": cfg["prefix"]}
+    write_metrics(cfg, "kiln_backup_run_" + kind, [
+        ("kiln_backup_last_run_success", "1 when the last run of kiln-backup KIND succeeded",
+         lab, 1 if ok else 0),
+        ("kiln_backup_last_run_timestamp_seconds", "When the last run of kiln-backup KIND ended",
+         lab, when if when is not None else time.time()),
+    ])
+
+
+def record_state(cfg, newest, lag=None):
+    """The newest complete backup (a stamp, or None), and the archive's lag in seconds."""
+    lab = {"prefix": cfg["prefix"]}
+    samples = [("kiln_backup_max_age_seconds", "The age the newest complete backup may reach",
+                lab, int(cfg["max_age_hours"]) * 3600)]
+    if newest:
+        samples.append(("kiln_backup_newest_complete_timestamp_seconds",
+                        "When the newest complete backup was taken", lab,
+                        parse_stamp(newest).timestamp()))
+    b = cfg.get("binlog") or {}
+    if b.get("enabled") and lag is not None:
+        samples.append(("kiln_backup_binlog_archive_lag_seconds",
+                        "Seconds since the point up to which the binlog archive is complete",
+                        lab, lag))
+        samples.append(("kiln_backup_binlog_archive_lag_limit_seconds",
+                        "The archive lag the health check allows (2 x target_lag)", lab,
+                        2 * int(b.get("target_lag", 60))))
+    write_metrics(cfg, "kiln_backup", samples)
+
+
+def publish_state(s3, cfg):
+    complete = sorted((s for s, b in backups(s3, cfg).items() if b["complete"]), reverse=True)
+    lag = None
+    hbs = heartbeats(s3, cfg)
+    if hbs:
+        lag = max(0.0, time.time() - max(h["until"] for h in hbs.values()))
+    record_state(cfg, complete[0] if complete else None, lag)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1123,6 +1212,10 @@ def cmd_archive(cfg, args):
             log("binlog archive: cycle failed: %s: %s" % (type(e).__name__, e))
             if args.once:
                 return 1
+        try:
+            publish_state(s3, cfg)
+        except Exception as e:  # noqa: BLE001 - metrics never stop the archive
+            log("binlog archive: metrics not written: %s: %s" % (type(e).__name__, e))
         if args.once:
             return 0
         time.sleep(max(1.0, a.interval - (time.time() - started)))
@@ -2019,19 +2112,27 @@ def main(argv):
         die_with_caller()
     cfg = load_config()
     held = lock(cfg) if args.cmd in ("run", "verify", "restore", "prune", "seed-export") else None
+    rc = 1
     try:
         if args.cmd == "prune":
             return prune(s3_client(cfg), cfg, args.prefix or cfg["prefix"], args.dry_run)
-        return {"run": cmd_run, "health": cmd_health, "list": cmd_list, "verify": cmd_verify,
+        rc = {"run": cmd_run, "health": cmd_health, "list": cmd_list, "verify": cmd_verify,
                 "restore": cmd_restore, "s3": cmd_s3, "archive": cmd_archive,
                 "seed-export": cmd_seed_export, "seeded": cmd_seeded,
                 "physical-extract": cmd_physical_extract}[args.cmd](cfg, args)
+        return rc
     except Refused as e:
         log("REFUSED: %s; nothing was restored" % e)
         return 3
     finally:
         if held:
             held.close()
+        if args.cmd in ("run", "verify"):
+            # The outcome for Prometheus (BackupFailed): an exception counts as a failure.
+            try:
+                record_run(cfg, "backup" if args.cmd == "run" else "verify", rc == 0)
+            except Exception as e:  # noqa: BLE001 - metrics never change the outcome
+                log("metrics not written: %s: %s" % (type(e).__name__, e))
 
 
 if __name__ == "__main__":

@@ -312,3 +312,39 @@ class PointInTimeVerify(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Metrics(unittest.TestCase):
+    """The node exporter textfile metrics: Prometheus' text format, written atomically."""
+
+    def cfg(self, d):
+        return {"metrics_dir": d, "prefix": "lab/db1", "max_age_hours": 26,
+                "binlog": {"enabled": True, "target_lag": 60}}
+
+    def test_state_and_runs_are_written_whole_and_readable(self):
+        import stat as st
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            cfg = self.cfg(d)
+            kb.record_state(cfg, "20240630T020000Z", lag=12.5)
+            kb.record_run(cfg, "backup", False, when=1700000000)
+            names = sorted(os.listdir(d))
+            self.assertEqual(names, ["kiln_backup.prom", "kiln_backup_run_backup.prom"])
+            text = open(os.path.join(d, "kiln_backup.prom")).read()
+            self.assertIn('kiln_backup_newest_complete_timestamp_seconds{prefix="lab/db1"} 1719712800.0\n', text)
+            self.assertIn('kiln_backup_max_age_seconds{prefix="lab/db1"} 93600.0\n', text)
+            self.assertIn('kiln_backup_binlog_archive_lag_seconds{prefix="lab/db1"} 12.5\n', text)
+            self.assertIn('kiln_backup_binlog_archive_lag_limit_seconds{prefix="lab/db1"} 120.0\n', text)
+            self.assertEqual(text.count("# TYPE kiln_backup_max_age_seconds gauge"), 1)
+            run = open(os.path.join(d, "kiln_backup_run_backup.prom")).read()
+            self.assertIn('kiln_backup_last_run_success{kind="backup",prefix="lab/db1"} 0.0\n', run)
+            self.assertIn('kiln_backup_last_run_timestamp_seconds{kind="backup",prefix="lab/db1"} 1700000000.0\n', run)
+            mode = st.S_IMODE(os.stat(os.path.join(d, "kiln_backup.prom")).st_mode)
+            self.assertEqual(mode, 0o644)
+
+    def test_no_directory_no_file_and_no_error(self):
+        cfg = self.cfg("/nonexistent/kiln-metrics")
+        self.assertFalse(kb.write_metrics(cfg, "x", [("a", "h", {}, 1)]))
+
+    def test_label_values_are_escaped(self):
+        self.assertIn('a{p="x\\"y\\\\z"} 1.0', kb.prom_text([("a", "h", {"p": 'x"y\\z'}, 1)]))

@@ -95,6 +95,12 @@ pub fn schema_digest(
 ) -> Result<String, String> {
     let mut users_json = vec![];
     for u in users {
+        if u.password_secret.is_empty() {
+            users_json.push(serde_json::json!({
+                "name": u.name, "host": u.host, "grants": u.grants, "auth": "unix_socket",
+            }));
+            continue;
+        }
         let pw = secrets.get(&u.password_secret).ok_or_else(|| {
             format!(
                 "user {}@{}: secret `{}` is not defined in the environment's [secrets]",

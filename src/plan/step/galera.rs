@@ -85,7 +85,10 @@ pub struct GaleraUser {
     /// Host pattern, e.g. `10.233.0.%` or `localhost`.
     #[serde(default = "default_user_host")]
     pub host: String,
-    /// Name of an environment secret holding the password (never the value).
+    /// Name of an environment secret holding the password (never the value). Empty: the
+    /// account has no password at all and logs in over the server's socket as the system
+    /// user of the same name (`IDENTIFIED VIA unix_socket`; `host` must be `localhost`).
+    #[serde(default)]
     pub password_secret: String,
     /// Privileges, each as `PRIVS ON db.*`, e.g. "ALL PRIVILEGES ON `app`.*".
     #[serde(default)]

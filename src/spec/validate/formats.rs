@@ -34,7 +34,43 @@ pub const FORMATS: &[(&str, Check)] = &[
     // The name of a `[secrets]` entry; the environment check also requires it declared.
     ("secret", secret_name),
     ("tls_profile", tls_profile),
+    ("duration", duration),
 ];
+
+/// A Prometheus duration (`5s`, `1m`, `1h30m`, `15d`): units `ms s m h d w y`, largest
+/// first, each once. Prometheus and Alertmanager refuse anything else at load time; kiln
+/// refuses it at the environment key instead.
+fn duration(s: &str) -> Result<(), String> {
+    const UNITS: [&str; 7] = ["y", "w", "d", "h", "m", "s", "ms"];
+    let bad = || {
+        Err(format!(
+            "`{}` is not a Prometheus duration (digits and a unit: 30s, 5m, 4h, 15d; units ms s m h d w y)",
+            shown(s)
+        ))
+    };
+    let mut rest = s;
+    let mut last: Option<usize> = None;
+    if rest.is_empty() || rest.len() > 32 {
+        return bad();
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return bad();
+        }
+        rest = &rest[digits..];
+        let letters = rest.bytes().take_while(|b| b.is_ascii_lowercase()).count();
+        let Some(u) = UNITS.iter().position(|u| *u == &rest[..letters]) else {
+            return bad();
+        };
+        if last.is_some_and(|l| u <= l) {
+            return bad();
+        }
+        last = Some(u);
+        rest = &rest[letters..];
+    }
+    Ok(())
+}
 
 /// The TLS profiles the nginx module renders, after Mozilla's server-side TLS guidelines.
 pub const TLS_PROFILES: &[&str] = &["intermediate", "modern"];
@@ -272,6 +308,26 @@ mod tests {
         let bad = toml::Value::String("$(id)".into());
         assert_eq!(check_value(&bad, Some("path|word"), &none, "t").len(), 1);
         assert!(format_check("path|nope").is_none());
+    }
+
+    #[test]
+    fn durations_are_prometheus_durations() {
+        let none = indexmap::IndexMap::new();
+        for ok in ["5s", "1m", "1h30m", "15d", "500ms", "2w"] {
+            let v = toml::Value::String(ok.into());
+            assert!(
+                check_value(&v, Some("duration"), &none, "d").is_empty(),
+                "{ok}"
+            );
+        }
+        for bad in ["", "5", "m", "5 m", "30m1h", "1mm", "5s;", "1.5h", "5S"] {
+            let v = toml::Value::String(bad.into());
+            assert_eq!(
+                check_value(&v, Some("duration"), &none, "d").len(),
+                1,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

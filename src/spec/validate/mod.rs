@@ -343,6 +343,19 @@ pub fn resources(
                     }
                 }
                 for u in &g.users {
+                    if u.password_secret.is_empty() {
+                        if u.host != "localhost" {
+                            bad.push((
+                                join_key(key, "users"),
+                                format!(
+                                    "user `{}` has no `password_secret`, so it logs in over the socket (unix_socket) only: its `host` must be `localhost`, not `{}`",
+                                    shown(&u.name),
+                                    shown(&u.host)
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
                     if !env.spec.secrets.contains_key(&u.password_secret) {
                         bad.push((
                             join_key(key, "users"),
