@@ -182,44 +182,42 @@ fn expand_host(
     let mut errors: Vec<SpecError> = vec![];
     let mut resources: Vec<Resource> = vec![];
     let mut checks = vec![];
-    {
-        for module in inbound::host_modules(env, name) {
-            let params = match module_params(env, module, name) {
-                Ok(p) => p,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
-            let ctx = renderer.context(name, &module.name, params);
-            for (i, table) in module.spec.resource.iter().enumerate() {
-                match expand_resource(renderer, module, i, table, &ctx) {
-                    Ok(mut rs) => {
-                        errors.extend(crate::spec::validate::resources(env, module, name, &rs));
-                        resources.append(&mut rs)
-                    }
-                    Err(e) => errors.push(crate::spec::validate::relocate(
-                        env,
-                        module,
-                        name,
-                        with_item(e, table),
-                    )),
-                }
+    for module in inbound::host_modules(env, name) {
+        let params = match module_params(env, module, name) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(e);
+                continue;
             }
-            for (i, c) in module.spec.check.iter().enumerate() {
-                let key = format!("check[{i}].run");
-                match renderer.render_str(&module.source, &key, &c.run, &ctx) {
-                    Ok(run) => checks.push(Check {
-                        module: module.name.clone(),
-                        name: c.name.clone(),
-                        run,
-                        timeout_secs: c.timeout.unwrap_or(30),
-                        retries: c.retries.unwrap_or(0),
-                        report: c.report,
-                        sensitive: false,
-                    }),
-                    Err(e) => errors.push(crate::spec::validate::relocate(env, module, name, e)),
+        };
+        let ctx = renderer.context(name, &module.name, params);
+        for (i, table) in module.spec.resource.iter().enumerate() {
+            match expand_resource(renderer, module, i, table, &ctx) {
+                Ok(mut rs) => {
+                    errors.extend(crate::spec::validate::resources(env, module, name, &rs));
+                    resources.append(&mut rs)
                 }
+                Err(e) => errors.push(crate::spec::validate::relocate(
+                    env,
+                    module,
+                    name,
+                    with_item(e, table),
+                )),
+            }
+        }
+        for (i, c) in module.spec.check.iter().enumerate() {
+            let key = format!("check[{i}].run");
+            match renderer.render_str(&module.source, &key, &c.run, &ctx) {
+                Ok(run) => checks.push(Check {
+                    module: module.name.clone(),
+                    name: c.name.clone(),
+                    run,
+                    timeout_secs: c.timeout.unwrap_or(30),
+                    retries: c.retries.unwrap_or(0),
+                    report: c.report,
+                    sensitive: false,
+                }),
+                Err(e) => errors.push(crate::spec::validate::relocate(env, module, name, e)),
             }
         }
     }
