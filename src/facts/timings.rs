@@ -117,27 +117,9 @@ mod tests {
 
     /// Runs a script with `sh -s`, returning stdout and stderr.
     fn run(script: &str) -> (String, String) {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new("sh")
-            .arg("-s")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        (
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-s");
+        crate::facts::kinds::fixture::run_piped_both(sh, script)
     }
 
     #[test]

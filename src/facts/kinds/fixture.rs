@@ -188,7 +188,12 @@ pub(crate) fn run_sh(script: &str) -> String {
 
 /// Runs `cmd` with `script` on its standard input; its standard output, after asserting
 /// that it succeeded.
-pub(crate) fn run_piped(mut cmd: Command, script: &str) -> String {
+pub(crate) fn run_piped(cmd: Command, script: &str) -> String {
+    run_piped_both(cmd, script).0
+}
+
+/// [`run_piped`], with its standard error too.
+pub(crate) fn run_piped_both(mut cmd: Command, script: &str) -> (String, String) {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -207,5 +212,8 @@ pub(crate) fn run_piped(mut cmd: Command, script: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    (
+        String::from_utf8(out.stdout).expect("utf-8 output"),
+        String::from_utf8(out.stderr).expect("utf-8 errors"),
+    )
 }
