@@ -122,6 +122,12 @@ pub enum Command {
         /// With --with-data: copy the data as it is.
         #[arg(long, requires = "with_data", conflicts_with = "anonymize")]
         no_anonymize: bool,
+        /// MODULE.KEY=VALUE: a module parameter of the copy's own (VALUE in TOML; a bare
+        /// word is a string), e.g. `--set 'monitoring.webhook_urls=["http://qa-alerts:9099/"]'`.
+        /// Parameters that belong to one environment (where alerts go) are not inherited:
+        /// without --set the copy gets the module's default.
+        #[arg(long, value_name = "MODULE.KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Secrets encrypted with age in the repository: `set` one from standard input,
     /// `rekey` all after `age_recipients` changed.
@@ -284,6 +290,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             with_data,
             anonymize,
             no_anonymize,
+            set,
         } => {
             let command = format!(
                 "kiln {}",
@@ -300,6 +307,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     with_data,
                     anonymize: anonymize.map(|p| p.to_string_lossy().into_owned()),
                     no_anonymize,
+                    set,
                 },
                 &command,
             )

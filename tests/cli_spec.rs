@@ -847,6 +847,97 @@ fn seed_and_anonymisation_rules_are_checked_with_file_line_and_key() {
     );
 }
 
+/// A parameter that belongs to one environment (`per_environment`, e.g. where alerts go) is
+/// not inherited by a copy: it gets the module's default, or its own with `--set`. The
+/// source's value appears nowhere in the copy. Bad `--set` values write nothing.
+#[test]
+fn clone_does_not_inherit_per_environment_params() {
+    let r = Repo::new();
+    r.write(
+        "modules/m.toml",
+        r#"description = "test module"
+[params.greeting]
+type = "string"
+default = "hello"
+[params.receivers]
+type = "list"
+format = "url"
+default = []
+per_environment = true
+
+[[resource]]
+type = "file"
+path = "/etc/kiln-test"
+template = "t.j2"
+"#,
+    );
+    r.write(
+        "templates/m/t.j2",
+        "{{ params.greeting }} to {{ params.receivers | join(',') or 'nobody' }}\n",
+    );
+    r.write(
+        "environments/e.toml",
+        &env("\n[modules.m]\ngreeting = \"hi\"\nreceivers = [\"http://pager.prod.example:9099/hook\"]\n"),
+    );
+    r.succeeds(&["clone", "e", "qa", "--hosts", "lab"]);
+    let qa = std::fs::read_to_string(r.path("environments/qa.toml")).expect("qa.toml");
+    assert!(
+        qa.contains("[modules.m]\nreceivers = []  # e's own, not inherited")
+            && qa.contains("--set m.receivers=")
+            && !qa.contains("pager.prod"),
+        "{qa}"
+    );
+    let plan = r.succeeds(&["plan", "qa", "--offline"]);
+    assert!(
+        plan.contains("hi to nobody") && !plan.contains("pager.prod"),
+        "{plan}"
+    );
+
+    r.succeeds(&[
+        "clone",
+        "e",
+        "qa",
+        "--hosts",
+        "lab",
+        "--force",
+        "--set",
+        "m.receivers=[\"http://alerts.qa.example:9099/hook\"]",
+        "--set",
+        "m.greeting=hey",
+    ]);
+    let qa = std::fs::read_to_string(r.path("environments/qa.toml")).expect("qa.toml");
+    assert!(
+        qa.contains("receivers = [\"http://alerts.qa.example:9099/hook\"]  # --set")
+            && qa.contains("greeting = \"hey\"  # --set")
+            && !qa.contains("pager.prod"),
+        "{qa}"
+    );
+    let plan = r.succeeds(&["plan", "qa", "--offline"]);
+    assert!(
+        plan.contains("hey to http://alerts.qa.example:9099/hook"),
+        "{plan}"
+    );
+
+    std::fs::remove_file(r.path("environments/qa.toml")).expect("rm qa.toml");
+    r.fails(
+        &["clone", "e", "qa", "--set", "nope.x=1"],
+        &["--set nope.x: `nope` is no module of e"],
+    );
+    r.fails(
+        &["clone", "e", "qa", "--set", "m.colour=red"],
+        &["module m has no parameter `colour`", "greeting, receivers"],
+    );
+    r.fails(
+        &["clone", "e", "qa", "--set", "m.receivers"],
+        &["MODULE.KEY=VALUE"],
+    );
+    r.fails(
+        &["clone", "e", "qa", "--set", "m.receivers=[\"not a url\"]"],
+        &["--set", "receivers"],
+    );
+    assert!(!r.path("environments/qa.toml").exists());
+}
+
 /// `kiln clone --with-data` must say how the data is anonymised; bad rules write nothing.
 #[test]
 fn clone_with_data_needs_a_choice_and_valid_rules() {

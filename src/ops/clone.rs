@@ -2,7 +2,9 @@
 //! overrides only what must differ — its hosts (new addresses; hosts left out are omitted and
 //! every reference to them dropped, so a 3-node cluster becomes a 1-node one), its domains
 //! (`--domain-map FROM=TO`, applied to every site, certificate and alias), the ACME directory
-//! (Let's Encrypt staging), and its secrets (DST's own files and variables).
+//! (Let's Encrypt staging), its secrets (DST's own files and variables), and the module
+//! parameters that belong to one environment (`per_environment`: the module's default, or
+//! `--set MODULE.KEY=VALUE`).
 
 use std::path::Path;
 
@@ -59,7 +61,12 @@ pub fn run(args: CloneArgs, command: &str) -> Result<i32> {
     let checked = Environment::load(&tmp);
     if let Err(e) = checked {
         let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context("the clone does not validate (a kiln bug)"));
+        let why = if args.set.is_empty() {
+            "the clone does not validate (a kiln bug)"
+        } else {
+            "the copy does not validate: check the --set values"
+        };
+        return Err(anyhow::Error::new(e).context(why));
     }
     std::fs::rename(&tmp, &target).with_context(|| format!("writing {}", target.display()))?;
     println!(

@@ -150,6 +150,9 @@ pub fn show(name: &str, env: Option<&str>) -> Result<i32> {
             Some(d) => line.push_str(&format!(", default {d}")),
             None => line.push_str(", required"),
         }
+        if spec.per_environment {
+            line.push_str(", per environment (not inherited by `kiln clone`)");
+        }
         println!("{line}");
         if !spec.fields.is_empty() {
             let fields: Vec<String> = spec

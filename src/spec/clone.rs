@@ -36,6 +36,51 @@ pub struct CloneArgs {
     pub anonymize: Option<String>,
     /// `--no-anonymize`: the data copied as it is.
     pub no_anonymize: bool,
+    /// `--set MODULE.KEY=VALUE`: a module parameter of the copy's own (VALUE is TOML; a bare
+    /// word is a string).
+    pub set: Vec<String>,
+}
+
+/// `--set MODULE.KEY=VALUE` read against SRC's modules: (module, key, value).
+fn parse_sets(env: &Environment, sets: &[String]) -> Result<Vec<(String, String, toml::Value)>> {
+    let mut out: Vec<(String, String, toml::Value)> = Vec::new();
+    for s in sets {
+        let Some((path, raw)) = s.split_once('=') else {
+            bail!("--set wants MODULE.KEY=VALUE, got `{s}`");
+        };
+        let Some((m, k)) = path.trim().split_once('.') else {
+            bail!("--set wants MODULE.KEY=VALUE, got `{s}`");
+        };
+        let Some(module) = env.modules.get(m) else {
+            bail!(
+                "--set {path}: `{m}` is no module of {} (its modules: {})",
+                env.name,
+                env.modules.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        if !module.spec.params.contains_key(k) {
+            bail!(
+                "--set {path}: module {m} has no parameter `{k}` (its parameters: {})",
+                module
+                    .spec
+                    .params
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if out.iter().any(|(om, ok, _)| om == m && ok == k) {
+            bail!("--set {path} is given twice");
+        }
+        let raw = raw.trim();
+        let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+            Ok(mut t) => t.remove("v").expect("parsed one key"),
+            Err(_) => toml::Value::String(raw.to_string()),
+        };
+        out.push((m.to_string(), k.to_string(), value));
+    }
+    Ok(out)
 }
 
 /// Rewrites of values: addresses of kept hosts, references to dropped hosts, domains.
@@ -105,9 +150,12 @@ impl Rewrite {
                     .map(|x| self.value(x))
                     .collect(),
             ),
-            toml::Value::Table(t) => {
-                toml::Value::Table(t.iter().map(|(k, x)| (k.clone(), self.value(x))).collect())
-            }
+            // Keys too: a table keyed by domain or address (`probe_paths`) follows the copy.
+            toml::Value::Table(t) => toml::Value::Table(
+                t.iter()
+                    .map(|(k, x)| (self.string(k), self.value(x)))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }
@@ -347,20 +395,59 @@ pub fn render(env: &Environment, args: &CloneArgs, command: &str) -> Result<Stri
         );
     }
 
-    // Module parameters that mention a changed address, a dropped host or a mapped domain.
+    // Module parameters that mention a changed address, a dropped host or a mapped domain;
+    // the source's own values of `per_environment` parameters (not inherited); `--set`.
+    let sets = parse_sets(env, &args.set)?;
     let mut modules = String::new();
-    for (m, params) in &env.spec.modules {
+    let none = toml::Table::new();
+    let names: Vec<&String> = env
+        .spec
+        .modules
+        .keys()
+        .chain(
+            env.modules
+                .keys()
+                .filter(|m| !env.spec.modules.contains_key(*m)),
+        )
+        .collect();
+    for m in names {
+        let params = env.spec.modules.get(m).unwrap_or(&none);
+        let def = env.modules.get(m);
+        let per_env = |k: &str| {
+            def.and_then(|d| d.spec.params.get(k))
+                .is_some_and(|p| p.per_environment)
+        };
+        let is_set = |k: &str| sets.iter().any(|(sm, sk, _)| sm == m && sk == k);
         let mut lines = String::new();
         for (k, v) in params {
+            if is_set(k) {
+                continue;
+            }
+            if per_env(k) {
+                let default = def.and_then(|d| d.spec.params[k].default.clone());
+                if default.as_ref() != Some(v) {
+                    // The source's value is not repeated here: it may name its receivers.
+                    let d = default.map(|d| inline(&d)).unwrap_or_else(|| "\"\"".into());
+                    let _ = writeln!(
+                        lines,
+                        "{} = {d}  # {src}'s own, not inherited: give this copy its own with `kiln clone --set {m}.{k}=...`",
+                        join_key("", k)
+                    );
+                }
+                continue;
+            }
             let nv = rewrite.value(v);
             if &nv != v {
                 let _ = writeln!(lines, "{} = {}", join_key("", k), inline(&nv));
             }
         }
+        for (_, k, v) in sets.iter().filter(|(sm, _, _)| sm == m) {
+            let _ = writeln!(lines, "{} = {}  # --set", join_key("", k), inline(v));
+        }
         // A copy never asks Let's Encrypt production for certificates.
         if m == "tls" {
             let current = params.get("acme_server").and_then(|v| v.as_str());
-            if current.is_none() || current == Some(LE_PRODUCTION) {
+            if !is_set("acme_server") && (current.is_none() || current == Some(LE_PRODUCTION)) {
                 let _ = writeln!(
                     lines,
                     "acme_server = \"{LE_STAGING}\"  # {src}: Let's Encrypt production"
@@ -370,12 +457,6 @@ pub fn render(env: &Environment, args: &CloneArgs, command: &str) -> Result<Stri
         if !lines.is_empty() {
             let _ = write!(modules, "\n[modules.{}]\n{lines}", join_key("", m));
         }
-    }
-    if !env.spec.modules.contains_key("tls") && env.modules.contains_key("tls") {
-        let _ = writeln!(
-            modules,
-            "\n[modules.tls]\nacme_server = \"{LE_STAGING}\"  # {src}: Let's Encrypt production"
-        );
     }
     if !modules.is_empty() {
         let _ = write!(

@@ -112,6 +112,11 @@ pub struct ParamSpec {
     /// entries are not checked (free-form tables such as `env`).
     #[serde(default)]
     pub entry: IndexMap<String, ParamType>,
+    /// The value belongs to the one environment that sets it (where its alerts go, say):
+    /// a copy made by `kiln clone` does not inherit it but gets the module's default, unless
+    /// `kiln clone --set MODULE.KEY=VALUE` gives it its own.
+    #[serde(default)]
+    pub per_environment: bool,
 }
 
 /// A health check `kiln verify` runs on each host of the module (templated like resources).
