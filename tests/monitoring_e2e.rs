@@ -1,6 +1,7 @@
-//! Monitoring end to end: a small clone of environments/lab.toml — `acme`, `web`, one Galera
-//! node `db1` and the `monitor` host — on this suite's own addresses (10.233.0.81–.84), with
-//! the lab's monitoring set to short intervals (scrape and evaluation 5 s, alerts after 10 s).
+//! Monitoring end to end: a small clone of environments/lab.toml — `acme`, `web`, a two-node
+//! Galera cluster `db1`/`db2` with backups to `storage`, and the `monitor` host — on this
+//! suite's own addresses (10.233.0.81–.86), with the lab's monitoring set to short intervals
+//! (scrape and evaluation 5 s, alerts after 10 s).
 //!
 //! Scenarios (in order, each building on the last): fresh apply and `kiln verify` (its
 //! monitoring check: every generated target up, no alert firing), Prometheus' own view of
@@ -8,8 +9,12 @@
 //! `promtool check rules` on the host, the exporters closed to anyone but the monitoring
 //! host, the mysqld exporter's account without a password; a second apply changes nothing;
 //! nginx stopped on `web` → the SiteDown alert reaches the lab's webhook receiver within
-//! 2 minutes, nginx started → the resolved notification arrives (both latencies printed); a
-//! site removed from the spec is gone from the probes after the next apply.
+//! 2 minutes, nginx started → the resolved notification arrives (both latencies printed);
+//! MariaDB stopped on db2 → GaleraClusterSmall (db1 sees a cluster of 1) and MariaDBDown reach
+//! the webhook, resolved when it is back; a certificate replaced by one expiring in 3 days →
+//! CertificateExpiring, resolved by the next `kiln apply` (which puts the issued one back);
+//! MinIO stopped and a backup run → BackupFailed, resolved by the next good run; a site
+//! removed from the spec is gone from the probes after the next apply.
 
 mod common;
 
@@ -22,8 +27,11 @@ const ACME: &str = "10.233.0.81";
 const WEB: &str = "10.233.0.82";
 const DB1: &str = "10.233.0.83";
 const MONITOR: &str = "10.233.0.84";
+const DB2: &str = "10.233.0.85";
+const STORAGE: &str = "10.233.0.86";
 
-/// environments/lab.toml with acme, web, db1 and monitor only, on this suite's addresses.
+/// environments/lab.toml with acme, web, db1, db2, storage and monitor only, on this suite's
+/// addresses.
 fn env_text(without_admin_site: bool) -> String {
     let lab = std::fs::read_to_string(common::repo().join("environments/lab.toml"))
         .expect("environments/lab.toml");
@@ -31,7 +39,7 @@ fn env_text(without_admin_site: bool) -> String {
     let hosts = doc["hosts"].as_table_mut().expect("[hosts]");
     let names: Vec<String> = hosts.iter().map(|(k, _)| k.to_string()).collect();
     for n in names {
-        if !["acme", "web", "db1", "monitor"].contains(&n.as_str()) {
+        if !["acme", "web", "db1", "db2", "storage", "monitor"].contains(&n.as_str()) {
             hosts.remove(&n);
         }
     }
@@ -40,21 +48,21 @@ fn env_text(without_admin_site: bool) -> String {
         ("web", WEB),
         ("db1", DB1),
         ("monitor", MONITOR),
+        ("db2", DB2),
+        ("storage", STORAGE),
     ] {
         doc["hosts"][h]["address"] = toml_edit::value(a);
     }
-    // No storage here: db1 is a one-node cluster without the backup module.
-    doc["hosts"]["db1"]["roles"] = toml_edit::value(toml_edit::Array::from_iter(["db"]));
-    let one = || toml_edit::value(toml_edit::Array::from_iter(["db1"]));
-    doc["modules"]["mariadb-galera"]["nodes"] = one();
-    doc["modules"]["galera-endpoint"]["nodes"] = one();
-    for m in ["backup", "minio"] {
-        doc["modules"].as_table_mut().unwrap().remove(m);
-    }
-    doc["secrets"]
+    // Two Galera nodes (so one lost leaves a cluster smaller than its nodes), backups on
+    // `storage` only (no off-site copy here).
+    let two = || toml_edit::value(toml_edit::Array::from_iter(["db1", "db2"]));
+    doc["modules"]["mariadb-galera"]["nodes"] = two();
+    doc["modules"]["galera-endpoint"]["nodes"] = two();
+    doc["modules"]["backup"]["peers"] = two();
+    doc["modules"]["backup"]
         .as_table_mut()
-        .unwrap()
-        .remove("minio_artifact_sha256");
+        .expect("[modules.backup]")
+        .remove("replicate_to");
     // AIDE's first database costs minutes of CPU on a shared machine and is not what this
     // suite is about.
     doc["modules"]["debian-base"]["hardening_aide"] = toml_edit::value(false);
@@ -90,8 +98,8 @@ fn up(lab: &Lab) -> Result<(), String> {
     expect(r.code == 0, "kiln lab up", &r)?;
     let r = lab.kiln(&["lab", "status", ENV]);
     expect(
-        r.code == 0 && r.stdout.matches("running").count() == 4,
-        "four hosts running",
+        r.code == 0 && r.stdout.matches("running").count() == 6,
+        "six hosts running",
         &r,
     )
 }
@@ -109,14 +117,17 @@ for line in sorted("%s %s %s" % (t["labels"]["job"], t["labels"]["instance"], t[
     )
 }
 
-const EXPECTED: [&str; 17] = [
+const EXPECTED: [&str; 22] = [
     "alertmanager monitor",
     "blackbox monitor",
     "mysqld db1",
+    "mysqld db2",
     "nginx web",
     "node acme",
     "node db1",
+    "node db2",
     "node monitor",
+    "node storage",
     "node web",
     "prometheus monitor",
     "sites https://admin.lab.test/",
@@ -125,7 +136,9 @@ const EXPECTED: [&str; 17] = [
     "sites https://node.lab.test/health",
     "ssh acme",
     "ssh db1",
+    "ssh db2",
     "ssh monitor",
+    "ssh storage",
     "ssh web",
 ];
 
@@ -141,8 +154,8 @@ fn fresh_apply_and_verify(lab: &Lab) -> Result<(), String> {
         v.code == 0
             && v.stdout
                 .contains("monitoring: every generated target is up and no alert fires")
-            && v.stdout.contains("17 target(s) up, no alert firing"),
-        "kiln verify: the monitoring check passes (17 targets up, no alert)",
+            && v.stdout.contains("22 target(s) up, no alert firing"),
+        "kiln verify: the monitoring check passes (22 targets up, no alert)",
         &v,
     )
 }
@@ -174,14 +187,22 @@ fn prometheus_scrapes_exactly_what_kiln_derived(lab: &Lab) -> Result<(), String>
         "curl -fsS --max-time 10 'http://127.0.0.1:9090/api/v1/query?query=mysql_global_status_wsrep_local_state' ; echo; curl -fsS --max-time 10 'http://127.0.0.1:9090/api/v1/query?query=mysql_global_status_wsrep_cluster_status'",
     );
     expect(
-        q.code == 0 && q.stdout.contains("\"4\"]") && q.stdout.contains("\"1\"]"),
-        "Prometheus has Galera's local state (4, Synced) and cluster status (1, Primary)",
+        q.code == 0
+            && q.stdout.matches("\"4\"]").count() == 2
+            && q.stdout.matches("\"1\"]").count() == 2,
+        "Prometheus has both nodes' Galera local state (4, Synced) and cluster status (1, Primary)",
         &q,
     )
 }
 
 fn exporters_only_for_the_monitoring_host(lab: &Lab) -> Result<(), String> {
-    for (port, addr) in [(9100, WEB), (9113, WEB), (9104, DB1)] {
+    for (port, addr) in [
+        (9100, WEB),
+        (9113, WEB),
+        (9104, DB1),
+        (9104, DB2),
+        (9100, STORAGE),
+    ] {
         let from_monitor = lab.sh(
             "monitor",
             &format!("curl -fsS -o /dev/null --max-time 5 http://{addr}:{port}/metrics"),
@@ -324,6 +345,197 @@ fn site_down_alert_reaches_the_webhook(lab: &Lab) -> Result<(), String> {
     expect(v.code == 0, "verify green again", &v)
 }
 
+/// The instance label of a `status` notification of `alert` received after `since`, waited
+/// for up to `limit`; prints the latency after `since` as `what`.
+fn notified(
+    lab: &Lab,
+    alert: &str,
+    status: &str,
+    since: f64,
+    limit: Duration,
+    what: &str,
+) -> Result<f64, String> {
+    let at = wait_for_notification(lab, alert, status, since, limit)?;
+    println!(
+        "    {alert} {status} reached the webhook {:.1} s after {what}",
+        at - since
+    );
+    Ok(at)
+}
+
+fn galera_alert_when_a_node_stops(lab: &Lab) -> Result<(), String> {
+    let t0 = now_on(lab, "monitor")?;
+    let r = lab.sh("db2", "systemctl stop mariadb");
+    expect(r.code == 0, "stop MariaDB on db2", &r)?;
+    let small = notified(
+        lab,
+        "GaleraClusterSmall",
+        "firing",
+        t0,
+        Duration::from_secs(120),
+        "MariaDB stopped on db2",
+    );
+    let down = small.as_ref().ok().map(|_| {
+        notified(
+            lab,
+            "MariaDBDown",
+            "firing",
+            t0,
+            Duration::from_secs(60),
+            "MariaDB stopped on db2",
+        )
+    });
+    // What Prometheus says of the survivor, for the record and the assertion below.
+    let size = lab.sh(
+        "monitor",
+        "curl -fsS --max-time 10 'http://127.0.0.1:9090/api/v1/query?query=mysql_global_status_wsrep_cluster_size'",
+    );
+    let t1 = now_on(lab, "monitor")?;
+    let s = lab.sh("db2", "systemctl start mariadb");
+    expect(s.code == 0, "start MariaDB on db2 (it rejoins)", &s)?;
+    small?;
+    down.expect("asked when GaleraClusterSmall fired")?;
+    expect(
+        size.stdout.contains("\"instance\":\"db1\"") && size.stdout.contains("\"1\"]"),
+        "Prometheus saw db1 in a cluster of 1 while db2 was down",
+        &size,
+    )?;
+    notified(
+        lab,
+        "GaleraClusterSmall",
+        "resolved",
+        t1,
+        Duration::from_secs(180),
+        "MariaDB started on db2",
+    )?;
+    notified(
+        lab,
+        "MariaDBDown",
+        "resolved",
+        t1,
+        Duration::from_secs(120),
+        "MariaDB started on db2",
+    )?;
+    let v = lab.kiln(&["verify", ENV]);
+    expect(v.code == 0, "verify green again (db2 Synced)", &v)
+}
+
+fn certificate_alert_when_one_expires_soon(lab: &Lab) -> Result<(), String> {
+    let t0 = now_on(lab, "monitor")?;
+    // What an operator's mistake or a stuck renewal leaves: a certificate for the right
+    // names that expires in 3 days, served by nginx.
+    let r = lab.sh(
+        "web",
+        "set -e; d=/etc/kiln/tls/live/app; \
+         openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj /CN=app.lab.test \
+           -addext subjectAltName=DNS:app.lab.test -keyout $d/privkey.pem.t -out $d/fullchain.pem.t 2>/dev/null; \
+         chmod 600 $d/privkey.pem.t; mv -f $d/privkey.pem.t $d/privkey.pem; mv -f $d/fullchain.pem.t $d/fullchain.pem; \
+         nginx -t -q && systemctl reload nginx",
+    );
+    expect(
+        r.code == 0,
+        "a 3-day certificate for app.lab.test installed by hand",
+        &r,
+    )?;
+    let fired = notified(
+        lab,
+        "CertificateExpiring",
+        "firing",
+        t0,
+        Duration::from_secs(120),
+        "the short certificate was installed",
+    )?;
+    let firing = lab.sh(
+        "monitor",
+        r#"curl -fsS --max-time 10 http://127.0.0.1:9090/api/v1/alerts | python3 -c '
+import json, sys
+for a in json.load(sys.stdin)["data"]["alerts"]:
+    if a["labels"]["alertname"] == "CertificateExpiring" and a["state"] == "firing":
+        print(a["labels"]["instance"])'"#,
+    );
+    expect(
+        firing.code == 0 && firing.stdout.trim() == "https://app.lab.test/",
+        "CertificateExpiring fires for app.lab.test alone",
+        &firing,
+    )?;
+    // kiln sees the certificate due (3 days < renew_days) and puts a good one in place.
+    let p = lab.kiln(&["plan", ENV, "--limit", "web"]);
+    expect(
+        p.code == 0 && p.stdout.contains("kiln-certs sync"),
+        "the plan runs kiln-certs sync for the short certificate",
+        &p,
+    )?;
+    let t1 = now_on(lab, "monitor")?;
+    let a = lab.kiln(&["apply", ENV, "--limit", "web", "--yes"]);
+    expect(a.code == 0, "apply on web", &a)?;
+    let resolved = notified(
+        lab,
+        "CertificateExpiring",
+        "resolved",
+        t1.max(fired),
+        Duration::from_secs(120),
+        "kiln apply replaced it",
+    );
+    resolved?;
+    let v = lab.kiln(&["verify", ENV]);
+    expect(v.code == 0, "verify green again", &v)
+}
+
+fn backup_alert_when_a_backup_fails(lab: &Lab) -> Result<(), String> {
+    let t0 = now_on(lab, "monitor")?;
+    let r = lab.sh("storage", "systemctl stop minio");
+    expect(r.code == 0, "stop MinIO on storage", &r)?;
+    let b = lab.sh("db1", "timeout 300 systemctl start kiln-backup.service");
+    let after = lab.sh(
+        "db1",
+        "systemctl is-failed kiln-backup.service; cat /var/lib/prometheus/node-exporter/kiln_backup_run_*.prom",
+    );
+    let fired = notified(
+        lab,
+        "BackupFailed",
+        "firing",
+        t0,
+        Duration::from_secs(120),
+        "a backup ran with MinIO stopped",
+    );
+    let t1 = now_on(lab, "monitor")?;
+    let s = lab.sh("storage", "systemctl start minio");
+    expect(s.code == 0, "start MinIO on storage", &s)?;
+    expect(
+        b.code != 0,
+        "the backup run fails while MinIO is stopped",
+        &b,
+    )?;
+    expect(
+        after.stdout.starts_with("failed")
+            && after
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("kiln_backup_last_run_success{") && l.ends_with(" 0.0")),
+        "the unit is failed and the textfile metric says the last run failed",
+        &after,
+    )?;
+    fired?;
+    let ok = lab.sh(
+        "db1",
+        &format!(
+            "for i in $(seq 30); do curl -fsS -o /dev/null --max-time 2 http://{STORAGE}:9000/minio/health/live && break; sleep 1; done; \
+             timeout 300 systemctl start kiln-backup.service"
+        ),
+    );
+    expect(ok.code == 0, "a backup with MinIO back succeeds", &ok)?;
+    notified(
+        lab,
+        "BackupFailed",
+        "resolved",
+        t1,
+        Duration::from_secs(120),
+        "MinIO was started and a backup succeeded",
+    )?;
+    let v = lab.kiln(&["verify", ENV]);
+    expect(v.code == 0, "verify green again", &v)
+}
+
 fn removed_site_leaves_the_probes(lab: &Lab) -> Result<(), String> {
     lab.write_env(&env_text(true));
     let r = lab.kiln(&["apply", ENV, "--yes"]);
@@ -347,8 +559,8 @@ fn removed_site_leaves_the_probes(lab: &Lab) -> Result<(), String> {
     )?;
     let v = lab.kiln(&["verify", ENV]);
     expect(
-        v.code == 0 && v.stdout.contains("16 target(s) up, no alert firing"),
-        "verify: 16 targets up",
+        v.code == 0 && v.stdout.contains("21 target(s) up, no alert firing"),
+        "verify: 21 targets up",
         &v,
     )?;
     let p = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
@@ -388,6 +600,18 @@ fn main() {
             (
                 "nginx stopped: SiteDown reaches the webhook within 2 min, then resolved",
                 &site_down_alert_reaches_the_webhook,
+            ),
+            (
+                "MariaDB stopped on db2: the Galera alerts reach the webhook, then resolved",
+                &galera_alert_when_a_node_stops,
+            ),
+            (
+                "a certificate expiring in 3 days: CertificateExpiring; kiln apply resolves it",
+                &certificate_alert_when_one_expires_soon,
+            ),
+            (
+                "a failed backup: BackupFailed; a good run resolves it",
+                &backup_alert_when_a_backup_fails,
             ),
             (
                 "a removed site leaves the probes on the next apply",

@@ -334,6 +334,21 @@ fn tool(name: &str) -> Option<std::path::PathBuf> {
     }
 }
 
+/// `tool ARGS FILE`: whether it exited 0, and its stdout and stderr.
+fn run_tool(tool: &Path, args: &[&str], file: &Path) -> (bool, String) {
+    let r = std::process::Command::new(tool)
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", tool.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    (r.status.success(), text)
+}
+
 /// promtool (Debian's `prometheus` package): the rendered rules and config pass it; amtool
 /// (`prometheus-alertmanager`): Alertmanager's file, with a webhook and with email.
 #[test]
@@ -348,17 +363,8 @@ fn rendered_rules_and_config_pass_promtool_and_amtool() {
             let dir = tempfile::tempdir().unwrap();
             let am = dir.path().join("alertmanager.yml");
             std::fs::write(&am, file(&d, "mon", "/etc/prometheus/alertmanager.yml")).unwrap();
-            let r = std::process::Command::new(&amtool)
-                .args(["check-config"])
-                .arg(&am)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&r.stdout),
-                String::from_utf8_lossy(&r.stderr)
-            );
-            assert!(r.status.success() && text.contains("SUCCESS"), "{extra}\n{text}");
+            let (ok, text) = run_tool(&amtool, &["check-config"], &am);
+            assert!(ok && text.contains("SUCCESS"), "{extra}\n{text}");
         }
     }
     let Some(promtool) = tool("promtool") else {
@@ -369,33 +375,12 @@ fn rendered_rules_and_config_pass_promtool_and_amtool() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("kiln-rules.yml");
     std::fs::write(&rules, file(&d, "mon", "/etc/prometheus/kiln-rules.yml")).unwrap();
-    let r = std::process::Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&r.stdout),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    assert!(
-        r.status.success() && text.contains("SUCCESS: 16 rules found"),
-        "{text}"
-    );
+    let (ok, text) = run_tool(&promtool, &["check", "rules"], &rules);
+    assert!(ok && text.contains("SUCCESS: 16 rules found"), "{text}");
     let prom = file(&d, "mon", "/etc/prometheus/prometheus.yml")
         .replace("/etc/prometheus/kiln-rules.yml", rules.to_str().unwrap());
     let cfg = dir.path().join("prometheus.yml");
     std::fs::write(&cfg, prom).unwrap();
-    let r = std::process::Command::new(&promtool)
-        .args(["check", "config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        r.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&r.stdout),
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let (ok, text) = run_tool(&promtool, &["check", "config"], &cfg);
+    assert!(ok, "{text}");
 }

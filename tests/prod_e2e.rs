@@ -9,8 +9,9 @@
 //! Scenarios, in order: clone and lab up (8 hosts, 10.233.0.91-98); the first apply from bare
 //! Debian converges and verify passes; the web host reaches the Galera cluster through its
 //! HAProxy and the object store, while the ports no module opens to it stay shut (and the
-//! object store cannot reach MariaDB); a second apply changes nothing; no secret in any
-//! output. Needs root.
+//! object store cannot reach MariaDB); the monitoring prod declares on `offsite` probes every
+//! site with success, and the copy's alerts go to its own receiver (`kiln clone --set`),
+//! never prod's email; a second apply changes nothing; no secret in any output. Needs root.
 
 mod common;
 
@@ -76,6 +77,14 @@ trust = "partial"
 [modules.backup]
 age_recipients = ["{recipient}"]
 
+# The lab's ACME CA is made at `kiln lab up`: probes measure expiry but do not verify it.
+# The copy's receiver (its `webhook_urls`, given by `kiln clone --set`) is the lab's.
+[roles.monitoring]
+modules = ["debian-base", "monitoring", "lab-webhook"]
+
+[modules.monitoring]
+probe_tls_verify = false
+
 [secrets.minio_artifact_sha256]
 lab_artifact = "minio.sha256"
 [secrets.node_app_secret]
@@ -90,6 +99,8 @@ generate = 32
 generate = 16
 [secrets.offsite_root_password]
 generate = 32
+[secrets.smtp_password]
+generate = 16
 [secrets.backup_age_identity]
 env = "PRODCI_AGE_IDENTITY"
 [secrets.shop_fullchain]
@@ -114,6 +125,8 @@ fn up(lab: &Lab) -> Result<(), String> {
         &format!("lab@{FIRST}"),
         "--domain-map",
         "example.com=prod.lab.test",
+        "--set",
+        "monitoring.webhook_urls=[\"http://127.0.0.1:9099/alerts\"]",
     ]);
     expect(r.code == 0, "kiln clone prod prodlab", &r)?;
     let clone = std::fs::read_to_string(lab.path(&format!("environments/{CLONE}.toml")))
@@ -121,6 +134,14 @@ fn up(lab: &Lab) -> Result<(), String> {
     expect(
         clone.contains(&format!("address = \"{WEB1}\"")) && !clone.contains("ports"),
         "the clone moves the hosts and writes no ports",
+        &r,
+    )?;
+    expect(
+        clone.contains("email_to = []  # prod's own, not inherited")
+            && clone.contains("webhook_urls = [\"http://127.0.0.1:9099/alerts\"]  # --set")
+            && clone.contains("\"api.prod.lab.test\" = \"/health\"")
+            && !clone.contains("ops@example.com"),
+        "the clone's alerts go to its own receiver, not prod's email; its probe paths follow the domains",
         &r,
     )?;
     let r = lab.kiln(&["lab", "down", ENV]);
@@ -232,6 +253,53 @@ fn web_reaches_the_cluster_and_the_object_store(lab: &Lab) -> Result<(), String>
     )
 }
 
+/// The monitoring prod declares, on the copy: every site probe succeeds (the derived paths
+/// and domains are right for prod's sites), and the copy's Alertmanager sends to the copy's
+/// receiver, never to prod's email.
+fn monitoring_probes_every_site_and_alerts_go_to_the_copy(lab: &Lab) -> Result<(), String> {
+    let q = lab.sh(
+        "offsite",
+        r#"for i in $(seq 30); do
+  out=$(curl -fsS --max-time 10 'http://127.0.0.1:9090/api/v1/query?query=probe_success%7Bjob%3D%22sites%22%7D' | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(len(r), sum(1 for x in r if x["value"][1] == "1"))
+for x in r:
+    print(x["metric"]["instance"], x["value"][1])') && [ "$(echo "$out" | head -1 | cut -d" " -f1)" = 9 ] && [ "$(echo "$out" | head -1 | cut -d" " -f2)" = 9 ] && break
+  sleep 3
+done; echo "$out""#,
+    );
+    expect(
+        q.code == 0 && q.stdout.lines().next() == Some("9 9"),
+        "Prometheus on offsite probes the 9 site domains of prod, every probe succeeds",
+        &q,
+    )?;
+    let am = lab.sh("offsite", "cat /etc/prometheus/alertmanager.yml");
+    expect(
+        am.code == 0
+            && am.stdout.contains("http://127.0.0.1:9099/alerts")
+            && !am.stdout.contains("ops@example.com")
+            && !am.stdout.contains("email_configs"),
+        "the copy's Alertmanager sends to the copy's webhook, no email",
+        &am,
+    )?;
+    let t = lab.sh(
+        "offsite",
+        "t0=$(date +%s); amtool --alertmanager.url=http://127.0.0.1:9093 alert add KilnCopyRouting severity=warning instance=prodci >/dev/null && \
+         for i in $(seq 60); do grep -q KilnCopyRouting /var/lib/kiln-webhook/alerts.jsonl 2>/dev/null && { echo \"after $(( $(date +%s) - t0 )) s\"; exit 0; }; sleep 2; done; exit 1",
+    );
+    expect(
+        t.code == 0,
+        "an alert raised on the copy's Alertmanager reaches the copy's receiver",
+        &t,
+    )?;
+    println!(
+        "      a test alert reached the copy's webhook {}",
+        t.stdout.trim()
+    );
+    Ok(())
+}
+
 fn second_apply_changes_nothing(lab: &Lab) -> Result<(), String> {
     let r = lab.kiln_timeout(&["apply", ENV, "--yes"], 900);
     expect(
@@ -283,6 +351,10 @@ fn main() {
         (
             "web_reaches_the_cluster_and_the_object_store",
             &web_reaches_the_cluster_and_the_object_store,
+        ),
+        (
+            "monitoring_probes_every_site_and_alerts_go_to_the_copy",
+            &monitoring_probes_every_site_and_alerts_go_to_the_copy,
         ),
         (
             "second_apply_changes_nothing",

@@ -61,13 +61,7 @@ fn parse_sets(env: &Environment, sets: &[String]) -> Result<Vec<(String, String,
         if !module.spec.params.contains_key(k) {
             bail!(
                 "--set {path}: module {m} has no parameter `{k}` (its parameters: {})",
-                module
-                    .spec
-                    .params
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                module.param_names()
             );
         }
         if out.iter().any(|(om, ok, _)| om == m && ok == k) {

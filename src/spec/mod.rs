@@ -685,15 +685,9 @@ impl Environment {
                     None => errors.push(self.error(
                         &key,
                         format!(
-                                "module `{m}` has no parameter `{k}` (parameters: {})",
-                                module
-                                    .spec
-                                    .params
-                                    .keys()
-                                    .cloned()
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
+                            "module `{m}` has no parameter `{k}` (parameters: {})",
+                            module.param_names()
+                        ),
                     )),
                     Some(p) if !p.ty.accepts(v) => errors.push(self.error(
                         &key,

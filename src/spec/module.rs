@@ -149,6 +149,16 @@ pub struct Module {
 }
 
 impl Module {
+    /// Its parameters' names, for an error that lists them (`a, b, c`).
+    pub fn param_names(&self) -> String {
+        self.spec
+            .params
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// `templates/<name>/` beside the module's own `modules/`.
     pub fn templates_dir(&self) -> std::path::PathBuf {
         self.root.join("templates").join(&self.name)
