@@ -96,7 +96,7 @@ pub async fn prepare(conn: &Connection, opts: &SshOptions, home: &str) -> Result
             "the host is trusted through a @cert-authority (known_hosts line {line})"
         )));
     }
-    let mut paths: Vec<(String, bool)> = vec![];
+    let mut paths: Vec<String> = vec![];
     if let Some(k) = &conn.key {
         if let Err(e) = std::fs::File::open(k) {
             anyhow::bail!(
@@ -105,28 +105,23 @@ pub async fn prepare(conn: &Connection, opts: &SshOptions, home: &str) -> Result
                 k.display()
             );
         }
-        paths.push((k.display().to_string(), true));
+        paths.push(k.display().to_string());
     }
-    paths.extend(applied.identity_files.iter().map(|p| (p.clone(), true)));
+    paths.extend(applied.identity_files.iter().cloned());
     if paths.is_empty() {
-        paths.extend(
-            DEFAULT_KEYS
-                .iter()
-                .map(|k| (format!("{home}/.ssh/{k}"), false)),
-        );
+        paths.extend(DEFAULT_KEYS.iter().map(|k| format!("{home}/.ssh/{k}")));
     }
     let mut keys = vec![];
-    for (p, named) in paths {
+    for p in paths {
         if Path::new(&format!("{p}-cert.pub")).exists() {
             return Ok(Plan::OpenSsh(format!(
                 "the key {p} has a certificate beside it"
             )));
         }
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(_) if !named => continue,
-            // ssh goes on without a config's missing IdentityFile; so does russh.
-            Err(_) => continue,
+        // ssh goes on without a missing IdentityFile or default key; so does russh. (The
+        // key kiln names was checked above.)
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
         };
         match ::russh::keys::decode_secret_key(&text, None) {
             Ok(k) => keys.push((p, k)),
