@@ -62,9 +62,10 @@ pub trait Connector: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
     /// The system's `ssh` through the openssh crate (a master per host).
-    #[default]
     OpenSsh,
-    /// `russh`, in process; falls back to OpenSSH per host for what it lacks.
+    /// `russh`, in process; falls back to OpenSSH per host for what it lacks. The default:
+    /// faster at every size measured (BENCHMARKS.md, "Transports").
+    #[default]
     Russh,
 }
 
@@ -75,7 +76,7 @@ pub fn select(kind: Kind) {
     let _ = KIND.set(kind);
 }
 
-/// The transport chosen with `select`, else OpenSSH.
+/// The transport chosen with `select`, else russh.
 pub fn selected() -> Kind {
     KIND.get().copied().unwrap_or_default()
 }
