@@ -14,6 +14,7 @@ Environment variables:
   KILN_PATH        Directories (colon-separated) searched first for modules/ and templates/
   KILN_SSH_USER    SSH user for every non-lab host (CI drift runs with their own account)
   KILN_SSH_KEY     SSH private key for every non-lab host (with KILN_SSH_USER)
+  KILN_TRANSPORT   russh (default) or openssh: as --transport
   KILN_LAB_DIR     The lab's state directory (default /var/lib/kiln/lab)
   KILN_RECORD_DIR  Record every host's answers there as tapes (redacted) for tests
   KILN_JUICEFS     The juicefs binary the lab's object-storage stand-in runs
@@ -38,8 +39,26 @@ pub struct Cli {
         value_name = "WHEN"
     )]
     pub color: ColorChoice,
+    /// How hosts are reached over SSH: openssh (the system's ssh, a master per host; the
+    /// default) or russh (in process, faster; a host needing what russh lacks, e.g.
+    /// ProxyJump, goes through OpenSSH with a note).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "openssh",
+        global = true,
+        env = "KILN_TRANSPORT",
+        value_name = "IMPL"
+    )]
+    pub transport: TransportChoice,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TransportChoice {
+    Openssh,
+    Russh,
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,6 +282,10 @@ pub enum ModuleAction {
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::ui::set_color(cli.color);
+    crate::transport::select(match cli.transport {
+        TransportChoice::Openssh => crate::transport::Kind::OpenSsh,
+        TransportChoice::Russh => crate::transport::Kind::Russh,
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()

@@ -10,8 +10,9 @@ use anyhow::Result;
 use crate::desired::Connection;
 use crate::spec::Environment;
 use crate::transport::recorded::Recorder;
+use crate::transport::russh::RusshConnector;
 use crate::transport::ssh::SshConnector;
-use crate::transport::{Connector, Transport};
+use crate::transport::{Connector, Kind, Transport};
 
 /// Open connections, by host name, and the `Connector` that opens new ones.
 #[derive(Clone)]
@@ -38,7 +39,7 @@ impl Connections {
     /// `KILN_RECORD_DIR` set, every host's answers are also recorded there as tapes for
     /// `transport::recorded` (redacted, 0600).
     pub fn ssh(env: &Environment) -> Connections {
-        let ssh: Arc<dyn Connector> = Arc::new(connector(env));
+        let ssh = connector(env);
         match std::env::var_os("KILN_RECORD_DIR") {
             Some(dir) => Connections::new(Arc::new(Recorder::new(
                 ssh,
@@ -65,7 +66,12 @@ impl Connections {
 }
 
 /// The SSH connector for an environment: its known_hosts, `[ssh] accept_new` (never for lab
-/// hosts: their keys are recorded when they are created) and connect timeout.
-pub fn connector(env: &Environment) -> SshConnector {
-    SshConnector::for_env(env)
+/// hosts: their keys are recorded when they are created) and connect timeout, through the
+/// transport chosen with `--transport` (`transport::selected`).
+pub fn connector(env: &Environment) -> Arc<dyn Connector> {
+    let openssh = SshConnector::for_env(env);
+    match crate::transport::selected() {
+        Kind::OpenSsh => Arc::new(openssh),
+        Kind::Russh => Arc::new(RusshConnector { openssh }),
+    }
 }

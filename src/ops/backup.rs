@@ -106,7 +106,6 @@ async fn connect_first<'a>(
 }
 
 async fn connect(env: &crate::spec::Environment, h: &DesiredHost) -> Result<Arc<dyn Transport>> {
-    use crate::transport::Connector;
     crate::engine::connector(env)
         .connect(&h.name, &h.connection)
         .await

@@ -1,10 +1,12 @@
 //! Transports run a shell script on a host with the script on stdin. Everything kiln does
 //! on a host is one such call (facts, apply, checks), so a transport needs little: `run`.
 //! `ssh` (OpenSSH with a multiplexed master per host) is the real one; `local` runs on this
-//! machine (pull mode, tests). The trait keeps a future russh backend possible.
+//! machine (pull mode, tests). `russh` speaks SSH in process (`--transport russh`), and
+//! hands a host to `ssh` when it cannot reach it exactly as OpenSSH would.
 
 pub mod local;
 pub mod recorded;
+pub mod russh;
 pub mod ssh;
 
 use std::future::Future;
@@ -54,6 +56,30 @@ pub trait Connector: Send + Sync {
         name: &'a str,
         conn: &'a Connection,
     ) -> BoxFuture<'a, Result<Arc<dyn Transport>>>;
+}
+
+/// Which SSH implementation reaches hosts: `--transport` / `KILN_TRANSPORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// The system's `ssh` through the openssh crate (a master per host). The default until
+    /// the lab suites (lost connections, access paths, keepalive timings) run through russh.
+    #[default]
+    OpenSsh,
+    /// `russh`, in process; falls back to OpenSSH per host for what it lacks. Faster at
+    /// every size measured (BENCHMARKS.md, "Transports").
+    Russh,
+}
+
+static KIND: std::sync::OnceLock<Kind> = std::sync::OnceLock::new();
+
+/// Chooses the transport for this process (the CLI, once, before any connection).
+pub fn select(kind: Kind) {
+    let _ = KIND.set(kind);
+}
+
+/// The transport chosen with `select`, else OpenSSH.
+pub fn selected() -> Kind {
+    KIND.get().copied().unwrap_or_default()
 }
 
 /// The remote command line: no secrets and no script content ever appear in it.
