@@ -192,6 +192,7 @@ fn debian_base_s_admins_must_keep_kiln_s_key_and_sudo() {
     assert!(l.not_checked[0].starts_with("the sudoers files kiln writes do not let deploy run commands as root without a password; whether another rule does is not known offline"), "{l:#?}");
 }
 
+/// The SSH range and the monitoring host (`offsite`, its banner probe) are admitted.
 #[test]
 fn the_shipped_prod_environment_from_outside_its_ssh_range_with_another_key() {
     let prod = Path::new(env!("CARGO_MANIFEST_DIR")).join("environments/prod.toml");
@@ -202,7 +203,7 @@ fn the_shipped_prod_environment_from_outside_its_ssh_range_with_another_key() {
     assert!(l.reasons[0].starts_with("/home/deploy/.ssh/authorized_keys (deploy's authorized_keys) would not hold kiln's key"), "{l:#?}");
     assert_eq!(
         l.reasons[1],
-        "the firewall (/etc/nftables.conf) admits SSH (port 22) only from 198.51.100.0/24, and kiln connects from 10.233.0.1"
+        "the firewall (/etc/nftables.conf) admits SSH (port 22) only from 198.51.100.0/24, 192.0.2.40, and kiln connects from 10.233.0.1"
     );
 }
 

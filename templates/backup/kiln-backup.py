@@ -802,6 +802,7 @@ def prune(s3, cfg, prefix, dry_run):
             drop.append(s)
         elif not b["complete"] and (now - parse_stamp(s)).total_seconds() > 2 * 86400:
             drop.append(s)  # a run that died two days ago will not finish
+    drop = [s for s in drop if not unrestored_seed(s3, cfg, prefix, s, found[s])]
     for s in drop:
         if not dry_run:
             # The manifest goes first, so a half-deleted backup is incomplete, never wrong.
@@ -815,6 +816,31 @@ def prune(s3, cfg, prefix, dry_run):
     if cfg.get("binlog", {}).get("enabled") and keep:
         prune_binlogs(s3, cfg, prefix, sorted(keep), dry_run)
     return 0
+
+
+def unrestored_seed(s3, cfg, prefix, stamp, b):
+    """A seed backup (another environment's data, `kiln restore --from-env`) that this
+    environment has not restored yet: retention keeps it. The environment's own first base
+    backup, taken seconds later, would otherwise leave it the older of the day, and the
+    restore that follows would find it gone."""
+    if not b["complete"]:
+        return False
+    try:
+        m = json.loads(s3.get_bytes(cfg["bucket"], "%s/%s/manifest.json" % (
+            prefix.rstrip("/"), stamp)))
+    except Exception as e:  # noqa: BLE001 - unreadable: keep it rather than lose a seed
+        log("retention: keeping %s: its manifest cannot be read (%s)" % (stamp, e))
+        return True
+    if not m.get("seed"):
+        return False
+    try:
+        marker = json.loads(s3.get_bytes(cfg["bucket"], seed_marker(cfg)))
+    except Exception:  # noqa: BLE001 - no marker: not restored yet
+        marker = {}
+    if marker.get("backup") == stamp:
+        return False
+    log("retention: keeping seed backup %s until it is restored" % stamp)
+    return True
 
 
 def binlog_prunable(files, bases, oldest):
