@@ -82,6 +82,18 @@ pub fn selected() -> Kind {
     KIND.get().copied().unwrap_or_default()
 }
 
+/// A run's future, ended on our side 10 s after the remote `timeout` (in `remote_command`)
+/// should have ended the remote process: `TARGET: timed out after Ns`.
+pub(crate) async fn bounded<T>(
+    target: &str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(timeout + Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("{target}: timed out after {}s", timeout.as_secs()))?
+}
+
 /// The remote command line: no secrets and no script content ever appear in it.
 pub fn remote_command(user: &str, timeout: Duration) -> String {
     let t = timeout.as_secs().max(1);

@@ -240,12 +240,7 @@ impl Transport for SshTransport {
                     stderr,
                 })
             };
-            // The remote `timeout` ends the remote process; this one ends our side a little later.
-            tokio::time::timeout(timeout + Duration::from_secs(10), fut)
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!("{}: timed out after {}s", self.target, timeout.as_secs())
-                })?
+            super::bounded(&self.target, timeout, fut).await
         })
     }
 

@@ -385,11 +385,7 @@ impl Transport for RusshTransport {
                     stderr,
                 })
             };
-            tokio::time::timeout(timeout + Duration::from_secs(10), fut)
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!("{}: timed out after {}s", self.target, timeout.as_secs())
-                })?
+            super::bounded(&self.target, timeout, fut).await
         })
     }
 
