@@ -55,7 +55,7 @@ spas = [{{ name = "app", root = "/srv/app/dist" }}, {{ name = "admin", root = "/
 [modules.debian-base]
 # The lab's apt cache instead of Debian's mirrors; SSH from the controller instead of the
 # office range (prod's range would lock kiln out, and kiln refuses that).
-apt_proxy = "http://10.233.0.1:3142"
+apt_proxy = "http://10.233.0.1:3143"
 ssh_from = ["10.233.0.1"]
 fail2ban_ignoreip = ["10.233.0.1"]
 

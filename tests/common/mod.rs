@@ -294,7 +294,7 @@ pub fn local_timeout(cmd: &str, args: &[&str], secs: u64) -> Run {
 /// The command runs in a process group of its own; at the limit that group is killed (the
 /// command and what it started: kiln's ssh clients, a remote shell's client), and the
 /// [`Run`] has exit code [`TIMED_OUT`], the output read so far, and on stderr `TIMED OUT
-/// after N s: COMMAND LINE`. What the lab must keep running (containers, apt-cacher-ng, the
+/// after N s: COMMAND LINE`. What the lab must keep running (containers, the apt cache, the
 /// artifact server) is started with `setsid`, in no group of ours. The same happens when
 /// the command exits but something it started still holds its output open at the limit.
 /// Panics when the command cannot be started at all.

@@ -17,9 +17,10 @@ const IMAGE_PACKAGES: &str =
 const MACHINE_PACKAGES: &[&str] = &[
     "debootstrap",
     "systemd-container",
-    "apt-cacher-ng",
     "iproute2",
     "openssh-client",
+    // The apt cache and the artifact server are Python (standard library only).
+    "python3",
 ];
 
 pub(super) fn require_root() -> Result<()> {

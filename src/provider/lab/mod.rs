@@ -4,7 +4,8 @@
 //! debootstrapped Debian 12 image, living in its own network namespace whose `eth0`
 //! is one end of a veth pair plugged into the bridge [`BRIDGE`] in the root
 //! namespace. The hosts have no route to the outside world; apt reaches the Debian
-//! mirror through an `apt-cacher-ng` proxy listening on the bridge address. Each
+//! mirror through the lab's apt cache (a caching proxy, `apt_cache.rs`) listening on the
+//! bridge address. Each
 //! host gets its own SSH host keys, whose public half is recorded in the caller's
 //! known_hosts file, and the lab's own SSH key is authorized for root, so the rest
 //! of kiln talks to lab hosts exactly as it talks to real servers: over SSH with
@@ -21,7 +22,8 @@
 //!     rootfs/                     the host's root filesystem (rootfs.tmp while being made)
 //!     pid                         pid of the host's systemd-nspawn process
 //!     console.log                 the container's console output of its latest boot
-//!   apt-cacher-ng.{pid,log}       the proxy, when the lab started it
+//!   apt-cache.{py,pid,log}        the apt cache (proxy) the lab runs
+//!   apt-cache/                    its cached files, kept for the next `up`
 //! ```
 //!
 //! Outside the state directory the lab makes, per host, a network namespace
@@ -38,7 +40,7 @@
 //! one cgroup tree and each container's systemd sees (and fights over) the
 //! services of the others.
 
-mod apt_cacher;
+mod apt_cache;
 pub mod artifacts;
 mod boot;
 mod host;
@@ -65,7 +67,7 @@ use util::*;
 /// The bridge in the root namespace that every lab host's veth is plugged into.
 pub const BRIDGE: &str = "kilnbr0";
 /// The bridge's address (a /24); lab hosts use 10.233.0.2 to 10.233.0.254 and route
-/// through it, and apt-cacher-ng answers on it.
+/// through it, and the lab's apt cache answers on it.
 pub const BRIDGE_IP: &str = "10.233.0.1";
 
 /// One lab host as the caller wants it.
@@ -142,8 +144,9 @@ const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 
-/// apt-cacher-ng's port, on the bridge address.
-const PROXY_PORT: u16 = 3142;
+/// The lab's apt cache's port, on the bridge address (not apt-cacher-ng's 3142, so a
+/// machine that runs apt-cacher-ng for itself keeps it).
+const PROXY_PORT: u16 = 3143;
 
 /// Path of the lab's SSH private key (ed25519, created on first `up`, mode 0600); its
 /// .pub is authorized for root in every lab host.
@@ -161,7 +164,7 @@ pub fn up(cfg: &LabConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
 
 /// Stops and removes every host of `cfg` (container process, root filesystem,
 /// network namespace, veth, cgroup directories, known_hosts lines). Removes the
-/// bridge, and the apt-cacher-ng the lab started, only when no lab host of any
+/// bridge, and the apt cache the lab started, only when no lab host of any
 /// environment remains on the bridge. Pieces that are already gone are skipped.
 pub fn down(cfg: &LabConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
     let cfg = normalize(cfg)?;
@@ -183,7 +186,7 @@ pub fn down(cfg: &LabConfig, log: &mut dyn FnMut(&str)) -> Result<()> {
 
 /// Takes this lab directory's lock (`flock` on `lab.lock`, exclusive, released when the
 /// returned file is dropped or the process dies). Environments of one lab directory share
-/// the bridge, apt-cacher-ng and the artifact server: `up` and `down` of two environments
+/// the bridge, the apt cache and the artifact server: `up` and `down` of two environments
 /// at once (tests/run runs two suites at a time) take turns, so that one never stops or
 /// restarts what the other is starting, nor removes the bridge under hosts being created.
 fn lab_lock(state_dir: &Path, log: &mut dyn FnMut(&str)) -> Result<fs::File> {

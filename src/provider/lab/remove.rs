@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{apt_cacher::*, artifacts, host::*, net::*, util::*, BRIDGE};
+use super::{apt_cache::*, artifacts, host::*, net::*, util::*, BRIDGE};
 
 /// How long a container gets to power off after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -162,7 +162,7 @@ pub(super) fn remove_cgroup(dir: &Path) -> Result<()> {
 }
 
 /// After the last host of any env is gone, removes the bridge and stops the
-/// apt-cacher-ng the lab started (its cache stays on disk for the next `up`).
+/// apt cache the lab started (its files stay on disk for the next `up`).
 pub(super) fn remove_shared_network_if_unused(
     state_dir: &Path,
     log: &mut dyn FnMut(&str),
@@ -183,15 +183,6 @@ pub(super) fn remove_shared_network_if_unused(
     artifacts::stop(state_dir, log)?;
     log(&format!("removing bridge {BRIDGE}"));
     run(Command::new("ip").args(["link", "del", BRIDGE]))?;
-    if let Some(pid) = our_apt_cacher_pid(state_dir) {
-        log(&format!("stopping apt-cacher-ng (pid {pid})"));
-        signal(pid, "TERM");
-        if !wait_until(Duration::from_secs(10), || {
-            our_apt_cacher_pid(state_dir).is_none()
-        }) {
-            signal(pid, "KILL");
-        }
-        remove_file_if_exists(&state_dir.join("apt-cacher-ng.pid"))?;
-    }
+    stop_apt_cache(state_dir, log)?;
     Ok(())
 }

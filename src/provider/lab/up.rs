@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{
-    apt_cacher::*, artifacts, boot::*, edit_known_hosts, host::*, machine::*, net::*, remove::*,
+    apt_cache::*, artifacts, boot::*, edit_known_hosts, host::*, machine::*, net::*, remove::*,
     util::*,
 };
 use super::{LabConfig, BRIDGE, BRIDGE_IP, MIRROR, PROXY_PORT, SECURITY_MIRROR, SUITE};
@@ -63,7 +63,7 @@ pub(super) fn bring_up(
     let pubkey = read_public_key(&key.with_extension("pub"))?;
     let image = ensure_image(&cfg.state_dir, log)?;
     ensure_bridge()?;
-    ensure_apt_cacher(&cfg.state_dir, log)?;
+    ensure_apt_cache(&cfg.state_dir, log)?;
     ensure_inotify_limits(log);
     // Artifacts (the MinIO stand-in) served on the bridge: see provider::lab::artifacts.
     artifacts::ensure(&cfg.state_dir, log)?;
@@ -210,7 +210,7 @@ pub(super) fn create_rootfs(
     // say) with a regular file, and nspawn runs with --resolv-conf=off to leave it so.
     write_file(&tmp.join("etc/resolv.conf"), b"", 0o644)?;
 
-    // apt goes through apt-cacher-ng on the bridge: the hosts have no other way out.
+    // apt goes through the lab's apt cache on the bridge: the hosts have no other way out.
     remove_file_if_exists(&tmp.join("etc/apt/sources.list"))?;
     let sources = format!(
         "Types: deb\nURIs: {MIRROR}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n\
@@ -227,10 +227,9 @@ pub(super) fn create_rootfs(
     // a successful update, so every first apply takes the path a fresh server takes (the
     // lists are refreshed before the first install; see facts::apt_lists).
     remove_file_if_exists(&tmp.join("var/lib/apt/periodic/update-success-stamp"))?;
-    let proxy = format!("Acquire::http::Proxy \"http://{BRIDGE_IP}:{PROXY_PORT}\";\n");
     write_file(
         &tmp.join("etc/apt/apt.conf.d/01kiln-proxy"),
-        proxy.as_bytes(),
+        apt_proxy_conf().as_bytes(),
         0o644,
     )?;
 
@@ -252,10 +251,20 @@ pub(super) fn create_rootfs(
     })
 }
 
+/// The lab hosts' apt configuration: every request through the lab's apt cache.
+fn apt_proxy_conf() -> String {
+    format!("Acquire::http::Proxy \"http://{BRIDGE_IP}:{PROXY_PORT}\";\n")
+}
+
 /// Rewrites what the lab owns in an existing root filesystem, so that `up` with a
 /// changed host list or a new lab key brings old hosts up to date. Only the marked
 /// block of /etc/hosts is touched: configuration management may own the rest.
 pub(super) fn refresh_host_files(host: &Host, all: &[Host], pubkey: &str) -> Result<()> {
+    // A host made by an older lab may name another proxy port.
+    let proxy_path = host.rootfs.join("etc/apt/apt.conf.d/01kiln-proxy");
+    if read_optional(&proxy_path)? != apt_proxy_conf() {
+        write_file(&proxy_path, apt_proxy_conf().as_bytes(), 0o644)?;
+    }
     let hosts_path = host.rootfs.join("etc/hosts");
     let current = read_optional(&hosts_path)?;
     let updated = replace_hosts_block(&current, &hosts_block(all));
