@@ -8,6 +8,7 @@
 //! runs in its own session so the lab knows its pid, and stops with the bridge.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,14 +59,22 @@ pub(super) fn ensure_apt_cache(state_dir: &Path, log: &mut dyn FnMut(&str)) -> R
         write_file(&script, SCRIPT.as_bytes(), 0o644)?;
     }
     let ours = our_apt_cache_pid(state_dir);
-    if listening() && !changed {
-        if ours.is_none() {
-            bail!(
-                "something not started by kiln listens on {}; the lab's apt cache needs that port \
-                 (stop it, or end the process that holds it)",
+    if listening() && ours.is_none() {
+        // Another lab directory's kiln may run the cache for the same bridge: use it.
+        if is_kiln_apt_cache() {
+            log(&format!(
+                "using the apt cache another lab directory started on {}",
                 address()
-            );
+            ));
+            return Ok(());
         }
+        bail!(
+            "something that is not the lab's apt cache listens on {}; the lab needs that port \
+             (stop it, or end the process that holds it)",
+            address()
+        );
+    }
+    if listening() && !changed {
         return Ok(());
     }
     if let Some(pid) = ours {
@@ -78,12 +87,6 @@ pub(super) fn ensure_apt_cache(state_dir: &Path, log: &mut dyn FnMut(&str)) -> R
             }
         ));
         stop_pid(state_dir, pid);
-    }
-    if listening() {
-        bail!(
-            "something not started by kiln listens on {}; the lab's apt cache needs that port",
-            address()
-        );
     }
     log(&format!("starting the apt cache on {}", address()));
     let log_path = state_dir.join("apt-cache.log");
@@ -137,6 +140,26 @@ pub(super) fn ensure_apt_cache(state_dir: &Path, log: &mut dyn FnMut(&str)) -> R
         }
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Whether what listens on the cache's address is a kiln apt cache (it names itself in
+/// its Server header, also on the 403 it gives a host that is not a mirror).
+fn is_kiln_apt_cache() -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&address(), Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"HEAD http://kiln.invalid/ HTTP/1.0\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = Vec::new();
+    let _ = s.take(4096).read_to_end(&mut head);
+    String::from_utf8_lossy(&head).lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("server: kiln-lab-apt-cache")
+    })
 }
 
 /// The pid of the apt cache this lab started, if it still runs.
