@@ -14,7 +14,7 @@ Environment variables:
   KILN_PATH        Directories (colon-separated) searched first for modules/ and templates/
   KILN_SSH_USER    SSH user for every non-lab host (CI drift runs with their own account)
   KILN_SSH_KEY     SSH private key for every non-lab host (with KILN_SSH_USER)
-  KILN_TRANSPORT   russh (default) or openssh: as --transport
+  KILN_TRANSPORT   openssh (default) or russh: as --transport
   KILN_LAB_DIR     The lab's state directory (default /var/lib/kiln/lab)
   KILN_RECORD_DIR  Record every host's answers there as tapes (redacted) for tests
   KILN_JUICEFS     The juicefs binary the lab's object-storage stand-in runs
