@@ -11,11 +11,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::{util::*, BRIDGE_IP, PROXY_PORT};
 
@@ -89,15 +88,6 @@ pub(super) fn ensure_apt_cache(state_dir: &Path, log: &mut dyn FnMut(&str)) -> R
         stop_pid(state_dir, pid);
     }
     log(&format!("starting the apt cache on {}", address()));
-    let log_path = state_dir.join("apt-cache.log");
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let err = out
-        .try_clone()
-        .context("cannot duplicate the apt cache log handle")?;
     let mut cmd = Command::new("setsid");
     cmd.arg("python3")
         .arg(&script)
@@ -108,38 +98,13 @@ pub(super) fn ensure_apt_cache(state_dir: &Path, log: &mut dyn FnMut(&str)) -> R
     for m in MIRRORS {
         cmd.args(["--allow", m]);
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .current_dir("/")
-        .spawn()
-        .context("cannot run setsid python3 apt-cache.py")?;
-    write_file(
+    spawn_server(
+        "apt cache",
+        cmd,
+        &state_dir.join("apt-cache.log"),
         &pid_path(state_dir),
-        format!("{}\n", child.id()).as_bytes(),
-        0o644,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if listening() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait().context("cannot wait for the apt cache")? {
-            bail!(
-                "the apt cache exited at once ({status}):\n{}",
-                tail(&log_path, 20)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the apt cache did not listen on {} within 15 s:\n{}",
-                address(),
-                tail(&log_path, 20)
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+        listening,
+    )
 }
 
 /// Whether what listens on the cache's address is a kiln apt cache (it names itself in

@@ -326,43 +326,17 @@ fn ensure_server(state_dir: &Path, dir: &Path, log: &mut dyn FnMut(&str)) -> Res
         "serving {} on http://{BRIDGE_IP}:{ARTIFACT_PORT}/",
         dir.display()
     ));
-    let log_path = state_dir.join("artifacts-http.log");
-    let out = fs::File::create(&log_path)?;
-    let err = out.try_clone()?;
-    let mut child = Command::new("setsid")
-        .args(["python3", "-m", "http.server", &ARTIFACT_PORT.to_string()])
+    let mut cmd = Command::new("setsid");
+    cmd.args(["python3", "-m", "http.server", &ARTIFACT_PORT.to_string()])
         .args(["--bind", BRIDGE_IP, "--directory"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .current_dir("/")
-        .spawn()
-        .context("cannot run setsid python3 -m http.server")?;
-    write(
+        .arg(dir);
+    super::util::spawn_server(
+        "artifact server",
+        cmd,
+        &state_dir.join("artifacts-http.log"),
         &state_dir.join("artifacts-http.pid"),
-        format!("{}\n", child.id()).as_bytes(),
-        0o644,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if listening() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "the artifact server exited at once ({status}): see {}",
-                log_path.display()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the artifact server did not listen within 15 s: see {}",
-                log_path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        listening,
+    )
 }
 
 fn kill(pid: u32) {

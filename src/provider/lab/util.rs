@@ -311,3 +311,54 @@ pub(super) fn combine(mut errors: Vec<anyhow::Error>) -> Result<()> {
         }
     }
 }
+
+/// Starts one of the lab's servers (the apt cache, the artifact server): `cmd` begins with
+/// `setsid`, so it runs in a session of its own that no caller's process group ends, and
+/// the lab knows it by the pid written to `pid_path`. Its output goes to `log_path` (new at
+/// every start). Returns once `ready` holds; fails at once if it exits, or after 15 s,
+/// with the end of its log. `what` names it in messages.
+pub(super) fn spawn_server(
+    what: &str,
+    mut cmd: Command,
+    log_path: &Path,
+    pid_path: &Path,
+    ready: impl Fn() -> bool,
+) -> Result<()> {
+    let out = fs::File::create(log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("cannot duplicate the {what} log handle"))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .current_dir("/")
+        .spawn()
+        .with_context(|| format!("cannot start the {what}: {}", describe(&cmd)))?;
+    write_file(pid_path, format!("{}\n", child.id()).as_bytes(), 0o644)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("cannot wait for the {what}"))?
+        {
+            bail!(
+                "the {what} exited at once ({status}); end of {}:\n{}",
+                log_path.display(),
+                tail(log_path, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the {what} did not listen within 15 s; end of {}:\n{}",
+                log_path.display(),
+                tail(log_path, 20)
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
