@@ -214,10 +214,18 @@ impl client::Handler for HostKeyCheck {
                 "Host key verification failed: the host key is unknown (known_hosts is {kh}; \
                  record a new host deliberately with `accept_new`)"
             ),
+            // Worded as OpenSSH and kiln's hint word it (transport::ssh::describe_error), so
+            // a changed key reads the same whichever transport met it.
             known_hosts::Verdict::Changed { line } => format!(
-                "Host key verification failed: REMOTE HOST IDENTIFICATION HAS CHANGED (the \
-                 host key differs from {kh} line {line} or the system's known_hosts; never \
-                 accepted, not even with `accept_new`)"
+                "Host key verification failed: REMOTE HOST IDENTIFICATION HAS CHANGED: Host key \
+                 for {} has changed (it differs from {kh} line {line} or the system's \
+                 known_hosts; record a new host deliberately with `accept_new`, never for a \
+                 changed key)",
+                if self.port == 22 {
+                    self.host.clone()
+                } else {
+                    format!("[{}]:{}", self.host, self.port)
+                }
             ),
             known_hosts::Verdict::Revoked { line } => {
                 format!("Host key verification failed: the host key is @revoked (line {line})")
