@@ -4,12 +4,11 @@
 //! debootstrapped Debian 12 image, living in its own network namespace whose `eth0`
 //! is one end of a veth pair plugged into the bridge [`BRIDGE`] in the root
 //! namespace. The hosts have no route to the outside world; apt reaches the Debian
-//! mirror through the lab's apt cache (a caching proxy, `apt_cache.rs`) listening on the
-//! bridge address. Each
-//! host gets its own SSH host keys, whose public half is recorded in the caller's
-//! known_hosts file, and the lab's own SSH key is authorized for root, so the rest
-//! of kiln talks to lab hosts exactly as it talks to real servers: over SSH with
-//! strict host key checking.
+//! mirror through the lab's apt cache (a caching proxy, `apt_cache.rs`) listening on
+//! the bridge address. Each host gets its own SSH host keys, whose public half is
+//! recorded in the caller's known_hosts file, and the lab's own SSH key is authorized
+//! for root, so the rest of kiln talks to lab hosts exactly as it talks to real
+//! servers: over SSH with strict host key checking.
 //!
 //! Everything the lab makes lives under `LabConfig::state_dir`:
 //!

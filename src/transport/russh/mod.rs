@@ -221,11 +221,7 @@ impl client::Handler for HostKeyCheck {
                  for {} has changed (it differs from {kh} line {line} or the system's \
                  known_hosts; record a new host deliberately with `accept_new`, never for a \
                  changed key)",
-                if self.port == 22 {
-                    self.host.clone()
-                } else {
-                    format!("[{}]:{}", self.host, self.port)
-                }
+                known_hosts::host_name(&self.host, self.port)
             ),
             known_hosts::Verdict::Revoked { line } => {
                 format!("Host key verification failed: the host key is @revoked (line {line})")
