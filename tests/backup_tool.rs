@@ -223,3 +223,58 @@ fn encryption_without_an_identity_or_with_a_bad_recipient_is_refused() {
         .expect("refused");
     assert!(e.contains("is not an age public key"), "{e}");
 }
+
+/// `s3.env` of db1 for `extra` added to ENV's `[modules.backup]`.
+fn credentials_with(extra: &str) -> String {
+    use kiln::resource::Kind;
+    let d = expand_with(extra).unwrap_or_else(|e| panic!("{e}"));
+    d.host("db1")
+        .unwrap()
+        .resources
+        .iter()
+        .find_map(|r| match &r.kind {
+            Kind::File(f) if f.path == "/etc/kiln/backup/s3.env" => f.content.clone(),
+            _ => None,
+        })
+        .expect("s3.env")
+}
+
+#[test]
+fn a_backup_user_named_by_access_key_replaces_the_root_key() {
+    // The default: MinIO's root user, on both targets.
+    let root = credentials_with("replicate_to = \"http://offsite:9000\"");
+    assert!(
+        root.contains("S3_ACCESS_KEY=\"access-key-xyz\"\n"),
+        "{root}"
+    );
+    assert!(
+        root.contains("REPLICA_ACCESS_KEY=\"access-key-xyz\""),
+        "{root}"
+    );
+    // A user's name given as `access_key`: the root key is not written anywhere, the
+    // replica takes the same name unless it has its own.
+    let user =
+        credentials_with("access_key = \"kiln-backup\"\nreplicate_to = \"http://offsite:9000\"");
+    assert!(user.contains("S3_ACCESS_KEY=\"kiln-backup\"\n"), "{user}");
+    assert!(
+        user.contains("REPLICA_ACCESS_KEY=\"kiln-backup\""),
+        "{user}"
+    );
+    assert!(!user.contains("access-key-xyz"), "{user}");
+    let own = credentials_with(
+        "access_key = \"kiln-backup\"\nreplicate_to = \"http://offsite:9000\"\nreplica_access_key = \"offsite-backup\"",
+    );
+    assert!(own.contains("S3_ACCESS_KEY=\"kiln-backup\"\n"), "{own}");
+    assert!(
+        own.contains("REPLICA_ACCESS_KEY=\"offsite-backup\""),
+        "{own}"
+    );
+    // A replica key from a secret wins over both names.
+    let secret = credentials_with(
+        "access_key = \"kiln-backup\"\nreplicate_to = \"http://offsite:9000\"\nreplica_access_key = \"offsite-backup\"\nreplica_access_key_secret = \"minio_root_user\"",
+    );
+    assert!(
+        secret.contains("REPLICA_ACCESS_KEY=\"access-key-xyz\""),
+        "{secret}"
+    );
+}

@@ -117,6 +117,11 @@ pub struct ParamSpec {
     /// `kiln clone --set MODULE.KEY=VALUE` gives it its own.
     #[serde(default)]
     pub per_environment: bool,
+    /// Another parameter of the module that, when set (not empty), is read instead of this
+    /// one: a `secret` default of this one then need not be a declared secret (the backup
+    /// module's `access_key_secret` is not read when `access_key` gives the key itself).
+    #[serde(default)]
+    pub replaced_by: Option<String>,
 }
 
 /// A health check `kiln verify` runs on each host of the module (templated like resources).

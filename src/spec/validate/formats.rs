@@ -131,6 +131,15 @@ pub fn module_formats(module: &Module) -> Vec<SpecError> {
                 ));
             }
         }
+        if let Some(r) = &p.replaced_by {
+            if r == k || !module.spec.params.contains_key(r) {
+                errors.push(SpecError::at_key(
+                    &module.source,
+                    &format!("{base}.replaced_by"),
+                    format!("`{r}` is not another parameter of this module"),
+                ));
+            }
+        }
         if let Some(d) = &p.default {
             for (path, msg) in check_value(d, p.format.as_deref(), &p.fields, &base) {
                 let path = path.replacen(&base, &format!("{base}.default"), 1);

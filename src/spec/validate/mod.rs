@@ -184,11 +184,18 @@ fn default_secrets(
                 if !is_secret || name.is_empty() || env.spec.secrets.contains_key(name) {
                     continue;
                 }
-                let env_sets = env.spec.modules.get(m).is_some_and(|t| t.contains_key(k));
-                let defaulted = !env_sets
-                    && hosts
-                        .iter()
-                        .any(|h| !h.modules.get(m).is_some_and(|t| t.contains_key(k)));
+                // Set: the key given at the environment's or the host's table; a parameter
+                // that replaces it, given there and not empty, counts as setting it.
+                let sets = |t: Option<&toml::Table>| {
+                    t.is_some_and(|t| {
+                        t.contains_key(k)
+                            || p.replaced_by
+                                .as_ref()
+                                .is_some_and(|r| t.get(r).is_some_and(|v| v.as_str() != Some("")))
+                    })
+                };
+                let env_sets = sets(env.spec.modules.get(m));
+                let defaulted = !env_sets && hosts.iter().any(|h| !sets(h.modules.get(m)));
                 if defaulted {
                     errors.push(env.error(
                         &format!("roles.{}.modules[{i}]", join_key("", rname)),
