@@ -85,9 +85,15 @@ firewall = false
 artifact_url = "http://10.233.0.1:8090/minio"
 artifact_sha256_secret = "minio_artifact_sha256"
 buckets = ["backups"]
+# The backup hosts sign with their own user, limited to the backup bucket: every backup,
+# archive, restore and failover below runs without a root key.
+policies = [{ name = "kiln-backup", policy = { Version = "2012-10-17", Statement = [{ Effect = "Allow", Action = ["s3:*"], Resource = ["arn:aws:s3:::backups", "arn:aws:s3:::backups/*"] }] } }]
+users = [{ name = "kiln-backup", secret = "minio_backup_key", policy = "kiln-backup" }]
 
 [modules.backup]
 endpoint = "http://storage:9000"
+access_key = "kiln-backup"
+secret_key_secret = "minio_backup_key"
 peers = ["db1", "db2", "db3"]
 replicate_to = "http://storage2:9000"
 # A restore that hangs fails the suite in bounded time (the default is 4 h).
@@ -102,6 +108,9 @@ env = "PITR_AGE_IDENTITY"
 generate = 16
 
 [secrets.minio_root_password]
+generate = 32
+
+[secrets.minio_backup_key]
 generate = 32
 
 [secrets.minio_artifact_sha256]
@@ -470,6 +479,23 @@ fn archiver_takeover(lab: &Lab) -> Result<(), String> {
     )
 }
 
+/// The backup hosts hold the backup user's key, not MinIO's root key: on both targets it
+/// reads the backup bucket and is refused MinIO's admin API and any other bucket.
+fn backup_hosts_hold_no_root_key(lab: &Lab) -> Result<(), String> {
+    let r = py(
+        lab,
+        "db1",
+        "import kiln_s3\nenv = kiln_s3.read_env_file('/etc/kiln/backup/s3.env')\nprint('key', env['S3_ACCESS_KEY'], env['REPLICA_ACCESS_KEY'])\ndef refused(what, fn):\n    try:\n        fn(); print('allowed', what)\n    except kiln_s3.S3Error as e:\n        print('refused', what, e.status)\nfor name, url, a, k in (('storage', cfg['endpoint'], env['S3_ACCESS_KEY'], env['S3_SECRET_KEY']), ('storage2', cfg['replica']['endpoint'], env['REPLICA_ACCESS_KEY'], env['REPLICA_SECRET_KEY'])):\n    me = kiln_s3.S3(url, a, k)\n    print(name, 'lists', len(me.list(cfg['bucket'], cfg['prefix'] + '/')) > 0)\n    refused(name + ' admin', lambda: me.admin('GET', 'list-users'))\n    refused(name + ' new bucket', lambda: me.make_bucket('kiln-other'))",
+    );
+    expect(
+        r.code == 0
+            && r.stdout.trim()
+                == "key kiln-backup kiln-backup\nstorage lists True\nrefused storage admin 403\nrefused storage new bucket 403\nstorage2 lists True\nrefused storage2 admin 403\nrefused storage2 new bucket 403",
+        "the backup hosts' key reads the backup bucket on both targets and nothing else",
+        &r,
+    )
+}
+
 /// Every object in the backup bucket is age ciphertext; none reads without the identity,
 /// and none holds a row's text; with it, the tool reads them (restore used them above).
 fn objects_are_encrypted(lab: &Lab) -> Result<(), String> {
@@ -731,6 +757,10 @@ fn main() {
     let scenarios: &[common::Scenario<'_, Lab>] = &[
         ("pitr_lab_up", &up),
         ("apply_then_verify", &apply_then_verify),
+        (
+            "backup_hosts_hold_no_root_key",
+            &backup_hosts_hold_no_root_key,
+        ),
         ("qa_with_anonymised_data", &qa_with_anonymised_data),
         (
             "restore_to_time_undoes_a_drop",

@@ -99,6 +99,10 @@ generate = 32
 generate = 16
 [secrets.offsite_root_password]
 generate = 32
+[secrets.minio_backup_key]
+generate = 32
+[secrets.offsite_backup_key]
+generate = 32
 [secrets.smtp_password]
 generate = 16
 [secrets.backup_age_identity]
