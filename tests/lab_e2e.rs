@@ -644,37 +644,32 @@ after = ["command:slow"]
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    // Wait until the slow step runs on the host, then cut the connection: kill the SSH
-    // master kiln started for db1 (found by its control socket under /tmp/kiln-UID and
-    // the host's address), by pid.
+    // Wait until the slow step runs on the host, then cut the connection on the host's
+    // side, whatever the transport (OpenSSH's master or russh): find the sshd session
+    // process above the step's `sleep` and end it, by pid. That closes the TCP connection,
+    // as a network loss or a rebooted router would.
     let t = Instant::now();
-    let mut running = false;
+    let mut session = None;
     while t.elapsed().as_secs() < 60 {
         // `^sleep 8$`: the step's own process, not this polling shell (whose command
         // line holds the pattern too).
-        let r = lab.sh("db1", "pgrep -f \"^sleep 8$\" >/dev/null && echo running");
-        if r.stdout.contains("running") {
-            running = true;
+        let r = lab.sh(
+            "db1",
+            "p=$(pgrep -f \"^sleep 8$\" | head -n 1); while [ -n \"$p\" ] && [ \"$p\" -gt 1 ]; do case $(cat /proc/$p/comm) in sshd*) echo \"session $p\"; exit 0;; esac; p=$(ps -o ppid= -p \"$p\" | tr -d ' '); done",
+        );
+        if let Some(pid) = r.stdout.trim().strip_prefix("session ") {
+            session = Some(pid.to_string());
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    if !running {
+    let Some(pid) = session else {
         let _ = first.kill();
-        return Err("the slow step never started on db1".into());
-    }
-    let masters = common::local(
-        "sh",
-        &["-c", "pgrep -f 'ssh.*-M.*10\\.233\\.0\\.22|ssh.*10\\.233\\.0\\.22.*-M' || pgrep -f 'ssh.*kiln-.*10\\.233\\.0\\.22'"],
-    );
-    let pids: Vec<&str> = masters.stdout.split_whitespace().collect();
-    if pids.is_empty() {
-        let _ = first.kill();
-        return Err(format!("no SSH master for db1 found:\n{}", masters.all()));
-    }
-    for pid in &pids {
-        let _ = Command::new("kill").arg(pid).status();
-    }
+        return Err("the slow step never started on db1 under an sshd session".into());
+    };
+    // This command may travel over the very connection it cuts: its own result is not
+    // looked at; the cut apply's is.
+    let _ = lab.sh("db1", &format!("kill {pid}"));
     let out = first.wait_with_output().map_err(|e| e.to_string())?;
     let first_out = format!(
         "{}{}",
