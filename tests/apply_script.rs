@@ -839,6 +839,8 @@ async fn local_run_refuses_when_the_lock_is_held() {
 #[tokio::test]
 async fn a_run_waits_for_a_lock_released_within_its_lock_timeout() {
     let _g = RUN_LOCK.lock().await;
+    // On a fresh machine nothing has made kiln's state directory yet.
+    std::fs::create_dir_all(STATE_DIR).unwrap();
     // Another run (an orphan of a lost connection, say) holds the lock for one second.
     let mut holder = tokio::process::Command::new("sh")
         .arg("-c")
