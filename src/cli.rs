@@ -14,7 +14,7 @@ Environment variables:
   KILN_PATH        Directories (colon-separated) searched first for modules/ and templates/
   KILN_SSH_USER    SSH user for every non-lab host (CI drift runs with their own account)
   KILN_SSH_KEY     SSH private key for every non-lab host (with KILN_SSH_USER)
-  KILN_TRANSPORT   openssh (default) or russh: as --transport
+  KILN_TRANSPORT   russh (default) or openssh: as --transport
   KILN_LAB_DIR     The lab's state directory (default /var/lib/kiln/lab)
   KILN_RECORD_DIR  Record every host's answers there as tapes (redacted) for tests
   KILN_JUICEFS     The juicefs binary the lab's object-storage stand-in runs
@@ -39,13 +39,13 @@ pub struct Cli {
         value_name = "WHEN"
     )]
     pub color: ColorChoice,
-    /// How hosts are reached over SSH: openssh (the system's ssh, a master per host; the
-    /// default) or russh (in process, faster; a host needing what russh lacks, e.g.
-    /// ProxyJump, goes through OpenSSH with a note).
+    /// How hosts are reached over SSH: russh (in process, the default; a host needing what
+    /// russh lacks, e.g. ProxyJump, goes through OpenSSH with a note) or openssh (the
+    /// system's ssh, a master per host).
     #[arg(
         long,
         value_enum,
-        default_value = "openssh",
+        default_value = "russh",
         global = true,
         env = "KILN_TRANSPORT",
         value_name = "IMPL"

@@ -61,12 +61,13 @@ pub trait Connector: Send + Sync {
 /// Which SSH implementation reaches hosts: `--transport` / `KILN_TRANSPORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
-    /// The system's `ssh` through the openssh crate (a master per host). The default until
-    /// the lab suites (lost connections, access paths, keepalive timings) run through russh.
-    #[default]
+    /// The system's `ssh` through the openssh crate (a master per host): everything in
+    /// ~/.ssh/config, at the cost of an ssh process and a master per host.
     OpenSsh,
-    /// `russh`, in process; falls back to OpenSSH per host for what it lacks. Faster at
-    /// every size measured (BENCHMARKS.md, "Transports").
+    /// `russh`, in process; falls back to OpenSSH per host for what it lacks. The default:
+    /// faster at every size measured (BENCHMARKS.md, "Transports"), and every lab suite
+    /// runs through it.
+    #[default]
     Russh,
 }
 
@@ -77,7 +78,7 @@ pub fn select(kind: Kind) {
     let _ = KIND.set(kind);
 }
 
-/// The transport chosen with `select`, else OpenSSH.
+/// The transport chosen with `select`, else the default (russh).
 pub fn selected() -> Kind {
     KIND.get().copied().unwrap_or_default()
 }
