@@ -83,6 +83,9 @@ impl Scratch {
             .current_dir(cwd)
             .args(args)
             .env("PATH", &self.path)
+            // Through the system's ssh, which is the stub: russh (the default) would connect
+            // in process, where no stub could see it.
+            .env("KILN_TRANSPORT", "openssh")
             .env("KILN_ROOT", self.root())
             .env_remove("KILN_PATH")
             .env("HOME", self.root().join("home"))

@@ -83,6 +83,9 @@ template = "t.j2"
         c.current_dir(self.path(cwd))
             .env("NO_COLOR", "1")
             .env("PATH", &self.path)
+            // Through the system's ssh, which is the stub: russh (the default) would connect
+            // in process, where no stub could see it.
+            .env("KILN_TRANSPORT", "openssh")
             .env_remove("KILN_ROOT")
             .env_remove("KILN_PATH");
         for (k, v) in vars {
