@@ -577,6 +577,16 @@ struct Sample {
     host: &'static str,
     /// None: the node's server refused the connection (ERROR 2002: restarting).
     status: Option<(String, u32)>,
+    /// When the probe was sent and when it returned (epoch seconds, the hosts share the clock).
+    sent: f64,
+    returned: f64,
+}
+
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// One node's answer to the poller: `Some(Some(..))` status, `Some(None)` the server is not
@@ -660,6 +670,7 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
                         let samples = &samples;
                         let unknown = &unknown;
                         r.spawn(move || {
+                            let sent = epoch_now();
                             let r = lab.sql(
                                 h,
                                 "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('WSREP_CLUSTER_STATUS','WSREP_CLUSTER_SIZE') ORDER BY VARIABLE_NAME",
@@ -669,6 +680,8 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
                                     round,
                                     host: h,
                                     status,
+                                    sent,
+                                    returned: epoch_now(),
                                 }),
                                 None => {
                                     unknown.fetch_add(1, Ordering::SeqCst);
@@ -713,6 +726,18 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
             health.len()
         ));
     }
+    // The restarts themselves, from each node's journal: exactly one per node, and no two
+    // overlapping (one node stopped at a time).
+    let mut windows = vec![];
+    for h in NODES {
+        let w = restart_windows(lab, h, since)?;
+        if w.len() != 1 {
+            return Err(format!(
+                "{h}: expected exactly one restart of mariadb during the apply, found {w:?}"
+            ));
+        }
+        windows.push((h, w[0]));
+    }
     let samples = samples.lock().expect("lock");
     let rounds = samples.iter().map(|s| s.round).max().unwrap_or(0) + 1;
     let mut down_seen = 0;
@@ -741,7 +766,15 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
         for s in &in_round {
             if let Some((status, size)) = &s.status {
                 let restarting_alone = status != "Primary" && *size <= 1;
-                let joining = status != "Primary" && rejoining.contains(s.host);
+                // A node's own restart window (from its journal, plus 10 s after
+                // systemd's "Started" while it settles into the Primary view): a probe that
+                // answered inside it is the node coming back, even when the poller never
+                // caught its refused connection between rounds (seen: "non-Primary, size 3").
+                let in_own_restart = windows.iter().any(|(h, (stop, started))| {
+                    *h == s.host && s.returned >= *stop && s.sent <= *started + 10.0
+                });
+                let joining =
+                    status != "Primary" && (rejoining.contains(s.host) || in_own_restart);
                 if !restarting_alone && !joining && (status != "Primary" || *size < 2) {
                     return Err(format!(
                         "round {round}: {} reports {status} with cluster size {size}",
@@ -770,18 +803,6 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
     }
     if down_seen == 0 {
         return Err("the poller never saw a node down: no restart was observed".into());
-    }
-    // The restarts themselves, from each node's journal: exactly one per node, and no two
-    // overlapping (one node stopped at a time).
-    let mut windows = vec![];
-    for h in NODES {
-        let w = restart_windows(lab, h, since)?;
-        if w.len() != 1 {
-            return Err(format!(
-                "{h}: expected exactly one restart of mariadb during the apply, found {w:?}"
-            ));
-        }
-        windows.push((h, w[0]));
     }
     windows.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0));
     for pair in windows.windows(2) {
