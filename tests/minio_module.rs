@@ -191,6 +191,16 @@ fn binary_is_verified_before_it_is_installed() {
         run.contains("mktemp /usr/local/bin/.minio."),
         "same filesystem: atomic rename"
     );
+    // The plan's guard (--check) trusts a stamp of the verified file's identity instead of
+    // hashing ~100 MB on every plan, and never writes it; the install writes it after the
+    // rename (the new file's identity).
+    let check = &run[run.find("if [ \"${1:-}\" = --check ]").unwrap()..];
+    let check = &check[..check.find("exit\n").unwrap()];
+    assert!(check.contains("remembered || hashed"), "{check}");
+    assert!(!check.contains("remember\n"), "--check writes nothing: {check}");
+    assert!(run.contains("stat -c '%d %i %s %y %z'"), "{run}");
+    let remember = run.rfind("\nremember\n").unwrap();
+    assert!(mv < remember, "{run}");
     assert!(run.contains("URL='https://dl.example.test/minio.RELEASE.2024-01-01'"));
     let pin = file(&f, "storage1", "/etc/kiln/minio/artifact.sha256");
     assert_eq!(pin.content.as_deref(), Some(format!("{SHA}\n").as_str()));

@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 
 sys.path.insert(0, os.environ.get("KILN_BACKUP_LIB", "/usr/local/lib/kiln"))
 
@@ -138,12 +139,17 @@ class Replicated:
     (`replicate_to`). Every object is written to both (a write the replica refuses fails
     the run, so the health check sees it); reads take the primary's object and fall back to
     the replica's when the primary fails or lacks it (its host lost, or rebuilt empty);
-    listings are the union of both. Other buckets (the media) live on the primary only."""
+    listings are the union of both. The media mirror (`media_mirror_bucket`) is backup data
+    too and goes to both, under the same name on the replica; the live media bucket lives on
+    the primary only (the app's)."""
 
     def __init__(self, primary, replica, cfg):
         self.primary, self.replica = primary, replica
         self.bucket = cfg["bucket"]
-        self.replica_bucket = (cfg.get("replica") or {}).get("bucket") or cfg["bucket"]
+        # Each replicated bucket and its name on the replica.
+        self.map = {cfg["bucket"]: (cfg.get("replica") or {}).get("bucket") or cfg["bucket"]}
+        if cfg.get("media_mirror_bucket"):
+            self.map[cfg["media_mirror_bucket"]] = cfg["media_mirror_bucket"]
         self.said = False
         self.down = False
 
@@ -162,12 +168,12 @@ class Replicated:
 
     def make_bucket(self, bucket):
         made = self.primary.make_bucket(bucket)
-        if bucket == self.bucket:
-            self.replica.make_bucket(self.replica_bucket)
+        if bucket in self.map:
+            self.replica.make_bucket(self.map[bucket])
         return made
 
     def list(self, bucket, prefix=""):
-        if bucket != self.bucket:
+        if bucket not in self.map:
             return self.primary.list(bucket, prefix)
         out, err = {}, None
         try:
@@ -178,7 +184,7 @@ class Replicated:
             self._fallback(e)
             err = e
         try:
-            for o in self.replica.list(self.replica_bucket, prefix):
+            for o in self.replica.list(self.map[bucket], prefix):
                 out.setdefault(o["key"], o)
         except Exception:  # noqa: BLE001
             if err is not None:
@@ -187,17 +193,28 @@ class Replicated:
 
     def put_file(self, bucket, key, path, sha256=None):
         sha = self.primary.put_file(bucket, key, path, sha256)
-        if bucket == self.bucket:
-            self.replica.put_file(self.replica_bucket, key, path, sha)
+        if bucket in self.map:
+            self.replica.put_file(self.map[bucket], key, path, sha)
         return sha
 
     def put_bytes(self, bucket, key, data):
         self.primary.put_bytes(bucket, key, data)
-        if bucket == self.bucket:
-            self.replica.put_bytes(self.replica_bucket, key, data)
+        if bucket in self.map:
+            self.replica.put_bytes(self.map[bucket], key, data)
+
+    def put_stream(self, bucket, key, stream):
+        """Streams to the primary, then copies the stored object to the replica as it is
+        read back from the primary (a stream is read once; nothing lands on local disk)."""
+        self.primary.put_stream(bucket, key, stream)
+        if bucket in self.map:
+            body = self.primary.open_stream(bucket, key)
+            try:
+                self.replica.put_stream(self.map[bucket], key, body)
+            finally:
+                body.close()
 
     def get_file(self, bucket, key, path):
-        if bucket != self.bucket:
+        if bucket not in self.map:
             return self.primary.get_file(bucket, key, path)
         try:
             if self.down:
@@ -205,10 +222,10 @@ class Replicated:
             return self.primary.get_file(bucket, key, path)
         except Exception as e:  # noqa: BLE001
             self._fallback(e)
-            return self.replica.get_file(self.replica_bucket, key, path)
+            return self.replica.get_file(self.map[bucket], key, path)
 
     def get_bytes(self, bucket, key):
-        if bucket != self.bucket:
+        if bucket not in self.map:
             return self.primary.get_bytes(bucket, key)
         try:
             if self.down:
@@ -216,12 +233,12 @@ class Replicated:
             return self.primary.get_bytes(bucket, key)
         except Exception as e:  # noqa: BLE001
             self._fallback(e)
-            return self.replica.get_bytes(self.replica_bucket, key)
+            return self.replica.get_bytes(self.map[bucket], key)
 
     def delete(self, bucket, key):
         self.primary.delete(bucket, key)
-        if bucket == self.bucket:
-            self.replica.delete(self.replica_bucket, key)
+        if bucket in self.map:
+            self.replica.delete(self.map[bucket], key)
 
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -231,12 +248,15 @@ class Sealed:
     """The S3 client with every object of the backup bucket encrypted with age to the
     configured recipients (public keys) before it leaves the host, and decrypted with the
     identity (/etc/kiln/backup/age-identity, from a secret) when read: a bucket reader sees
-    only ciphertext. Other buckets (the media and its mirror) pass through unchanged. An
+    only ciphertext. The media mirror (`media_mirror_bucket`) is sealed the same way; the live
+    media bucket (the app's) passes through unchanged. An
     object that is not age ciphertext is read as it is (backups taken before encryption was
     turned on stay restorable)."""
 
     def __init__(self, s3, cfg):
         self.s3, self.bucket = s3, cfg["bucket"]
+        self.buckets = {cfg["bucket"]} | ({cfg["media_mirror_bucket"]}
+                                          if cfg.get("media_mirror_bucket") else set())
         self.recipients = list(cfg["age"]["recipients"])
         self.identity = cfg["age"].get("identity") or ""
         self.tmp = cfg["workdir"]
@@ -273,7 +293,7 @@ class Sealed:
         os.unlink(src)
 
     def put_file(self, bucket, key, path, sha256=None):
-        if bucket != self.bucket:
+        if bucket not in self.buckets:
             return self.s3.put_file(bucket, key, path, sha256)
         sha256 = sha256 or sha256_file(path)
         sealed = self._seal(path)
@@ -284,8 +304,61 @@ class Sealed:
             os.unlink(sealed)
         return sha256
 
+    def put_stream(self, bucket, key, stream):
+        """Encrypts a stream on its way up: `age` reads it from a pipe (fed by a thread)
+        and its ciphertext is uploaded as it comes, hashed on the way (last_stored)."""
+        if bucket not in self.buckets:
+            return self.s3.put_stream(bucket, key, stream)
+        args = ["age", "--encrypt"]
+        for r in self.recipients:
+            args += ["--recipient", r]
+        p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        failed = []
+
+        def feed():
+            try:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    p.stdin.write(chunk)
+            except BaseException as e:  # noqa: BLE001 - reported by the reader below
+                failed.append(e)
+            finally:
+                try:
+                    p.stdin.close()
+                except OSError:
+                    pass
+
+        t = threading.Thread(target=feed, daemon=True)
+        t.start()
+        sealed = Hashing(p.stdout, check=lambda: self._finished(p, t, failed))
+        try:
+            self.s3.put_stream(bucket, key, sealed)
+        except BaseException:
+            p.kill()
+            t.join(timeout=5)
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
+            raise
+        self._finished(p, t, failed)
+        self.last_stored = {"sha256": sealed.sha256(), "size": sealed.size}
+
+    @staticmethod
+    def _finished(p, t, failed):
+        """At the ciphertext's end: the plaintext's reader and age both ended well, or
+        raise (so an upload of a cut stream is aborted)."""
+        t.join()
+        err = p.stderr.read().decode("utf-8", "replace") if not p.stderr.closed else ""
+        rc = p.wait()
+        p.stdout.close()
+        p.stderr.close()
+        if failed:
+            raise failed[0]
+        if rc != 0:
+            raise RuntimeError("age: %s" % err.strip()[-300:])
+
     def put_bytes(self, bucket, key, data):
-        if bucket != self.bucket:
+        if bucket not in self.buckets:
             return self.s3.put_bytes(bucket, key, data)
         fd, path = tempfile.mkstemp(prefix=".plain-", dir=self.tmp)
         try:
@@ -296,13 +369,13 @@ class Sealed:
             os.unlink(path)
 
     def get_file(self, bucket, key, path):
-        if bucket != self.bucket:
+        if bucket not in self.buckets:
             return self.s3.get_file(bucket, key, path)
         self.s3.get_file(bucket, key, path + ".sealed")
         self._open(path + ".sealed", path)
 
     def get_bytes(self, bucket, key):
-        if bucket != self.bucket:
+        if bucket not in self.buckets:
             return self.s3.get_bytes(bucket, key)
         fd, path = tempfile.mkstemp(prefix=".get-", dir=self.tmp)
         os.close(fd)
@@ -387,6 +460,77 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class Hashing:
+    """A readable binary stream over `raw` that hashes (sha256) and counts what passes.
+    At the end of `raw`, `check()` runs before EOF is returned: it raises when the producer
+    failed, so a consumer (an upload) never takes a cut stream for a whole one."""
+
+    def __init__(self, raw, check=None):
+        self.raw, self.check = raw, check
+        self.h, self.size, self.done = hashlib.sha256(), 0, False
+
+    def read(self, n=-1):
+        data = self.raw.read(n if n is not None and n >= 0 else -1)
+        if data:
+            self.h.update(data)
+            self.size += len(data)
+        elif not self.done:
+            self.done = True
+            if self.check:
+                self.check()
+        return data
+
+    def sha256(self):
+        return self.h.hexdigest()
+
+
+class GzipOf:
+    """gzip (mtime 0) of a command's stdout as a readable stream, produced as it is read.
+    The command's stderr goes to an unnamed file (mariadb-backup logs every file it copies:
+    a pipe nobody reads would fill and stop it). At the end, a command that failed raises
+    RuntimeError instead of EOF."""
+
+    def __init__(self, cmd):
+        self.cmd = cmd
+        self.err = tempfile.TemporaryFile()
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err)
+        self.z = zlib.compressobj(6, zlib.DEFLATED, 31)
+        self.buf, self.eof = b"", False
+
+    def read(self, n=-1):
+        want = n if n is not None and n >= 0 else float("inf")
+        while not self.eof and len(self.buf) < want:
+            chunk = self.p.stdout.read(1 << 20)
+            if chunk:
+                self.buf += self.z.compress(chunk)
+            else:
+                self.buf += self.z.flush()
+                self.eof = True
+                self._ended()
+        if want == float("inf"):
+            out, self.buf = self.buf, b""
+        else:
+            out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _ended(self):
+        rc = self.p.wait()
+        self.p.stdout.close()
+        self.err.seek(0)
+        err = self.err.read().decode("utf-8", "replace")
+        self.err.close()
+        if rc != 0:
+            raise RuntimeError("%s failed (exit %d): %s" % (self.cmd[0], rc, err.strip()[-500:]))
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        self.p.stdout.close()
+        if not self.err.closed:
+            self.err.close()
 
 
 def pipe_to_gzip(cmd, path):
@@ -503,16 +647,37 @@ def fetch(s3, cfg, stamp, workdir, physical=False):
 # ---------------------------------------------------------------------------------------
 def mirror_media(s3, cfg, previous):
     """Copies media objects missing or changed in the mirror bucket; deletes nothing (a
-    mirror that deletes would propagate an accident). Returns the index for the manifest."""
+    mirror that deletes would propagate an accident). Returns the index for the manifest.
+    The mirror is backup data: with age recipients its objects are sealed (a mirror object's
+    size is then its ciphertext's, recorded as `stored_size`), with `replicate_to` they go
+    off-site too."""
     src, dst = cfg.get("media_bucket"), cfg.get("media_mirror_bucket")
     if not src or not dst:
         return None
     s3.make_bucket(dst)
+    sealing = isinstance(s3, Sealed)
     known = {}
     if previous:
         known = (previous.get("media") or {}).get("objects") or {}
     mirror = {o["key"]: o for o in s3.list(dst)}
     index, copied = {}, 0
+
+    def held(m, prev, o, sha):
+        """The mirror's object m is the source object o (sha256 `sha`, None: not read)."""
+        if m is None:
+            return False
+        if sealing:
+            # Only what this tool sealed counts (a plaintext copy from before encryption
+            # was turned on is sealed again): the recorded ciphertext size and the content.
+            return prev is not None and prev.get("sealed") is True and \
+                m["size"] == prev.get("stored_size") and (sha is None or prev["sha256"] == sha)
+        if m["size"] != o["size"]:
+            return False
+        if sha is None:
+            return True
+        return (bool(o["etag"]) and m["etag"] == o["etag"]) or \
+            (prev is not None and prev["sha256"] == sha)
+
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         for o in s3.list(src):
             k = o["key"]
@@ -522,29 +687,36 @@ def mirror_media(s3, cfg, previous):
             # (an empty ETag) gets every object read and hashed instead.
             same_as_prev = bool(o["etag"]) and prev is not None and \
                 prev["etag"] == o["etag"] and prev["size"] == o["size"]
-            if same_as_prev and m is not None and m["size"] == o["size"]:
+            if same_as_prev and held(m, prev, o, None):
                 index[k] = prev
                 continue
             path = os.path.join(tmp, "object")
             s3.get_file(src, k, path)
             sha = sha256_file(path)
-            in_mirror = m is not None and m["size"] == o["size"] and (
-                (bool(o["etag"]) and m["etag"] == o["etag"])
-                or (prev is not None and prev["sha256"] == sha))
-            if not in_mirror:
+            entry = {"size": o["size"], "etag": o["etag"], "sha256": sha}
+            if held(m, prev, o, sha):
+                if prev is not None and "stored_size" in prev:
+                    entry.update(sealed=prev.get("sealed", False), stored_size=prev["stored_size"])
+            else:
                 s3.put_file(dst, k, path, sha)
                 copied += 1
-            index[k] = {"size": o["size"], "etag": o["etag"], "sha256": sha}
+                if sealing:
+                    entry.update(sealed=True, stored_size=s3.last_stored["size"])
+            index[k] = entry
             os.unlink(path)
-    log("media: %d object(s) in %s, %d copied to %s" % (len(index), src, copied, dst))
+    log("media: %d object(s) in %s, %d copied to %s%s" % (
+        len(index), src, copied, dst, " (sealed with age)" if sealing else ""))
     return {"bucket": src, "mirror": dst, "objects": index}
 
 
-def physical_backup(cfg, dbs, path):
+def physical_backup(s3, cfg, dbs, base, manifest):
     """A physical copy with mariadb-backup (`--galera-info` on a Galera node: the cluster
-    position a node restored from it starts at), streamed as mbstream into gzip. Row counts
-    and checksums around it: equal means no write reached it, so a verification compares
-    them exactly."""
+    position a node restored from it starts at): mbstream, gzipped and (with age
+    recipients) encrypted as it is produced, streamed to object storage (multipart above
+    64 MiB) and never written to this host's disk, so a database larger than the backup
+    host's free space still gets its copy. Recorded in the manifest with the sha256 and size
+    of what was uploaded (plaintext, and the stored ciphertext). Row counts and checksums
+    around it: equal means no write reached it, so a verification compares them exactly."""
     before = {db: table_stats(cfg, db) for db in dbs}
     work = tempfile.mkdtemp(prefix="physical-", dir=cfg["workdir"])
     try:
@@ -556,13 +728,25 @@ def physical_backup(cfg, dbs, path):
         if galera:
             cmd.append("--galera-info")
         t0 = time.time()
-        pipe_to_gzip(cmd, path)
+        gz = GzipOf(cmd)
+        src = Hashing(gz)
+        try:
+            if hasattr(s3, "last_stored"):
+                s3.last_stored = None
+            s3.put_stream(cfg["bucket"], base + PHYSICAL, src)
+        finally:
+            gz.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     after = {db: table_stats(cfg, db) for db in dbs}
-    log("physical copy (mariadb-backup%s): %.1f MiB in %.1f s" % (
-        ", with the Galera position" if galera else "", os.path.getsize(path) / 1048576.0,
-        time.time() - t0))
+    entry = {"sha256": src.sha256(), "size": src.size}
+    if getattr(s3, "last_stored", None):
+        entry["stored"] = dict(s3.last_stored)
+        manifest["encrypted"] = "age"
+    manifest["files"][PHYSICAL] = entry
+    log("physical copy (mariadb-backup%s): %.1f MiB streamed to s3://%s/%s in %.1f s" % (
+        ", with the Galera position" if galera else "", src.size / 1048576.0,
+        cfg["bucket"], base + PHYSICAL, time.time() - t0))
     return {"file": PHYSICAL, "galera_info": galera, "tables": after, "stable": before == after}
 
 
@@ -688,7 +872,7 @@ def cmd_run(cfg, args):
         # Replication paused on node for FTWRL/BACKUP STAGE"), and a new environment's
         # first minutes are when its schema is created. The scheduled runs take it.
         if cfg.get("physical") and args is not None:
-            manifest["physical"] = physical_backup(cfg, dbs, os.path.join(tmp, PHYSICAL))
+            manifest["physical"] = physical_backup(s3, cfg, dbs, base, manifest)
         upload_files(s3, cfg, base, tmp, manifest)
         manifest["media"] = mirror_media(s3, cfg, previous_manifest(s3, cfg))
         put_manifest(s3, cfg, base, manifest)

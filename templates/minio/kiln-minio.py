@@ -139,6 +139,43 @@ def ensure_users(s3, endpoint, root_password, check):
     return missing
 
 
+def policy_state(s3, p):
+    """(wanted document, None when the canned policy is as wanted, else what is wrong)."""
+    want = json.dumps(canon(json.loads(policy_body(p))), sort_keys=True)
+    try:
+        have = s3.admin("GET", "info-canned-policy", {"name": p["name"], "v": "2"})
+        have = json.loads(have)
+        have = json.dumps(canon(have.get("Policy", have)), sort_keys=True)
+    except kiln_s3.S3Error as e:
+        if e.status not in (400, 404):
+            raise
+        have = None
+    if have == want:
+        return want, None
+    return want, "missing" if have is None else "different"
+
+
+def problems(s3, cfg, endpoint):
+    """Everything that differs from the wanted state, asked all at once: each bucket, policy
+    and user is its own request (or two), and `--check` is the guard of every `kiln plan`,
+    so they run side by side instead of one round trip after another."""
+    from concurrent.futures import ThreadPoolExecutor
+    try:
+        users = json.load(open(USERS))
+    except FileNotFoundError:
+        users = []
+    tasks = [lambda b=b: None if s3.bucket_exists(b) else "bucket %s is missing" % b
+             for b in cfg.get("buckets", [])]
+    tasks += [lambda p=p: (lambda w: w and "policy %s is %s" % (p["name"], w))(
+        policy_state(s3, p)[1]) for p in cfg.get("policies", [])]
+    tasks += [lambda u=u: (lambda w: w and "user %s is %s" % (u["name"], w))(
+        user_state(s3, endpoint, u)) for u in users]
+    if not tasks:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(tasks))) as ex:
+        return [x for x in ex.map(lambda f: f(), tasks) if x]
+
+
 def ensure(check):
     cfg = json.load(open(CONFIG))
     env = kiln_s3.read_env_file(ENV)
@@ -146,37 +183,23 @@ def ensure(check):
         log("%s/minio/health/live does not answer" % cfg["endpoint"])
         return 1
     s3 = kiln_s3.S3(cfg["endpoint"], env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"])
-    missing = 0
+    if check:
+        found = problems(s3, cfg, cfg["endpoint"])
+        for what in found:
+            log(what)
+        return 1 if found else 0
     for b in cfg.get("buckets", []):
-        if s3.bucket_exists(b):
-            continue
-        missing += 1
-        if check:
-            log("bucket %s is missing" % b)
-        else:
+        if not s3.bucket_exists(b):
             s3.make_bucket(b)
             log("created bucket %s" % b)
     # Canned policies (MinIO admin API; a plain S3 server has none of this).
     for p in cfg.get("policies", []):
-        want = json.dumps(canon(json.loads(policy_body(p))), sort_keys=True)
-        try:
-            have = s3.admin("GET", "info-canned-policy", {"name": p["name"], "v": "2"})
-            have = json.loads(have)
-            have = json.dumps(canon(have.get("Policy", have)), sort_keys=True)
-        except kiln_s3.S3Error as e:
-            if e.status not in (400, 404):
-                raise
-            have = None
-        if have == want:
-            continue
-        missing += 1
-        if check:
-            log("policy %s is %s" % (p["name"], "missing" if have is None else "different"))
-        else:
+        want, wrong = policy_state(s3, p)
+        if wrong is not None:
             s3.admin("PUT", "add-canned-policy", {"name": p["name"]}, want.encode())
             log("wrote policy %s" % p["name"])
-    missing += ensure_users(s3, cfg["endpoint"], env["MINIO_ROOT_PASSWORD"], check)
-    return 1 if (check and missing) else 0
+    ensure_users(s3, cfg["endpoint"], env["MINIO_ROOT_PASSWORD"], False)
+    return 0
 
 
 def main(argv):

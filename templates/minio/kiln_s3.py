@@ -8,6 +8,7 @@ import hmac
 import http.client
 import json
 import os
+import tempfile
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -191,6 +192,25 @@ class S3(_MakeBucket):
     def get_bytes(self, bucket, key):
         return self.request("GET", "/%s/%s" % (bucket, key), what="get %s/%s" % (bucket, key))[2]
 
+    def put_stream(self, bucket, key, stream):
+        """A stream of unknown length: this signer needs the body's length and hash first,
+        so it spools the stream to an unnamed temporary file (boto3's client streams)."""
+        with tempfile.TemporaryFile() as f:
+            h = hashlib.sha256()
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                h.update(chunk)
+                f.write(chunk)
+            f.flush()
+            self.request("PUT", "/%s/%s" % (bucket, key), body=f, body_sha256=h.hexdigest(),
+                         what="put %s/%s" % (bucket, key))
+
+    def open_stream(self, bucket, key):
+        """The object's body as a readable binary file (spooled here)."""
+        f = tempfile.TemporaryFile()
+        self.request("GET", "/%s/%s" % (bucket, key), out=f, what="get %s/%s" % (bucket, key))
+        f.seek(0)
+        return f
+
     def delete(self, bucket, key):
         self.request("DELETE", "/%s/%s" % (bucket, key), want=(200, 204, 404),
                      what="delete %s/%s" % (bucket, key))
@@ -305,6 +325,19 @@ class BotoS3(_MakeBucket):
     def get_bytes(self, bucket, key):
         r = self._call("get %s/%s" % (bucket, key), self.client.get_object, Bucket=bucket, Key=key)
         return r["Body"].read()
+
+    def put_stream(self, bucket, key, stream):
+        """A stream of unknown length, never on local disk: one PUT below 64 MiB, above it a
+        multipart upload in 64 MiB parts (held in memory one at a time). An exception
+        raised by the stream's read aborts the upload (boto3 aborts the multipart upload),
+        so a failed producer leaves no object."""
+        self._call("put %s/%s" % (bucket, key), self.client.upload_fileobj, stream, bucket,
+                   key, Config=self.transfer)
+
+    def open_stream(self, bucket, key):
+        """The object's body as a readable stream (read as it downloads)."""
+        r = self._call("get %s/%s" % (bucket, key), self.client.get_object, Bucket=bucket, Key=key)
+        return r["Body"]
 
     def delete(self, bucket, key):
         try:

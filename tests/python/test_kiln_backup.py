@@ -348,3 +348,209 @@ class Metrics(unittest.TestCase):
 
     def test_label_values_are_escaped(self):
         self.assertIn('a{p="x\\"y\\\\z"} 1.0', kb.prom_text([("a", "h", {"p": 'x"y\\z'}, 1)]))
+
+
+class MemoryS3:
+    """An in-memory object store with the tool's client interface (put_stream reads the
+    stream the way boto3's upload_fileobj does: in parts, to its end)."""
+
+    def __init__(self):
+        self.objects = {}
+
+    def put_stream(self, bucket, key, stream):
+        parts = []
+        for chunk in iter(lambda: stream.read(7919), b""):
+            parts.append(chunk)
+        self.objects[(bucket, key)] = b"".join(parts)
+
+    def open_stream(self, bucket, key):
+        import io
+        return io.BytesIO(self.objects[(bucket, key)])
+
+    def make_bucket(self, bucket):
+        return False
+
+    def list(self, bucket, prefix=""):
+        import hashlib
+        return [{"key": k, "size": len(v), "etag": hashlib.md5(v).hexdigest()}
+                for (b, k), v in sorted(self.objects.items()) if b == bucket and k.startswith(prefix)]
+
+    def put_file(self, bucket, key, path, sha256=None):
+        with open(path, "rb") as f:
+            self.objects[(bucket, key)] = f.read()
+        return sha256 or kb.sha256_file(path)
+
+    def get_file(self, bucket, key, path):
+        with open(path, "wb") as f:
+            f.write(self.objects[(bucket, key)])
+
+
+class Streams(unittest.TestCase):
+    """The physical copy's way up: produced, gzipped, (encrypted,) hashed and uploaded as one
+    stream, a failure anywhere raising before the upload can end."""
+
+    def test_gzip_of_a_command_is_its_output_gzipped_and_hashed(self):
+        import gzip
+        import hashlib
+        data = os.urandom(300000).hex().encode()  # 600 kB, several pipe reads
+        with open(os.path.join(self.tmp(), "in"), "wb") as f:
+            f.write(data)
+        src = kb.Hashing(kb.GzipOf(["cat", f.name]))
+        s3 = MemoryS3()
+        s3.put_stream("b", "k", src)
+        stored = s3.objects[("b", "k")]
+        self.assertEqual(gzip.decompress(stored), data)
+        self.assertEqual(src.sha256(), hashlib.sha256(stored).hexdigest())
+        self.assertEqual(src.size, len(stored))
+
+    def test_a_failed_command_raises_instead_of_ending_the_stream(self):
+        src = kb.Hashing(kb.GzipOf(["sh", "-c", "printf partial; echo 'disk full' >&2; exit 3"]))
+        s3 = MemoryS3()
+        with self.assertRaises(RuntimeError) as e:
+            s3.put_stream("b", "k", src)
+        self.assertIn("exit 3", str(e.exception))
+        self.assertIn("disk full", str(e.exception))
+        self.assertEqual(s3.objects, {})
+
+    def test_a_chatty_stderr_does_not_stop_the_command(self):
+        # mariadb-backup logs every file it copies; 1 MB on stderr would fill a pipe.
+        src = kb.GzipOf(["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x >&2; echo done"])
+        s3 = MemoryS3()
+        s3.put_stream("b", "k", src)
+        import gzip
+        self.assertEqual(gzip.decompress(s3.objects[("b", "k")]), b"done\n")
+
+    def test_replicated_stream_lands_on_both_targets(self):
+        primary, replica = MemoryS3(), MemoryS3()
+        rep = kb.Replicated(primary, replica, {"bucket": "bk", "replica": {"bucket": "off"}})
+        import io
+        rep.put_stream("bk", "p/physical", io.BytesIO(b"x" * 20000))
+        self.assertEqual(primary.objects[("bk", "p/physical")], b"x" * 20000)
+        self.assertEqual(replica.objects[("off", "p/physical")], b"x" * 20000)
+        rep.put_stream("media", "m", io.BytesIO(b"y"))
+        self.assertNotIn(("off", "m"), replica.objects)
+
+    def age_stand_in(self):
+        # Not age: a stand-in with its header and a reversible transform, so the plumbing
+        # (a thread feeding it, its output hashed while uploaded, failures) is what is tested;
+        # the real age runs in pitr_e2e on the lab.
+        d = self.tmp()
+        with open(os.path.join(d, "age"), "w") as f:
+            f.write("""#!/bin/sh
+out=/dev/stdout; in=/dev/stdin; mode=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --output) out=$2; shift 2 ;;
+    --recipient|--identity) shift 2 ;;
+    --encrypt|--decrypt) mode=$1; shift ;;
+    *) in=$1; shift ;;
+  esac
+done
+if [ "$mode" = --encrypt ]; then
+  { printf 'age-encryption.org/v1\\n'; tr a-z A-Z < "$in"; } > "$out"
+else
+  tail -c +23 "$in" | tr A-Z a-z > "$out"
+fi
+""")
+        os.chmod(f.name, 0o755)
+        old = os.environ["PATH"]
+        os.environ["PATH"] = d + os.pathsep + old
+        self.addCleanup(os.environ.__setitem__, "PATH", old)
+
+    def tmp(self):
+        import tempfile
+        d = tempfile.mkdtemp()
+        import shutil
+        self.addCleanup(shutil.rmtree, d)
+        return d
+
+    def test_sealed_stream_uploads_the_ciphertext_and_records_both_hashes(self):
+        import hashlib
+        import io
+        self.age_stand_in()
+        inner = MemoryS3()
+        sealed = kb.Sealed(inner, {"bucket": "bk", "workdir": self.tmp(),
+                                   "age": {"recipients": ["age1test"], "identity": ""}})
+        plain = b"abc" * 500000  # 1.5 MB: more than one pipe buffer each way
+        src = kb.Hashing(io.BytesIO(plain))
+        sealed.put_stream("bk", "k", src)
+        stored = inner.objects[("bk", "k")]
+        self.assertEqual(stored, b"age-encryption.org/v1\n" + plain.upper())
+        self.assertEqual(src.sha256(), hashlib.sha256(plain).hexdigest())
+        self.assertEqual(sealed.last_stored, {"sha256": hashlib.sha256(stored).hexdigest(),
+                                              "size": len(stored)})
+
+    def test_sealed_stream_raises_when_its_source_fails(self):
+        self.age_stand_in()
+        inner = MemoryS3()
+        sealed = kb.Sealed(inner, {"bucket": "bk", "workdir": self.tmp(),
+                                   "age": {"recipients": ["age1test"], "identity": ""}})
+        src = kb.Hashing(kb.GzipOf(["sh", "-c", "head -c 200000 /dev/zero; exit 5"]))
+        with self.assertRaises(RuntimeError) as e:
+            sealed.put_stream("bk", "k", src)
+        self.assertIn("exit 5", str(e.exception))
+        self.assertEqual(inner.objects, {})
+
+
+class MediaMirror(unittest.TestCase):
+    """The media mirror is backup data: sealed with age and replicated like the backups."""
+
+    tmp = Streams.tmp
+    age_stand_in = Streams.age_stand_in
+
+    def cfg(self):
+        return {"bucket": "bk", "workdir": self.tmp(), "media_bucket": "media",
+                "media_mirror_bucket": "mm", "replica": {"bucket": "off"},
+                "age": {"recipients": ["age1test"], "identity": ""}}
+
+    def test_sealed_and_replicated_mirror_copies_each_change_once(self):
+        self.age_stand_in()
+        cfg = self.cfg()
+        primary, replica = MemoryS3(), MemoryS3()
+        s3 = kb.Sealed(kb.Replicated(primary, replica, cfg), cfg)
+        primary.objects[("media", "a.jpg")] = b"photo a"
+        primary.objects[("media", "b.pdf")] = b"invoice b"
+        first = kb.mirror_media(s3, cfg, None)
+        self.assertEqual(primary.objects[("mm", "a.jpg")], b"age-encryption.org/v1\nPHOTO A")
+        # Off-site, sealed, under the mirror's own name (not the backup bucket's).
+        self.assertEqual(replica.objects[("mm", "b.pdf")], b"age-encryption.org/v1\nINVOICE B")
+        self.assertNotIn(("media", "a.jpg"), replica.objects)
+        self.assertTrue(first["objects"]["a.jpg"]["sealed"])
+        # Unchanged: nothing copied again.
+        before = dict(primary.objects)
+        second = kb.mirror_media(s3, cfg, {"media": first})
+        self.assertEqual(second["objects"], first["objects"])
+        self.assertEqual(primary.objects, before)
+        # Changed: that object only.
+        primary.objects[("media", "a.jpg")] = b"photo a2"
+        third = kb.mirror_media(s3, cfg, {"media": second})
+        self.assertEqual(primary.objects[("mm", "a.jpg")], b"age-encryption.org/v1\nPHOTO A2")
+        self.assertEqual(third["objects"]["b.pdf"], first["objects"]["b.pdf"])
+        # Read back through the tool (with an identity): plaintext again.
+        ident = os.path.join(self.tmp(), "identity")
+        open(ident, "w").close()
+        s3.identity = ident
+        out = os.path.join(self.tmp(), "x")
+        s3.get_file("mm", "a.jpg", out)
+        self.assertEqual(open(out, "rb").read(), b"photo a2")
+
+    def test_a_plaintext_mirror_from_before_encryption_is_sealed_again(self):
+        self.age_stand_in()
+        cfg = self.cfg()
+        plain = MemoryS3()
+        plain.objects[("media", "a.jpg")] = b"photo a"
+        unsealed = kb.mirror_media(plain, dict(cfg, age={"recipients": []}), None)
+        self.assertEqual(plain.objects[("mm", "a.jpg")], b"photo a")
+        kb.mirror_media(kb.Sealed(plain, cfg), cfg, {"media": unsealed})
+        self.assertEqual(plain.objects[("mm", "a.jpg")], b"age-encryption.org/v1\nPHOTO A")
+
+    def test_the_live_media_bucket_is_never_sealed(self):
+        self.age_stand_in()
+        cfg = self.cfg()
+        inner = MemoryS3()
+        s3 = kb.Sealed(inner, cfg)
+        path = os.path.join(self.tmp(), "m")
+        with open(path, "wb") as f:
+            f.write(b"served by the app")
+        s3.put_file("media", "c.css", path)
+        self.assertEqual(inner.objects[("media", "c.css")], b"served by the app")
