@@ -242,7 +242,11 @@ fn minio_is_the_pinned_binary(t: &T) -> Result<(), String> {
         &r,
     )?;
     let r = t.kiln(&["apply", ENV, "--yes"]);
-    expect(r.code == 0, "the apply installs the pinned binary again", &r)?;
+    expect(
+        r.code == 0,
+        "the apply installs the pinned binary again",
+        &r,
+    )?;
     let r = t.sh(
         "storage",
         "sha256sum /usr/local/bin/minio | cut -d' ' -f1; curl -fsS --retry 5 --retry-connrefused -o /dev/null http://127.0.0.1:9000/minio/health/live && echo live",

@@ -773,8 +773,7 @@ fn config_change_rolls(lab: &Lab) -> Result<(), String> {
                 let in_own_restart = windows.iter().any(|(h, (stop, started))| {
                     *h == s.host && s.returned >= *stop && s.sent <= *started + 10.0
                 });
-                let joining =
-                    status != "Primary" && (rejoining.contains(s.host) || in_own_restart);
+                let joining = status != "Primary" && (rejoining.contains(s.host) || in_own_restart);
                 if !restarting_alone && !joining && (status != "Primary" || *size < 2) {
                     return Err(format!(
                         "round {round}: {} reports {status} with cluster size {size}",

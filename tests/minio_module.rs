@@ -197,7 +197,10 @@ fn binary_is_verified_before_it_is_installed() {
     let check = &run[run.find("if [ \"${1:-}\" = --check ]").unwrap()..];
     let check = &check[..check.find("exit\n").unwrap()];
     assert!(check.contains("remembered || hashed"), "{check}");
-    assert!(!check.contains("remember\n"), "--check writes nothing: {check}");
+    assert!(
+        !check.contains("remember\n"),
+        "--check writes nothing: {check}"
+    );
     assert!(run.contains("stat -c '%d %i %s %y %z'"), "{run}");
     let remember = run.rfind("\nremember\n").unwrap();
     assert!(mv < remember, "{run}");

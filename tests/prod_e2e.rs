@@ -323,10 +323,16 @@ fn media_backup_is_sealed_and_off_site(lab: &Lab) -> Result<(), String> {
         lab,
         "s3.s3.primary.put_bytes('media', 'e2e/photo.txt', b'MEDIA-PLAINTEXT-' * 100)\nprint('stored')",
     );
-    expect(r.stdout.trim() == "stored", "a media object in the media bucket", &r)?;
+    expect(
+        r.stdout.trim() == "stored",
+        "a media object in the media bucket",
+        &r,
+    )?;
     let r = lab.kiln_timeout(&["backup", ENV], 900);
     expect(
-        r.code == 0 && r.stdout.contains("copied to media-mirror (sealed with age)"),
+        r.code == 0
+            && r.stdout
+                .contains("copied to media-mirror (sealed with age)"),
         "kiln backup mirrors the media, sealed",
         &r,
     )?;
