@@ -132,7 +132,7 @@ fn printable(name: &str) -> String {
     out
 }
 
-/// Shell helpers shared by all sections. `kiln_path` prints one path's section body; it
+/// Shell helpers shared by all sections. `kiln_path_next` prints one path's section body; it
 /// keeps the sha256 of a sensitive file in a shell variable and only ever prints whether
 /// it matched.
 use crate::shell::FACTS_PRELUDE as PRELUDE;
@@ -192,8 +192,18 @@ fn script_with(queries: &[FactQuery], timed: bool) -> String {
     };
     tick(&mut s, "begin");
     marker(&mut s, &format!("{MARKER_PREFIX}begin"));
+    let mut read: Vec<&'static str> = Vec::new();
     for (i, section) in sections.iter().enumerate() {
         tick(&mut s, &i.to_string());
+        let name = section.kind.section();
+        if !read.contains(&name) {
+            read.push(name);
+            let all: Vec<&FactQuery> = normalized
+                .iter()
+                .filter(|q| kind_of(q).section() == name)
+                .collect();
+            section.kind.read_ahead(&all, &mut s);
+        }
         marker(&mut s, &section.marker());
         section.kind.script(&section.queries, &mut s);
     }

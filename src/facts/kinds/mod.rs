@@ -68,6 +68,12 @@ pub(crate) trait FactKind: Sync {
         None
     }
 
+    /// Appends, once and before the kind's first section, a part that reads the facts of
+    /// all the kind's `queries` at once and keeps them in shell variables for the
+    /// sections to print (one `stat` for every path instead of one per path). It prints
+    /// nothing: its time counts towards the kind's first section in `--timings`.
+    fn read_ahead(&self, _queries: &[&FactQuery], _out: &mut String) {}
+
     /// Appends one section's body to the script (inside `kiln_facts`, stdin `/dev/null`,
     /// each line starting with a tab): for `queries`, the section's one query, or every
     /// query of a batched kind. Nothing it prints may start with `@@kiln:`.
