@@ -157,7 +157,11 @@ impl T {
 fn up(t: &T) -> Result<(), String> {
     // Fresh hosts: a killed earlier run leaves its converged hosts (and their rows) behind.
     let r = t.kiln(&["lab", "down", ENV]);
-    expect(r.code == 0, "kiln lab down (leftovers of an earlier run)", &r)?;
+    expect(
+        r.code == 0,
+        "kiln lab down (leftovers of an earlier run)",
+        &r,
+    )?;
     let r = t.kiln(&["lab", "up", ENV]);
     expect(r.code == 0, "lab up", &r)?;
     let pin = format!("{}/artifacts/minio.sha256", lab_dir());

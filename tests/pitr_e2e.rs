@@ -227,7 +227,11 @@ fn sql(lab: &Lab, host: &str, q: &str) -> Run {
 fn up(lab: &Lab) -> Result<(), String> {
     // Fresh hosts: a killed earlier run leaves its converged hosts (and their rows) behind.
     let r = lab.kiln(&["lab", "down", ENV]);
-    expect(r.code == 0, "kiln lab down (leftovers of an earlier run)", &r)?;
+    expect(
+        r.code == 0,
+        "kiln lab down (leftovers of an earlier run)",
+        &r,
+    )?;
     let r = lab.kiln(&["lab", "up", ENV]);
     expect(r.code == 0, "lab up", &r)
 }
