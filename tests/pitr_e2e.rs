@@ -303,7 +303,28 @@ fn restore_to_time_undoes_a_drop(lab: &Lab) -> Result<(), String> {
         "      restore --to-time: {:.1} s, {want_n} rows up to {t_text}",
         started.elapsed().as_secs_f64()
     );
-    for host in ["db1", "db3"] {
+    // Into one node alone: the others left the cluster for it and rejoined by state transfer.
+    for host in ["db2", "db3"] {
+        let rejoined = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{host}: rejoined")));
+        expect(
+            r.stdout.contains(&format!(
+                "{host}: MariaDB stopped (the restore goes into db1 alone"
+            )) && rejoined.is_some(),
+            &format!("{host} left the cluster for the restore and rejoined it"),
+            &r,
+        )?;
+        println!("      {}", rejoined.unwrap_or_default());
+    }
+    let size = sql(lab, "db1", "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_size'");
+    expect(
+        size.code == 0 && size.stdout.trim().split('\t').nth(1) == Some("3"),
+        "the cluster is whole again (3 nodes)",
+        &size,
+    )?;
+    for host in ["db1", "db2", "db3"] {
         let got = sql(lab, host, "SELECT COUNT(*), MAX(id), MAX(t) FROM app.w");
         expect(
             got.code == 0 && got.stdout.trim() == want.stdout.trim(),

@@ -331,11 +331,185 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
     if !settle_cluster(&loaded).await? {
         return Ok(1);
     }
-    let status = stream(t.as_ref(), &script, &redactor).await?;
-    Ok(match status {
-        Some(0) => 0,
+    // Into one node alone: the other Galera nodes leave the cluster for the restore and
+    // rejoin it afterwards by state transfer from the restored node.
+    let others = if is_galera(target) {
+        galera_nodes(&loaded.desired.hosts)
+            .filter(|h| h.name != target.name)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let stopped = match stop_nodes(&loaded, &others, &target.name).await {
+        Ok(stopped) => stopped,
+        Err(stopped) => {
+            println!("nothing restored: the other nodes could not leave the cluster");
+            start_nodes(&loaded, &stopped).await;
+            return Ok(1);
+        }
+    };
+    let status = stream(t.as_ref(), &script, &redactor).await;
+    let rejoined = start_nodes(&loaded, &stopped).await;
+    Ok(match status? {
+        Some(0) if rejoined => 0,
         _ => 1,
     })
+}
+
+/// The non-empty lines a remote script printed, standard output first.
+fn output_lines(out: &crate::transport::RunOutput) -> impl Iterator<Item = &str> {
+    out.stdout
+        .lines()
+        .chain(out.stderr.lines())
+        .filter(|l| !l.trim().is_empty())
+}
+
+fn is_galera(h: &DesiredHost) -> bool {
+    h.resources.iter().any(|r| r.module == "mariadb-galera")
+}
+
+fn galera_nodes(hosts: &[DesiredHost]) -> impl Iterator<Item = &DesiredHost> {
+    hosts.iter().filter(|h| is_galera(h))
+}
+
+/// How long a node may take to stop (a clean leave of the cluster).
+const STOP: Duration = Duration::from_secs(300);
+
+/// How long a node may take to start and rejoin: a full state transfer (SST) of a large
+/// database takes as long as copying it.
+const REJOIN: Duration = Duration::from_secs(3 * 3600);
+
+/// Stops MariaDB on a node, bounded: exit 0 when it stopped, 3 when it was not running.
+fn stop_script() -> String {
+    format!(
+        r#"set -u
+if [ "$(systemctl show -p ActiveState --value mariadb.service 2>/dev/null)" != active ]; then
+  exit 3
+fi
+if timeout {stop} systemctl stop mariadb.service; then
+  exit 0
+fi
+echo "MariaDB did not stop within {stop} s: $(systemctl show -p ActiveState,SubState --value mariadb.service | tr '\n' ' ')"
+exit 1
+"#,
+        stop = STOP.as_secs()
+    )
+}
+
+/// Stops MariaDB on `nodes` (those that run it), one after another, so that the restore
+/// goes into `target` alone: it applies the dump and the binary logs once, not once per
+/// node through Galera, and no other node's `debian-start` can take the locks the restore
+/// needs. Returns the nodes it stopped, or, when one could not be stopped, those it had
+/// stopped until then (to be started again). A node that does not answer is skipped: it
+/// is not in the cluster either, and joins by state transfer whenever it comes back.
+async fn stop_nodes<'a>(
+    loaded: &crate::engine::Loaded,
+    nodes: &[&'a DesiredHost],
+    target: &str,
+) -> Result<Vec<&'a DesiredHost>, Vec<&'a DesiredHost>> {
+    let script = stop_script();
+    let redactor = loaded.env.redactor();
+    let mut stopped = Vec::new();
+    for &h in nodes {
+        let Ok(t) = connect(&loaded.env, h).await else {
+            println!(
+                "{}: does not answer; it rejoins by state transfer when it is back",
+                h.name
+            );
+            continue;
+        };
+        match t.run(&script, STOP + Duration::from_secs(30), None).await {
+            Ok(out) if out.status == Some(0) => {
+                println!(
+                    "{}: MariaDB stopped (the restore goes into {target} alone; {} rejoins by state transfer)",
+                    h.name, h.name
+                );
+                stopped.push(h);
+            }
+            Ok(out) if out.status == Some(3) => {
+                println!("{}: MariaDB is not running; left as it is", h.name);
+            }
+            Ok(out) => {
+                for l in output_lines(&out) {
+                    println!("{}: {}", h.name, redactor.redact(l));
+                }
+                return Err(stopped);
+            }
+            Err(e) => {
+                println!("{}: {}", h.name, redactor.redact(&format!("{e:#}")));
+                return Err(stopped);
+            }
+        }
+    }
+    Ok(stopped)
+}
+
+/// Starts MariaDB on a node and waits until it is Synced, bounded; says how it rejoined.
+fn rejoin_script() -> String {
+    format!(
+        r#"set -u
+t0=$(date +%s)
+if ! timeout {rejoin} systemctl start mariadb.service; then
+  echo "MariaDB did not start: $(systemctl show -p ActiveState,SubState --value mariadb.service | tr '\n' ' ')"
+  exit 1
+fi
+n=0
+while :; do
+  s=$(mariadb -N -B -e "SHOW GLOBAL STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | cut -f2)
+  [ "$s" = Synced ] && break
+  n=$((n+1))
+  if [ $n -ge 600 ]; then
+    echo "started, but not Synced after 600 s (state: ${{s:-no answer}})"
+    exit 1
+  fi
+  sleep 1
+done
+echo "rejoined by state transfer, Synced $(( $(date +%s) - t0 )) s after its start"
+"#,
+        rejoin = REJOIN.as_secs()
+    )
+}
+
+/// Starts MariaDB again on the nodes `stop_nodes` stopped, one at a time (a donor serves
+/// one full state transfer at a time), each until it is Synced. Called whatever became of
+/// the restore. True when every one rejoined; otherwise says which did not, and that `kiln
+/// apply` starts it (the Galera module's steps bring a stopped node back).
+async fn start_nodes(loaded: &crate::engine::Loaded, nodes: &[&DesiredHost]) -> bool {
+    let script = rejoin_script();
+    let redactor = loaded.env.redactor();
+    let mut all = true;
+    for &h in nodes {
+        let out = match connect(&loaded.env, h).await {
+            Ok(t) => {
+                t.run(&script, REJOIN + Duration::from_secs(660), None)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match out {
+            Ok(out) if out.status == Some(0) => {
+                for l in output_lines(&out) {
+                    println!("{}: {}", h.name, redactor.redact(l));
+                }
+            }
+            other => {
+                all = false;
+                match other {
+                    Ok(out) => {
+                        for l in output_lines(&out) {
+                            println!("{}: {}", h.name, redactor.redact(l));
+                        }
+                    }
+                    Err(e) => println!("{}: {}", h.name, redactor.redact(&format!("{e:#}"))),
+                }
+                println!(
+                    "{}: did not rejoin the cluster; `kiln apply {}` starts it again",
+                    h.name, loaded.env.name
+                );
+            }
+        }
+    }
+    all
 }
 
 /// A file as the backup module renders it for a host.
@@ -581,14 +755,9 @@ pub async fn seed_if_new(loaded: &crate::engine::Loaded) -> Result<i32> {
 /// How long a restore waits for Debian's debian-start on the database nodes.
 const SETTLE: Duration = Duration::from_secs(600);
 
-/// Waits (at most `SETTLE`, saying for what) until Debian's `debian-start` — run by every
-/// MariaDB start; on a node that joined by state transfer it runs `mysql_upgrade`, whose
-/// `ALTER TABLE mysql.event` and a replicated `DROP DATABASE` wait on each other for ever
-/// — is over on every Galera node of the environment, not only the one that restores:
-/// a write set the restore sends must be applied everywhere. A node that does not answer
-/// is skipped (it is not in the cluster either). Returns false when it gave up.
-async fn settle_cluster(loaded: &crate::engine::Loaded) -> Result<bool> {
-    let script = format!(
+/// Waits, bounded, until no `debian-start` runs on a node.
+fn settle_script() -> String {
+    format!(
         r#"set -u
 n=0
 while pgrep -f '/etc/mysql/debian-start|mysql_upgrade|mariadb-upgrade' >/dev/null; do
@@ -604,14 +773,19 @@ done
 exit 0
 "#,
         SETTLE.as_secs()
-    );
+    )
+}
+
+/// Waits (at most `SETTLE`, saying for what) until Debian's `debian-start` — run by every
+/// MariaDB start; on a node that joined by state transfer it runs `mysql_upgrade`, whose
+/// `ALTER TABLE mysql.event` and a replicated `DROP DATABASE` wait on each other for ever
+/// — is over on every Galera node of the environment, not only the one that restores:
+/// a write set the restore sends must be applied everywhere. A node that does not answer
+/// is skipped (it is not in the cluster either). Returns false when it gave up.
+async fn settle_cluster(loaded: &crate::engine::Loaded) -> Result<bool> {
+    let script = settle_script();
     let redactor = loaded.env.redactor();
-    for h in loaded
-        .desired
-        .hosts
-        .iter()
-        .filter(|h| h.resources.iter().any(|r| r.module == "mariadb-galera"))
-    {
+    for h in galera_nodes(&loaded.desired.hosts) {
         let Ok(t) = connect(&loaded.env, h).await else {
             println!("{}: does not answer; not waited for", h.name);
             continue;
@@ -633,6 +807,45 @@ exit 0
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scripts a restore runs on the Galera nodes pass shellcheck and dash's parser
+    /// (`.ci/run` installs shellcheck; without it this test fails).
+    #[test]
+    fn node_scripts_pass_shellcheck() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        for (name, script) in [
+            ("settle", settle_script()),
+            ("stop", stop_script()),
+            ("rejoin", rejoin_script()),
+        ] {
+            for (tool, args) in [
+                ("shellcheck", &["-s", "sh", "-f", "gcc", "-"][..]),
+                ("dash", &["-n"][..]),
+            ] {
+                let mut child = Command::new(tool)
+                    .args(args)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{tool}: {e}"));
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(script.as_bytes())
+                    .unwrap();
+                let out = child.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{tool} on the {name} script:\n{}{}\n---\n{script}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
 
     fn host(name: &str, address: &str) -> DesiredHost {
         DesiredHost {
