@@ -237,6 +237,10 @@ pub enum Command {
     Backup {
         /// Environment name under environments/, or a path to a .toml file.
         env: String,
+        /// The Galera cluster to back up (through its nodes that run the `backup` module),
+        /// when the environment has several.
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
     },
     /// Restore databases (and media) from a backup, after checking its manifest.
     Restore(ops::backup::RestoreArgs),
@@ -371,7 +375,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ssh { env, host, command } => ops::ssh::ssh(&env, &host, &command),
         Command::SshConfig { env } => ops::ssh::ssh_config(&env),
         Command::Graph { env, limit } => ops::graph::run(&env, limit.as_deref()),
-        Command::Backup { env } => rt.block_on(ops::backup::backup(&env)),
+        Command::Backup { env, cluster } => {
+            rt.block_on(ops::backup::backup(&env, cluster.as_deref()))
+        }
         Command::Restore(args) => rt.block_on(ops::backup::restore(args)),
         Command::Modules { env } => ops::modules::list(env.as_deref()),
         Command::Module {

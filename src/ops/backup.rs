@@ -30,17 +30,101 @@ const TOOL_FILES: [&str; 4] = [
 /// The backups' age identity, when the module encrypts them (sent like the tool's files).
 const AGE_IDENTITY: &str = "/etc/kiln/backup/age-identity";
 
+/// The Galera cluster a host is a node of: the `cluster` of its galera_node resource.
+pub fn galera_cluster(h: &DesiredHost) -> Option<&str> {
+    h.resources.iter().find_map(|r| match &r.kind {
+        Kind::GaleraNode(g) => Some(g.cluster.as_str()),
+        _ => None,
+    })
+}
+
+/// The environment's Galera clusters in host order, each with its nodes.
+pub fn clusters(hosts: &[DesiredHost]) -> Vec<(&str, Vec<&DesiredHost>)> {
+    let mut out: Vec<(&str, Vec<&DesiredHost>)> = vec![];
+    for h in hosts {
+        if let Some(c) = galera_cluster(h) {
+            match out.iter_mut().find(|(name, _)| *name == c) {
+                Some((_, nodes)) => nodes.push(h),
+                None => out.push((c, vec![h])),
+            }
+        }
+    }
+    out
+}
+
 /// The hosts `kiln backup` and `kiln restore` may drive, in order: the only host running
 /// the `backup` module, or with several (a cluster's peers, each ready to take over the
 /// binlog archive), the module's `peers` in their order. The first one that answers is used.
-fn backup_hosts(hosts: &[DesiredHost]) -> Result<Vec<&DesiredHost>> {
-    let with: Vec<&DesiredHost> = hosts
+///
+/// With several Galera clusters in the environment, each cluster's nodes that run the
+/// module back up that cluster: `cluster` names which (none given is an error naming them,
+/// so a restore never goes into the cluster it was not meant for). With one cluster (or
+/// none) every backup host serves it, and `cluster`, when given, must name it.
+pub fn backup_hosts<'a>(
+    hosts: &'a [DesiredHost],
+    cluster: Option<&str>,
+) -> Result<Vec<&'a DesiredHost>> {
+    let all: Vec<&DesiredHost> = hosts
         .iter()
         .filter(|h| h.resources.iter().any(|r| r.module == "backup"))
         .collect();
-    let first = *with
-        .first()
-        .ok_or_else(|| anyhow!("no host of this environment runs the `backup` module"))?;
+    if all.is_empty() {
+        bail!("no host of this environment runs the `backup` module");
+    }
+    let known = clusters(hosts);
+    let names = || {
+        known
+            .iter()
+            .map(|(c, _)| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(c) = cluster {
+        if !known.iter().any(|(name, _)| *name == c) {
+            if known.is_empty() {
+                bail!("--cluster {c}: this environment has no Galera cluster");
+            }
+            bail!(
+                "--cluster {c}: no such Galera cluster here (clusters: {})",
+                names()
+            );
+        }
+    }
+    let with: Vec<&DesiredHost> = if known.len() <= 1 {
+        all
+    } else {
+        let Some(c) = cluster else {
+            let groups: Vec<String> = known
+                .iter()
+                .map(|(c, _)| {
+                    let hs: Vec<&str> = all
+                        .iter()
+                        .filter(|h| galera_cluster(h) == Some(*c))
+                        .map(|h| h.name.as_str())
+                        .collect();
+                    if hs.is_empty() {
+                        format!("`{c}`: no backup host")
+                    } else {
+                        format!("`{c}`: {}", hs.join(", "))
+                    }
+                })
+                .collect();
+            bail!(
+                "this environment has {} Galera clusters ({}): say which one with --cluster NAME",
+                known.len(),
+                groups.join("; ")
+            );
+        };
+        let with: Vec<&DesiredHost> = all
+            .into_iter()
+            .filter(|h| galera_cluster(h) == Some(c))
+            .collect();
+        if with.is_empty() {
+            bail!("no node of Galera cluster `{c}` runs the `backup` module");
+        }
+        with
+    };
+    let first = with[0];
     if with.len() == 1 {
         return Ok(with);
     }
@@ -84,6 +168,27 @@ fn backup_hosts(hosts: &[DesiredHost]) -> Result<Vec<&DesiredHost>> {
     Ok(ordered)
 }
 
+/// The nodes a restore into `target` waits for and takes out of the cluster: the other
+/// nodes of `target`'s own Galera cluster (none when it is no node). Nodes of another
+/// cluster in the environment are never touched.
+pub fn restore_peers<'a>(hosts: &'a [DesiredHost], target: &DesiredHost) -> Vec<&'a DesiredHost> {
+    cluster_of(hosts, target)
+        .into_iter()
+        .filter(|h| h.name != target.name)
+        .collect()
+}
+
+/// Every node of `h`'s Galera cluster, `h` included (none when it is no node).
+fn cluster_of<'a>(hosts: &'a [DesiredHost], h: &DesiredHost) -> Vec<&'a DesiredHost> {
+    match galera_cluster(h) {
+        Some(c) => hosts
+            .iter()
+            .filter(|x| galera_cluster(x) == Some(c))
+            .collect(),
+        None => vec![],
+    }
+}
+
 /// Connects to the first of `hosts` that answers, saying which were skipped and why.
 async fn connect_first<'a>(
     env: &crate::spec::Environment,
@@ -125,9 +230,9 @@ async fn stream(
     Ok(out.status)
 }
 
-pub async fn backup(env_arg: &str) -> Result<i32> {
+pub async fn backup(env_arg: &str, cluster: Option<&str>) -> Result<i32> {
     let loaded = load(env_arg, None)?;
-    let hosts = backup_hosts(&loaded.desired.hosts)?;
+    let hosts = backup_hosts(&loaded.desired.hosts, cluster)?;
     let redactor = loaded.env.redactor();
     let (host, t) = connect_first(&loaded.env, &hosts).await?;
     println!("backup on {} ({})", host.name, host.connection.address);
@@ -165,6 +270,11 @@ pub struct RestoreArgs {
     /// Restore on this host instead of the backup host.
     #[arg(long)]
     pub into: Option<String>,
+    /// The Galera cluster whose backups are restored (its nodes that run the `backup`
+    /// module), when the environment has several; by default the one `--into` is a node of.
+    /// Only that cluster's nodes are stopped and waited for.
+    #[arg(long, value_name = "NAME", conflicts_with = "from_env")]
+    pub cluster: Option<String>,
     /// Databases only: leave the media bucket alone.
     #[arg(long)]
     pub no_media: bool,
@@ -244,7 +354,6 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         };
         return seed(&loaded, src, rules.as_ref(), args.yes).await;
     }
-    let sources = backup_hosts(&loaded.desired.hosts)?;
     let into = match &args.into {
         Some(name) => Some(
             loaded
@@ -254,6 +363,13 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         ),
         None => None,
     };
+    // The backups of the named cluster; without --cluster, those of the cluster `--into`
+    // names a node of (with several clusters, one must be named).
+    let cluster = args
+        .cluster
+        .as_deref()
+        .or_else(|| into.and_then(galera_cluster));
+    let sources = backup_hosts(&loaded.desired.hosts, cluster)?;
     let redactor = loaded.env.redactor();
     // Without --into: the first backup host that answers restores (the first peer may be
     // the host that was lost).
@@ -328,18 +444,12 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
         "restore {point} from {}'s backups into {} ({})",
         source.name, target.name, target.connection.address
     );
-    if !settle_cluster(&loaded).await? {
+    if !settle_cluster(&loaded, &cluster_of(&loaded.desired.hosts, target)).await? {
         return Ok(1);
     }
-    // Into one node alone: the other Galera nodes leave the cluster for the restore and
-    // rejoin it afterwards by state transfer from the restored node.
-    let others = if is_galera(target) {
-        galera_nodes(&loaded.desired.hosts)
-            .filter(|h| h.name != target.name)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // Into one node alone: the other nodes of its Galera cluster leave it for the restore
+    // and rejoin afterwards by state transfer from the restored node.
+    let others = restore_peers(&loaded.desired.hosts, target);
     let stopped = match stop_nodes(&loaded, &others, &target.name).await {
         Ok(stopped) => stopped,
         Err(stopped) => {
@@ -362,14 +472,6 @@ fn output_lines(out: &crate::transport::RunOutput) -> impl Iterator<Item = &str>
         .lines()
         .chain(out.stderr.lines())
         .filter(|l| !l.trim().is_empty())
-}
-
-fn is_galera(h: &DesiredHost) -> bool {
-    h.resources.iter().any(|r| r.module == "mariadb-galera")
-}
-
-fn galera_nodes(hosts: &[DesiredHost]) -> impl Iterator<Item = &DesiredHost> {
-    hosts.iter().filter(|h| is_galera(h))
 }
 
 /// How long a node may take to stop (a clean leave of the cluster).
@@ -559,8 +661,8 @@ pub async fn seed(
         }
         _ => String::new(),
     };
-    let src_hosts = backup_hosts(&src.desired.hosts)?;
-    let dst_hosts = backup_hosts(&dst.desired.hosts)?;
+    let src_hosts = backup_hosts(&src.desired.hosts, None)?;
+    let dst_hosts = backup_hosts(&dst.desired.hosts, None)?;
     let mut files = vec![];
     for path in ["/etc/kiln/backup/backup.json", "/etc/kiln/backup/s3.env"] {
         let c = rendered(dst_hosts[0], path)
@@ -653,7 +755,7 @@ pub async fn seed(
             return Ok(1);
         }
     };
-    if !settle_cluster(dst).await? {
+    if !settle_cluster(dst, &cluster_of(&dst.desired.hosts, dst_hosts[0])).await? {
         return Ok(1);
     }
     let (dh, dt) = connect_first(&dst.env, &dst_hosts).await?;
@@ -680,7 +782,7 @@ pub async fn seed(
     }
     // A new base backup: the seeded data is this environment's new history.
     println!("new base backup of {}", dst.env.name);
-    backup(&dst.env.file.to_string_lossy()).await
+    backup(&dst.env.file.to_string_lossy(), None).await
 }
 
 /// DST's backup configuration as SRC's host must read it: an endpoint that names a host of
@@ -724,7 +826,7 @@ pub async fn seed_if_new(loaded: &crate::engine::Loaded) -> Result<i32> {
     let Some(s) = loaded.env.seed()? else {
         return Ok(0);
     };
-    let hosts = backup_hosts(&loaded.desired.hosts)?;
+    let hosts = backup_hosts(&loaded.desired.hosts, None)?;
     let (h, t) = connect_first(&loaded.env, &hosts).await?;
     let out = t
         .run(
@@ -779,13 +881,13 @@ exit 0
 /// Waits (at most `SETTLE`, saying for what) until Debian's `debian-start` — run by every
 /// MariaDB start; on a node that joined by state transfer it runs `mysql_upgrade`, whose
 /// `ALTER TABLE mysql.event` and a replicated `DROP DATABASE` wait on each other for ever
-/// — is over on every Galera node of the environment, not only the one that restores:
-/// a write set the restore sends must be applied everywhere. A node that does not answer
-/// is skipped (it is not in the cluster either). Returns false when it gave up.
-async fn settle_cluster(loaded: &crate::engine::Loaded) -> Result<bool> {
+/// — is over on every node of the restoring node's cluster (`nodes`), not only the one that
+/// restores: a write set the restore sends must be applied everywhere. A node that does not
+/// answer is skipped (it is not in the cluster either). Returns false when it gave up.
+async fn settle_cluster(loaded: &crate::engine::Loaded, nodes: &[&DesiredHost]) -> Result<bool> {
     let script = settle_script();
     let redactor = loaded.env.redactor();
-    for h in galera_nodes(&loaded.desired.hosts) {
+    for &h in nodes {
         let Ok(t) = connect(&loaded.env, h).await else {
             println!("{}: does not answer; not waited for", h.name);
             continue;

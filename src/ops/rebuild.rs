@@ -92,7 +92,7 @@ pub async fn run(
     }
     // The spec is checked (and its secrets read) before anything is created.
     let t = Instant::now();
-    let env = crate::engine::load(env_arg, None)?.env;
+    let crate::engine::Loaded { env, desired, .. } = crate::engine::load(env_arg, None)?;
     for h in only {
         if !env.spec.hosts.contains_key(h) {
             bail!("{} has no host `{h}`", path.display());
@@ -170,49 +170,42 @@ pub async fn run(
         },
     });
 
-    // Data: when every database host was rebuilt, the cluster formed empty: restore the
-    // latest backup. Surviving nodes keep the data (a rebuilt node rejoined by state transfer).
+    // Data: a Galera cluster whose every node was rebuilt formed empty: restore its latest
+    // point. Surviving nodes keep the data (a rebuilt node rejoined by state transfer).
+    // Each cluster of the environment on its own: another cluster is never touched.
     if code == 0 {
         let t = Instant::now();
-        let with_module = |m: &str| -> Vec<String> {
-            env.spec
-                .hosts
-                .iter()
-                .filter(|(_, h)| {
-                    h.roles.iter().any(|r| {
-                        env.spec
-                            .roles
-                            .get(r)
-                            .map(|r| r.modules.iter().any(|x| x == m))
-                            .unwrap_or(false)
-                    })
-                })
-                .map(|(n, _)| n.clone())
-                .collect()
-        };
-        let db = with_module("mariadb-galera");
-        let has_backup = !with_module("backup").is_empty();
-        let all_db_rebuilt = !db.is_empty() && db.iter().all(|h| timeline.rebuilt.contains(h));
-        let (ok, detail) = if db.is_empty() {
-            (true, "skipped: no database hosts".to_string())
-        } else if !all_db_rebuilt {
-            (
-                true,
-                "skipped: surviving database nodes kept the data (rebuilt nodes rejoined by state transfer)"
-                    .to_string(),
-            )
-        } else if !has_backup {
-            (
-                false,
-                "every database host was rebuilt and this environment has no backup module: the data is gone"
-                    .to_string(),
-            )
-        } else {
+        let clusters = super::backup::clusters(&desired.hosts);
+        let several = clusters.len() > 1;
+        let mut ok = true;
+        let mut details = vec![];
+        for (name, nodes) in &clusters {
+            let label = |d: &str| {
+                if several {
+                    format!("cluster {name}: {d}")
+                } else {
+                    d.to_string()
+                }
+            };
+            if !nodes.iter().all(|h| timeline.rebuilt.contains(&h.name)) {
+                details.push(label(
+                    "skipped: surviving database nodes kept the data (rebuilt nodes rejoined by state transfer)",
+                ));
+                continue;
+            }
+            if super::backup::backup_hosts(&desired.hosts, Some(name)).is_err() {
+                ok = false;
+                details.push(label(
+                    "every node was rebuilt and no node of it runs the backup module: the data is gone",
+                ));
+                continue;
+            }
             let r = super::backup::restore(super::backup::RestoreArgs {
                 env: env_arg.to_string(),
                 from: "latest".into(),
                 to_time: None,
                 into: None,
+                cluster: Some(name.to_string()),
                 no_media: false,
                 from_env: None,
                 anonymize: None,
@@ -221,23 +214,25 @@ pub async fn run(
             })
             .await?;
             if r != 0 {
-                (false, "restore failed (see above)".to_string())
-            } else {
-                // The rebuilt cluster is a new history: its binary logs continue no earlier
-                // backup, so a base backup of the restored data starts its point-in-time
-                // recovery at once (not at the next scheduled run).
-                let b = super::backup::backup(env_arg).await?;
-                (
-                    b == 0,
-                    if b == 0 {
-                        "restored to the latest archived point (backup + binary logs, media); a new base backup taken"
-                            .to_string()
-                    } else {
-                        "restored, but the new base backup failed (see above)".to_string()
-                    },
-                )
+                ok = false;
+                details.push(label("restore failed (see above)"));
+                continue;
             }
-        };
+            // The rebuilt cluster is a new history: its binary logs continue no earlier
+            // backup, so a base backup of the restored data starts its point-in-time
+            // recovery at once (not at the next scheduled run).
+            let b = super::backup::backup(env_arg, Some(name)).await?;
+            ok &= b == 0;
+            details.push(label(if b == 0 {
+                "restored to the latest archived point (backup + binary logs, media); a new base backup taken"
+            } else {
+                "restored, but the new base backup failed (see above)"
+            }));
+        }
+        if clusters.is_empty() {
+            details.push("skipped: no database hosts".to_string());
+        }
+        let detail = details.join("; ");
         phases.push(Phase {
             name: "restore".into(),
             seconds: t.elapsed().as_secs_f64(),
