@@ -9,7 +9,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::desired::DesiredHost;
 use crate::engine::load;
@@ -661,8 +661,11 @@ pub async fn seed(
         }
         _ => String::new(),
     };
-    let src_hosts = backup_hosts(&src.desired.hosts, None)?;
-    let dst_hosts = backup_hosts(&dst.desired.hosts, None)?;
+    // A seed is the whole source environment's data into the whole destination: one
+    // Galera cluster on each side (with several, backup_hosts says which there are).
+    let one = "--from-env copies an environment with one Galera cluster (or none)";
+    let src_hosts = backup_hosts(&src.desired.hosts, None).context(one)?;
+    let dst_hosts = backup_hosts(&dst.desired.hosts, None).context(one)?;
     let mut files = vec![];
     for path in ["/etc/kiln/backup/backup.json", "/etc/kiln/backup/s3.env"] {
         let c = rendered(dst_hosts[0], path)
@@ -826,7 +829,8 @@ pub async fn seed_if_new(loaded: &crate::engine::Loaded) -> Result<i32> {
     let Some(s) = loaded.env.seed()? else {
         return Ok(0);
     };
-    let hosts = backup_hosts(&loaded.desired.hosts, None)?;
+    let hosts = backup_hosts(&loaded.desired.hosts, None)
+        .context("`[seed]` seeds an environment with one Galera cluster (or none)")?;
     let (h, t) = connect_first(&loaded.env, &hosts).await?;
     let out = t
         .run(
