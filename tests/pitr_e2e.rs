@@ -10,6 +10,9 @@
 //!   base backup by itself and the archive keeps up (no `kiln backup` by hand);
 //! - a writer commits a row every 100 ms; a `DROP TABLE` after time T; `kiln restore
 //!   --to-time T` brings back exactly the rows committed at or before T;
+//! - `kiln restore --physical --to-time T` (the physical copy as db1's data directory, a new
+//!   cluster formed from it, the binary logs replayed up to T, db2/db3 rejoined by full state
+//!   transfer) undoes a `DELETE` after T on every node;
 //! - the DR drill, twice in a row: with the writer running, all three database containers
 //!   are deleted; `kiln rebuild` brings the cluster back and every row committed more than
 //!   60 s before the loss is there; the measured RPO and RTO are printed;
@@ -337,6 +340,115 @@ fn restore_to_time_undoes_a_drop(lab: &Lab) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// `kiln restore --physical --to-time T`: the backup's physical copy becomes db1's data
+/// directory, a new cluster (a new history) forms from it, the archived binary logs are
+/// replayed up to T, db2 and db3 rejoin by full state transfer, and a new base backup is
+/// taken; a `DELETE` after T is undone on every node.
+fn physical_restore_to_time(lab: &Lab) -> Result<(), String> {
+    // A base backup with a physical copy (the archiver's first one takes none).
+    let b = lab.kiln(&["backup", ENV]);
+    expect(
+        b.code == 0 && b.stdout.contains("physical copy"),
+        "kiln backup (with the physical copy)",
+        &b,
+    )?;
+    let uuid = |host: &str| {
+        sql(
+            lab,
+            host,
+            "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_state_uuid'",
+        )
+        .stdout
+        .trim()
+        .split('\t')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+    };
+    let before = uuid("db1");
+    let w = Writer::start(lab, "db2", "p");
+    std::thread::sleep(Duration::from_secs(6));
+    let t = now().floor() as i64 as f64;
+    let t_text = utc(t);
+    std::thread::sleep(Duration::from_secs(4));
+    let rows = w.stop();
+    let want = sql(
+        lab,
+        "db1",
+        &format!(
+            "SELECT COUNT(*), MAX(id), MAX(t) FROM app.w WHERE t < '{t_text}' + INTERVAL 1 SECOND"
+        ),
+    );
+    expect(
+        want.code == 0 && rows.len() > 40,
+        &format!("rows written ({} by the writer)", rows.len()),
+        &want,
+    )?;
+    let mistake = sql(lab, "db1", "DELETE FROM app.w");
+    expect(
+        mistake.code == 0,
+        "the mistake: DELETE FROM app.w",
+        &mistake,
+    )?;
+    std::thread::sleep(Duration::from_secs(45));
+    let started = Instant::now();
+    let r = lab.kiln(&["restore", ENV, "--physical", "--to-time", &t_text, "--yes"]);
+    expect(
+        r.code == 0
+            && r.stdout.contains("a new Galera cluster formed from it")
+            && r.stdout.contains("replayed")
+            && r.stdout.contains("a new base backup of the restored data"),
+        &format!("kiln restore --physical --to-time '{t_text}'"),
+        &r,
+    )?;
+    println!(
+        "      restore --physical --to-time (with the new base backup): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for host in ["db2", "db3"] {
+        let rejoined = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{host}: rejoined")));
+        expect(
+            rejoined.is_some(),
+            &format!("{host} rejoined the new cluster"),
+            &r,
+        )?;
+        println!("      {}", rejoined.unwrap_or_default());
+    }
+    let after = uuid("db1");
+    expect(
+        !before.is_empty() && !after.is_empty() && before != after,
+        &format!("a new cluster history (state UUID {before} before, {after} after)"),
+        &r,
+    )?;
+    let size = sql(lab, "db1", "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_size'");
+    expect(
+        size.code == 0 && size.stdout.trim().split('\t').nth(1) == Some("3"),
+        "the cluster is whole again (3 nodes)",
+        &size,
+    )?;
+    for host in ["db1", "db2", "db3"] {
+        let got = sql(lab, host, "SELECT COUNT(*), MAX(id), MAX(t) FROM app.w");
+        expect(
+            got.code == 0 && got.stdout.trim() == want.stdout.trim(),
+            &format!(
+                "{host}: exactly the rows committed at or before T ({} wanted, {} got)",
+                want.stdout.trim(),
+                got.stdout.trim()
+            ),
+            &got,
+        )?;
+    }
+    let kept = lab.sh("db1", "test -d /var/lib/mysql.before-restore");
+    expect(
+        kept.code == 0,
+        "the data directory before the restore is kept",
+        &kept,
+    )
 }
 
 /// Deletes every database container while a writer commits, rebuilds, checks the rows.
@@ -794,6 +906,7 @@ fn main() {
             "restore_to_time_undoes_a_drop",
             &restore_to_time_undoes_a_drop,
         ),
+        ("physical_restore_to_time", &physical_restore_to_time),
         ("drill_1", &drill_1),
         ("drill_2", &drill_2),
         ("objects_are_encrypted", &objects_are_encrypted),

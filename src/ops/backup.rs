@@ -278,6 +278,12 @@ pub struct RestoreArgs {
     /// Databases only: leave the media bucket alone.
     #[arg(long)]
     pub no_media: bool,
+    /// From the backup's physical copy (mariadb-backup) instead of its logical dump: the
+    /// server's data directory is replaced (the old one kept beside it), a Galera node
+    /// starts a new cluster from it and the other nodes rejoin by full state transfer; the
+    /// archived binary logs are replayed after it as usual. A new base backup follows.
+    #[arg(long, conflicts_with = "from_env")]
+    pub physical: bool,
     /// Seed this environment from another's latest point (its backup + binlog archive),
     /// anonymised on the source's backup host, in a scratch server, before anything reaches
     /// this environment (see --anonymize). Replaces every non-system database here.
@@ -388,8 +394,12 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
     };
     if !args.yes
         && !confirm(&format!(
-            "Restore {point} of {} into {}: its databases (with a backup of the whole server, every database but the system ones) are dropped and loaded again{media}.",
-            source.name, target.name
+            "{}",
+            if args.physical {
+                format!("Restore {point} of {} into {} from the physical copy: MariaDB there is stopped and its data directory replaced (the old one kept beside it){media}; the other nodes of its cluster rejoin by full state transfer.", source.name, target.name)
+            } else {
+                format!("Restore {point} of {} into {}: its databases (with a backup of the whole server, every database but the system ones) are dropped and loaded again{media}.", source.name, target.name)
+            }
         ))?
     {
         println!("nothing restored");
@@ -401,6 +411,9 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
     };
     if args.no_media {
         tool_args.push_str(" --no-media");
+    }
+    if args.physical {
+        tool_args.push_str(" --physical");
     }
     let script = if target.name == source.name {
         format!("set -u\nexec /usr/local/sbin/kiln-backup {tool_args}\n")
@@ -460,10 +473,15 @@ pub async fn restore(args: RestoreArgs) -> Result<i32> {
     };
     let status = stream(t.as_ref(), &script, &redactor).await;
     let rejoined = start_nodes(&loaded, &stopped).await;
-    Ok(match status? {
-        Some(0) if rejoined => 0,
-        _ => 1,
-    })
+    let ok = matches!(status?, Some(0)) && rejoined;
+    if ok && args.physical && target.name == source.name {
+        // The data directory was replaced: a Galera cluster formed from it is a new history
+        // whose binary logs continue no earlier backup, so a base backup starts its
+        // point-in-time recovery now (as after a rebuild).
+        println!("a new base backup of the restored data (a new history begins)");
+        return backup(&args.env, cluster).await;
+    }
+    Ok(if ok { 0 } else { 1 })
 }
 
 /// The non-empty lines a remote script printed, standard output first.

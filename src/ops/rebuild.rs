@@ -207,6 +207,7 @@ pub async fn run(
                 into: None,
                 cluster: Some(name.to_string()),
                 no_media: false,
+                physical: false,
                 from_env: None,
                 anonymize: None,
                 no_anonymize: false,

@@ -1795,13 +1795,28 @@ def parse_time(text):
     return int(d.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
-def pick_base(s3, cfg, until):
-    """The newest complete backup taken at or before `until` that records a binlog position."""
+def pick_base(s3, cfg, until, physical=False):
+    """The newest complete backup taken at or before `until` (with `physical`: the newest
+    that holds a physical copy; the archiver's first base backup takes none)."""
     found = backups(s3, cfg)
     for stamp in sorted((s for s, b in found.items() if b["complete"]), reverse=True):
-        if parse_stamp(stamp).timestamp() <= until:
-            return stamp
-    raise Refused("no complete backup taken at or before %s" % iso(until))
+        if parse_stamp(stamp).timestamp() > until:
+            continue
+        if physical and not has_physical(s3, cfg, stamp):
+            continue
+        return stamp
+    raise Refused("no complete backup%s taken at or before %s" % (
+        " with a physical copy" if physical else "", iso(until)))
+
+
+def has_physical(s3, cfg, stamp):
+    """Whether a backup's manifest lists a physical copy (read to choose only: fetch checks
+    the manifest before anything is restored from it)."""
+    base = "%s/%s/" % (cfg["prefix"].rstrip("/"), stamp)
+    try:
+        return PHYSICAL in json.loads(s3.get_bytes(cfg["bucket"], base + "manifest.json"))["files"]
+    except Exception:  # noqa: BLE001 - unreadable: not a candidate
+        return False
 
 
 def galera_state(cfg, socket=None):
@@ -1889,56 +1904,179 @@ def bound(seconds, what):
     signal.alarm(max(1, int(seconds)))
 
 
+def datadir_of(cfg):
+    """The server's data directory (without a trailing slash): the running server's, else
+    the configuration's (my_print_defaults), else Debian's."""
+    try:
+        return sql(cfg, "SELECT @@datadir")[0][0].rstrip("/")
+    except RuntimeError:
+        pass
+    r = subprocess.run(["my_print_defaults", "--mysqld"], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        if line.startswith("--datadir="):
+            return line.split("=", 1)[1].rstrip("/")
+    return "/var/lib/mysql"
+
+
+def is_galera_config():
+    """True when the server's configuration turns Galera on (for a server that is down)."""
+    r = subprocess.run(["my_print_defaults", "--mysqld", "galera"], capture_output=True,
+                       text=True)
+    opts = dict(l[2:].split("=", 1) for l in r.stdout.splitlines()
+                if l.startswith("--") and "=" in l)
+    return opts.get("wsrep_on", "").upper() in ("ON", "1") and \
+        opts.get("wsrep_provider", "none") != "none"
+
+
+def binlog_info(datadir):
+    """The GTID position the physical copy ends at (mariadb-backup's binlog info file)."""
+    for name in ("mariadb_backup_binlog_info", "xtrabackup_binlog_info"):
+        try:
+            with open(os.path.join(datadir, name)) as f:
+                parts = f.read().split()
+        except FileNotFoundError:
+            continue
+        return parts[2] if len(parts) > 2 else ""
+    return ""
+
+
+def service(action, limit):
+    """systemctl on mariadb.service (or galera_new_cluster for "bootstrap"), bounded."""
+    cmd = ["galera_new_cluster"] if action == "bootstrap" else ["systemctl", action, "mariadb.service"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("%s did not finish within %d s" % (" ".join(cmd), limit))
+    if r.returncode != 0:
+        j = subprocess.run(["journalctl", "-u", "mariadb.service", "-n", "15", "-o", "cat",
+                            "--no-pager"], capture_output=True, text=True).stdout
+        raise RuntimeError("%s failed (exit %d): %s\n%s" % (
+            " ".join(cmd), r.returncode, (r.stderr or r.stdout).strip()[-300:], j.strip()))
+
+
+def physical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs):
+    """The physical copy becomes this server's data directory, then the binary logs are
+    replayed onto it. Everything is downloaded, checked, extracted and prepared beside the
+    data directory (DATADIR.kiln-restore) before the server is touched; then the server
+    stops, the current data directory is kept as DATADIR.before-restore (one kept: the
+    previous one is removed), the prepared copy takes its place, and the server starts — a
+    Galera node as a new cluster (galera_new_cluster): the prepared copy carries no cluster
+    state, so the cluster starts a new history (a new state UUID) and the other nodes, whose
+    state belongs to the old one, rejoin by full state transfer. An interrupted run is
+    restartable: a state file tells a later run that DATADIR.before-restore holds the
+    original, which is then kept. Returns the problems found."""
+    phys = manifest.get("physical")
+    if not phys:
+        raise Refused("backup %s has no physical copy (the archiver's first base backup takes "
+                      "none): restore it without --physical, or pick a backup that has one "
+                      "(kiln-backup list)" % stamp)
+    datadir = datadir_of(cfg)
+    new, old = datadir + ".kiln-restore", datadir + ".before-restore"
+    state_file = os.path.join(cfg["workdir"], "physical-restore")
+    try:
+        with open(state_file) as f:
+            interrupted = f.read().strip() == "swapped"
+    except FileNotFoundError:
+        interrupted = False
+    was_galera = None
+    try:
+        was_galera = galera_state(cfg) is not None
+    except RuntimeError:
+        pass
+    galera = was_galera if was_galera is not None else is_galera_config()
+    step("extracting and preparing the physical copy into %s" % new)
+    shutil.rmtree(new, ignore_errors=True)
+    extract_physical(cfg, os.path.join(tmp, PHYSICAL), new)
+    os.unlink(os.path.join(tmp, PHYSICAL))
+    gtid = binlog_info(new)
+    replay = None
+    if replay_binlogs and manifest.get("binlog"):
+        if not gtid:
+            raise Refused("the physical copy of %s records no binlog position: it cannot be "
+                          "rolled forward" % stamp)
+        base = dict(manifest["binlog"], gtid=gtid)
+        replay = BinlogReplay(s3, cfg, base, until)
+        if replay.gap:
+            log("WARNING: the binlog archive has a hole after GTID sequence %d: the "
+                "replay stops there" % replay.reached)
+        log("point in time: physical copy of %s (GTID %s) + %d archived binlog file(s) up "
+            "to %s" % (stamp, gtid, len(replay.plan()),
+                       iso(until) if until else "the archive's end"))
+    elif until is not None:
+        raise Refused("backup %s records no binlog position: it cannot be rolled forward "
+                      "to %s" % (stamp, iso(until)))
+    for name in ("grastate.dat", "galera.cache", "gvwstate.dat"):
+        try:
+            os.unlink(os.path.join(new, name))
+        except FileNotFoundError:
+            pass
+    subprocess.run(["chown", "-R", "mysql:mysql", new], check=True)
+    step("stopping MariaDB")
+    service("stop", 300)
+    if interrupted and os.path.isdir(old):
+        # An earlier run stopped after its swap: DATADIR is its copy, the original is in OLD.
+        log("an earlier physical restore was interrupted: %s (the data before it) is kept" % old)
+        shutil.rmtree(datadir)
+    else:
+        if os.path.isdir(old):
+            log("removing %s (the data directory the previous restore kept)" % old)
+            shutil.rmtree(old)
+        os.rename(datadir, old)
+    with open(state_file + ".tmp", "w") as f:
+        f.write("swapped\n")
+    os.replace(state_file + ".tmp", state_file)
+    os.rename(new, datadir)
+    step("starting MariaDB on the restored data directory")
+    service("bootstrap" if galera else "start", 900)
+    wait_ready(cfg, int(cfg.get("ready_timeout", 600)))
+    with open(state_file + ".tmp", "w") as f:
+        f.write("done\n")
+    os.replace(state_file + ".tmp", state_file)
+    log("physical copy of %s in place%s; the data directory before the restore is kept in "
+        "%s (remove it once the restore is checked)" % (
+            stamp, ", a new Galera cluster formed from it (a new history)" if galera else "",
+            old))
+    problems = []
+    for db, want in sorted(phys["tables"].items()):
+        got = table_stats(cfg, db)
+        p = compare(db, want, got) if phys.get("stable", True) else []
+        problems += p
+        log("restored database %s: %d table(s)%s" % (
+            db, len(got), ", row counts and checksums equal the backup's" if not p else ""))
+    if replay:
+        n = replay.run(tmp)
+        log("replayed %d binlog file(s): the databases are as of %s" % (
+            n, iso(until) if until else "the archive's end, GTID sequence %d" % replay.reached))
+        archive_reach(s3, cfg, until)
+    return problems
+
+
 def cmd_restore(cfg, args):
     bound(int(cfg.get("restore_timeout", 4 * 3600)), "RESTORE")
     s3 = s3_client(cfg)
     until = parse_time(args.to_time) if args.to_time else None
+    physical = getattr(args, "physical", False)
     if until is not None:
-        stamp = pick_base(s3, cfg, until)
+        stamp = pick_base(s3, cfg, until, physical)
+    elif physical and args.from_ in (None, "", "latest"):
+        stamp = pick_base(s3, cfg, time.time(), physical)
     else:
         stamp = pick(s3, cfg, args.from_)
     replay_binlogs = until is not None or (args.from_ in (None, "", "latest") and not args.no_binlog)
     problems = []
-    step("waiting for the server to be ready")
-    wait_ready(cfg, int(cfg.get("ready_timeout", 600)))
+    if not physical:
+        # (A physical restore replaces the data directory: the server may even be down.)
+        step("waiting for the server to be ready")
+        wait_ready(cfg, int(cfg.get("ready_timeout", 600)))
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         # Everything is downloaded and checked before anything is touched.
         step("downloading and checking backup %s" % stamp)
-        manifest = fetch(s3, cfg, stamp, tmp)
-        replay = None
-        if replay_binlogs and manifest.get("binlog"):
-            replay = BinlogReplay(s3, cfg, manifest["binlog"], until)
-            if replay.gap:
-                log("WARNING: the binlog archive has a hole after GTID sequence %d: the "
-                    "replay stops there" % replay.reached)
-            log("point in time: backup %s + %d archived binlog file(s) up to %s" % (
-                stamp, len(replay.plan()), iso(until) if until else "the archive's end"))
-        elif until is not None:
-            raise Refused("backup %s records no binlog position: it cannot be rolled forward "
-                          "to %s" % (stamp, iso(until)))
-        restore_databases(cfg, manifest, tmp)
-        for db, meta in sorted(manifest["databases"].items()):
-            got = table_stats(cfg, db)
-            p = compare(db, meta["tables"], got) if meta.get("stable", True) else []
-            problems += p
-            log("restored database %s: %d table(s)%s" % (
-                db, len(got), ", row counts and checksums equal the backup's" if not p else ""))
-        # The accounts before the replay: the binary logs after the backup may change or drop
-        # them (GRANT, DROP USER), which fails on a server that lacks them.
-        if not args.no_users and "users.sql.gz" in manifest["files"]:
-            load_dump(cfg, os.path.join(tmp, "users.sql.gz"))
-            log("restored accounts (existing ones kept: INSERT IGNORE)")
-        if replay:
-            n = replay.run(tmp)
-            log("replayed %d binlog file(s): the databases are as of %s" % (
-                n, iso(until) if until else "the archive's end, GTID sequence %d" % replay.reached))
-            hbs = heartbeats(s3, cfg)
-            if until is None and hbs:
-                newest = max(hbs.values(), key=lambda h: h["until"])
-                log("the archive was complete up to %s (%s)" % (iso(newest["until"]), newest["host"]))
-            if until is not None and hbs and max(h["until"] for h in hbs.values()) < until:
-                log("WARNING: the archive reaches only %s, before the requested %s" % (
-                    iso(max(h["until"] for h in hbs.values())), iso(until)))
+        manifest = fetch(s3, cfg, stamp, tmp, physical=physical)
+        if physical:
+            problems += physical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs)
+        else:
+            problems += logical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs,
+                                        args)
         media = manifest.get("media")
         if media and not args.no_media:
             problems += restore_media(s3, cfg, media, tmp)
@@ -1949,6 +2087,51 @@ def cmd_restore(cfg, args):
         return 1
     log("restore of %s done" % stamp)
     return 0
+
+
+def archive_reach(s3, cfg, until):
+    """Says how far the archive reached (and warns when short of `until`)."""
+    hbs = heartbeats(s3, cfg)
+    if until is None and hbs:
+        newest = max(hbs.values(), key=lambda h: h["until"])
+        log("the archive was complete up to %s (%s)" % (iso(newest["until"]), newest["host"]))
+    if until is not None and hbs and max(h["until"] for h in hbs.values()) < until:
+        log("WARNING: the archive reaches only %s, before the requested %s" % (
+            iso(max(h["until"] for h in hbs.values())), iso(until)))
+
+
+def logical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs, args):
+    """The logical dump loaded into the running server, then the binary logs replayed."""
+    problems = []
+    replay = None
+    if replay_binlogs and manifest.get("binlog"):
+        replay = BinlogReplay(s3, cfg, manifest["binlog"], until)
+        if replay.gap:
+            log("WARNING: the binlog archive has a hole after GTID sequence %d: the "
+                "replay stops there" % replay.reached)
+        log("point in time: backup %s + %d archived binlog file(s) up to %s" % (
+            stamp, len(replay.plan()), iso(until) if until else "the archive's end"))
+    elif until is not None:
+        raise Refused("backup %s records no binlog position: it cannot be rolled forward "
+                      "to %s" % (stamp, iso(until)))
+    restore_databases(cfg, manifest, tmp)
+    for db, meta in sorted(manifest["databases"].items()):
+        got = table_stats(cfg, db)
+        p = compare(db, meta["tables"], got) if meta.get("stable", True) else []
+        problems += p
+        log("restored database %s: %d table(s)%s" % (
+            db, len(got), ", row counts and checksums equal the backup's" if not p else ""))
+    # The accounts before the replay: the binary logs after the backup may change or drop
+    # them (GRANT, DROP USER), which fails on a server that lacks them.
+    if not args.no_users and "users.sql.gz" in manifest["files"]:
+        load_dump(cfg, os.path.join(tmp, "users.sql.gz"))
+        log("restored accounts (existing ones kept: INSERT IGNORE)")
+    if replay:
+        n = replay.run(tmp)
+        log("replayed %d binlog file(s): the databases are as of %s" % (
+            n, iso(until) if until else "the archive's end, GTID sequence %d" % replay.reached))
+        archive_reach(s3, cfg, until)
+    return problems
 
 
 def restore_media(s3, cfg, media, tmp):
@@ -2296,6 +2479,7 @@ def main(argv):
             p.add_argument("--no-users", action="store_true")
             p.add_argument("--to-time", dest="to_time", default=None)
             p.add_argument("--no-binlog", action="store_true")
+            p.add_argument("--physical", action="store_true")
     p = sub.add_parser("archive")
     p.add_argument("--once", action="store_true")
     p = sub.add_parser("physical-extract")

@@ -385,6 +385,47 @@ class MemoryS3:
             f.write(self.objects[(bucket, key)])
 
 
+class PhysicalRestore(unittest.TestCase):
+    """Which backup a physical restore starts from, and the position it rolls forward from."""
+
+    def put_backup(self, s3, stamp, physical):
+        import json
+        files = {"dump.sql.gz": {}}
+        if physical:
+            files[kb.PHYSICAL] = {}
+        base = "env/db1/%s/" % stamp
+        s3.objects[("b", base + "manifest.json")] = json.dumps({"files": files}).encode()
+
+    def test_the_newest_backup_with_a_physical_copy_at_or_before_the_point(self):
+        s3 = MemoryS3()
+        s3.get_bytes = lambda bucket, key: s3.objects[(bucket, key)]
+        cfg = {"bucket": "b", "prefix": "env/db1"}
+        self.put_backup(s3, "20261201T010000Z", True)
+        self.put_backup(s3, "20261202T010000Z", False)   # the archiver's first: none
+        self.put_backup(s3, "20261203T010000Z", True)
+        s3.objects[("b", "env/db1/20261202T020000Z/dump.sql.gz")] = b""   # incomplete
+        t = lambda s: kb.parse_stamp(s).timestamp()
+        self.assertEqual(kb.pick_base(s3, cfg, t("20261202T120000Z")), "20261202T010000Z")
+        self.assertEqual(kb.pick_base(s3, cfg, t("20261202T120000Z"), physical=True),
+                         "20261201T010000Z")
+        self.assertEqual(kb.pick_base(s3, cfg, t("20261203T010000Z"), physical=True),
+                         "20261203T010000Z")
+        with self.assertRaises(kb.Refused) as e:
+            kb.pick_base(s3, cfg, t("20261130T000000Z"), physical=True)
+        self.assertIn("with a physical copy", str(e.exception))
+
+    def test_binlog_info_of_either_name(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            self.assertEqual(kb.binlog_info(d), "")
+            with open(os.path.join(d, "xtrabackup_binlog_info"), "w") as f:
+                f.write("mariadb-bin.000005\t389\t1000-1-6\n")
+            self.assertEqual(kb.binlog_info(d), "1000-1-6")
+            with open(os.path.join(d, "mariadb_backup_binlog_info"), "w") as f:
+                f.write("mariadb-bin.000009\t12\t1000-1-6,1-1-3\n")
+            self.assertEqual(kb.binlog_info(d), "1000-1-6,1-1-3")
+
+
 class Streams(unittest.TestCase):
     """The physical copy's way up: produced, gzipped, (encrypted,) hashed and uploaded as one
     stream, a failure anywhere raising before the upload can end."""
