@@ -7,8 +7,11 @@
 #   kiln-backup health                   exit 1 when the newest backup is older than allowed
 #   kiln-backup verify [--from T]        restore into a scratch server, compare row counts
 #                                        and CHECKSUM TABLE with the manifest; exit 1 on mismatch
-#   kiln-backup restore [--from T|latest] [--no-media] [--no-users]
-#                                        check the manifest and every file, then restore
+#   kiln-backup restore [--from T|latest|--to-time T] [--physical] [--no-media] [--no-users]
+#                                        check the manifest and every file, then restore:
+#                                        the logical dump into the running server, or
+#                                        (--physical) the physical copy as the data
+#                                        directory; then the binlog archive replayed
 #   kiln-backup list                     backups in the bucket, newest first
 #   kiln-backup physical-extract [--from T] DIR   a backup's physical copy (mariadb-backup),
 #                                        checked, decrypted, extracted and prepared into DIR:
@@ -1954,6 +1957,16 @@ def service(action, limit):
             " ".join(cmd), r.returncode, (r.stderr or r.stdout).strip()[-300:], j.strip()))
 
 
+def original_kept(state, have_datadir, have_old):
+    """Whether an earlier physical restore was interrupted with the original data directory
+    already moved to DATADIR.before-restore (then it is kept, and DATADIR, its copy if
+    there, is replaced), from the state it recorded: "swapping" (written after the previous
+    kept directory was removed, before DATADIR moves), "swapped" (after), "done"."""
+    if state == "swapping":
+        return not have_datadir and have_old
+    return state == "swapped" and have_old
+
+
 def physical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs):
     """The physical copy becomes this server's data directory, then the binary logs are
     replayed onto it. Everything is downloaded, checked, extracted and prepared beside the
@@ -1972,12 +1985,25 @@ def physical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs):
                       "(kiln-backup list)" % stamp)
     datadir = datadir_of(cfg)
     new, old = datadir + ".kiln-restore", datadir + ".before-restore"
+    if os.path.ismount(datadir) or \
+            os.stat(os.path.dirname(datadir)).st_dev != os.stat(datadir).st_dev:
+        raise Refused("%s is a mount point: a physical restore swaps it with a directory beside "
+                      "it (a rename within one file system). Mount the volume one level up, or "
+                      "restore without --physical" % datadir)
     state_file = os.path.join(cfg["workdir"], "physical-restore")
+
+    def set_state(v):
+        with open(state_file + ".tmp", "w") as f:
+            f.write(v + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(state_file + ".tmp", state_file)
+
     try:
         with open(state_file) as f:
-            interrupted = f.read().strip() == "swapped"
+            state = f.read().strip()
     except FileNotFoundError:
-        interrupted = False
+        state = ""
     was_galera = None
     try:
         was_galera = galera_state(cfg) is not None
@@ -2013,25 +2039,38 @@ def physical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs):
     subprocess.run(["chown", "-R", "mysql:mysql", new], check=True)
     step("stopping MariaDB")
     service("stop", 300)
-    if interrupted and os.path.isdir(old):
-        # An earlier run stopped after its swap: DATADIR is its copy, the original is in OLD.
+    # The swap, recorded so that a run killed anywhere in it leaves the original where a
+    # later run finds and keeps it: "swapping" (OLD, if any, was removed; DATADIR may or may
+    # not have moved yet), "swapped" (OLD is the original), "done" (a finished restore:
+    # OLD is what it kept, removed by the next one).
+    if original_kept(state, os.path.isdir(datadir), os.path.isdir(old)):
         log("an earlier physical restore was interrupted: %s (the data before it) is kept" % old)
-        shutil.rmtree(datadir)
+        shutil.rmtree(datadir, ignore_errors=True)
     else:
         if os.path.isdir(old):
             log("removing %s (the data directory the previous restore kept)" % old)
             shutil.rmtree(old)
-        os.rename(datadir, old)
-    with open(state_file + ".tmp", "w") as f:
-        f.write("swapped\n")
-    os.replace(state_file + ".tmp", state_file)
+        set_state("swapping")
+        try:
+            os.rename(datadir, old)
+        except OSError:
+            # Nothing moved: the original starts again as it was (a Galera node as the
+            # cluster's first: kiln stopped the others before it).
+            set_state("done")
+            log("%s could not be moved aside; starting MariaDB again on it" % datadir)
+            service("bootstrap" if galera else "start", 900)
+            raise
+        set_state("swapped")
     os.rename(new, datadir)
     step("starting MariaDB on the restored data directory")
-    service("bootstrap" if galera else "start", 900)
-    wait_ready(cfg, int(cfg.get("ready_timeout", 600)))
-    with open(state_file + ".tmp", "w") as f:
-        f.write("done\n")
-    os.replace(state_file + ".tmp", state_file)
+    try:
+        service("bootstrap" if galera else "start", 900)
+        wait_ready(cfg, int(cfg.get("ready_timeout", 600)))
+    except Exception:
+        log("the restored data directory did not start; the data before the restore is in %s "
+            "(run the restore again: it keeps that directory)" % old)
+        raise
+    set_state("done")
     log("physical copy of %s in place%s; the data directory before the restore is kept in "
         "%s (remove it once the restore is checked)" % (
             stamp, ", a new Galera cluster formed from it (a new history)" if galera else "",

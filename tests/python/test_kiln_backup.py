@@ -414,6 +414,17 @@ class PhysicalRestore(unittest.TestCase):
             kb.pick_base(s3, cfg, t("20261130T000000Z"), physical=True)
         self.assertIn("with a physical copy", str(e.exception))
 
+    def test_an_interrupted_swap_keeps_the_original(self):
+        kept = kb.original_kept
+        # (state left by an earlier run, DATADIR exists, DATADIR.before-restore exists)
+        self.assertFalse(kept("", True, False))          # first restore
+        self.assertFalse(kept("done", True, True))       # OLD is a finished restore's: replaced
+        self.assertFalse(kept("swapping", True, False))  # killed before DATADIR moved
+        self.assertTrue(kept("swapping", False, True))   # killed right after it moved
+        self.assertTrue(kept("swapped", True, True))     # DATADIR is the copy: OLD kept
+        self.assertTrue(kept("swapped", False, True))
+        self.assertFalse(kept("swapped", True, False))   # OLD removed by hand since
+
     def test_binlog_info_of_either_name(self):
         import tempfile
         with tempfile.TemporaryDirectory() as d:
