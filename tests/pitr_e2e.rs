@@ -257,14 +257,16 @@ fn apply_then_verify(lab: &Lab) -> Result<(), String> {
     )
 }
 
-fn restore_to_time_undoes_a_drop(lab: &Lab) -> Result<(), String> {
-    let w = Writer::start(lab, "db2", "r");
-    std::thread::sleep(Duration::from_secs(8));
-    let t = now().floor() as i64 as f64;
-    let t_text = utc(t);
+/// A writer on db2 for `secs` seconds, then T (a whole second), then 4 s more. Returns T,
+/// what db1 holds of the rows committed at or before T (count, newest id and time: as the
+/// database itself says, before the mistake that follows), and how many rows the writer saw
+/// committed.
+fn write_around_t(lab: &Lab, tag: &str, secs: u64) -> (String, Run, usize) {
+    let w = Writer::start(lab, "db2", tag);
+    std::thread::sleep(Duration::from_secs(secs));
+    let t_text = utc(now().floor());
     std::thread::sleep(Duration::from_secs(4));
-    let rows = w.stop();
-    // What was committed at or before T, as the database itself says before the drop.
+    let seen = w.stop().len();
     let want = sql(
         lab,
         "db1",
@@ -272,6 +274,11 @@ fn restore_to_time_undoes_a_drop(lab: &Lab) -> Result<(), String> {
             "SELECT COUNT(*), MAX(id), MAX(t) FROM app.w WHERE t < '{t_text}' + INTERVAL 1 SECOND"
         ),
     );
+    (t_text, want, seen)
+}
+
+fn restore_to_time_undoes_a_drop(lab: &Lab) -> Result<(), String> {
+    let (t_text, want, seen) = write_around_t(lab, "r", 8);
     let after = sql(lab, "db1", "SELECT COUNT(*) FROM app.w");
     expect(want.code == 0 && after.code == 0, "count rows", &want)?;
     let n_after: i64 = after.stdout.trim().parse().unwrap_or(0);
@@ -284,11 +291,8 @@ fn restore_to_time_undoes_a_drop(lab: &Lab) -> Result<(), String> {
         .parse()
         .unwrap_or(0);
     expect(
-        want_n > 20 && n_after > want_n && rows.len() as i64 >= want_n,
-        &format!(
-            "rows before T ({want_n}) and after it ({n_after}); the writer saw {}",
-            rows.len()
-        ),
+        want_n > 20 && n_after > want_n && seen as i64 >= want_n,
+        &format!("rows before T ({want_n}) and after it ({n_after}); the writer saw {seen}"),
         &want,
     )?;
     let drop = sql(lab, "db1", "DROP TABLE app.w");
@@ -321,24 +325,7 @@ fn restore_to_time_undoes_a_drop(lab: &Lab) -> Result<(), String> {
         )?;
         println!("      {}", rejoined.unwrap_or_default());
     }
-    let size = sql(lab, "db1", "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_size'");
-    expect(
-        size.code == 0 && size.stdout.trim().split('\t').nth(1) == Some("3"),
-        "the cluster is whole again (3 nodes)",
-        &size,
-    )?;
-    for host in ["db1", "db2", "db3"] {
-        let got = sql(lab, host, "SELECT COUNT(*), MAX(id), MAX(t) FROM app.w");
-        expect(
-            got.code == 0 && got.stdout.trim() == want.stdout.trim(),
-            &format!(
-                "{host}: exactly the rows committed at or before T ({} wanted, {} got)",
-                want.stdout.trim(),
-                got.stdout.trim()
-            ),
-            &got,
-        )?;
-    }
+    whole_with(lab, &want)?;
     Ok(())
 }
 
@@ -368,22 +355,10 @@ fn physical_restore_to_time(lab: &Lab) -> Result<(), String> {
         .to_string()
     };
     let before = uuid("db1");
-    let w = Writer::start(lab, "db2", "p");
-    std::thread::sleep(Duration::from_secs(6));
-    let t = now().floor() as i64 as f64;
-    let t_text = utc(t);
-    std::thread::sleep(Duration::from_secs(4));
-    let rows = w.stop();
-    let want = sql(
-        lab,
-        "db1",
-        &format!(
-            "SELECT COUNT(*), MAX(id), MAX(t) FROM app.w WHERE t < '{t_text}' + INTERVAL 1 SECOND"
-        ),
-    );
+    let (t_text, want, seen) = write_around_t(lab, "p", 6);
     expect(
-        want.code == 0 && rows.len() > 40,
-        &format!("rows written ({} by the writer)", rows.len()),
+        want.code == 0 && seen > 40,
+        &format!("rows written ({seen} by the writer)"),
         &want,
     )?;
     let mistake = sql(lab, "db1", "DELETE FROM app.w");
@@ -425,6 +400,18 @@ fn physical_restore_to_time(lab: &Lab) -> Result<(), String> {
         &format!("a new cluster history (state UUID {before} before, {after} after)"),
         &r,
     )?;
+    whole_with(lab, &want)?;
+    let kept = lab.sh("db1", "test -d /var/lib/mysql.before-restore");
+    expect(
+        kept.code == 0,
+        "the data directory before the restore is kept",
+        &kept,
+    )
+}
+
+/// After a restore to T: the cluster is whole again (3 nodes) and every node holds exactly
+/// `want` (count, newest id and time of the rows committed at or before T).
+fn whole_with(lab: &Lab, want: &Run) -> Result<(), String> {
     let size = sql(lab, "db1", "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_size'");
     expect(
         size.code == 0 && size.stdout.trim().split('\t').nth(1) == Some("3"),
@@ -443,12 +430,7 @@ fn physical_restore_to_time(lab: &Lab) -> Result<(), String> {
             &got,
         )?;
     }
-    let kept = lab.sh("db1", "test -d /var/lib/mysql.before-restore");
-    expect(
-        kept.code == 0,
-        "the data directory before the restore is kept",
-        &kept,
-    )
+    Ok(())
 }
 
 /// Deletes every database container while a writer commits, rebuilds, checks the rows.

@@ -2077,16 +2077,9 @@ def physical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs):
             old))
     problems = []
     for db, want in sorted(phys["tables"].items()):
-        got = table_stats(cfg, db)
-        p = compare(db, want, got) if phys.get("stable", True) else []
-        problems += p
-        log("restored database %s: %d table(s)%s" % (
-            db, len(got), ", row counts and checksums equal the backup's" if not p else ""))
+        problems += check_restored(cfg, db, want, phys.get("stable", True))
     if replay:
-        n = replay.run(tmp)
-        log("replayed %d binlog file(s): the databases are as of %s" % (
-            n, iso(until) if until else "the archive's end, GTID sequence %d" % replay.reached))
-        archive_reach(s3, cfg, until)
+        roll_forward(s3, cfg, replay, tmp, until)
     return problems
 
 
@@ -2128,6 +2121,25 @@ def cmd_restore(cfg, args):
     return 0
 
 
+def check_restored(cfg, db, want, stable):
+    """A restored database's tables against the backup's record (row counts and checksums,
+    when nothing wrote to it while the backup read it); says so, returns the problems."""
+    got = table_stats(cfg, db)
+    p = compare(db, want, got) if stable else []
+    log("restored database %s: %d table(s)%s" % (
+        db, len(got), ", row counts and checksums equal the backup's" if not p else ""))
+    return p
+
+
+def roll_forward(s3, cfg, replay, tmp, until):
+    """Replays the archived binary logs after the restored base, up to `until` (or the
+    archive's end), and says how far the archive reached."""
+    n = replay.run(tmp)
+    log("replayed %d binlog file(s): the databases are as of %s" % (
+        n, iso(until) if until else "the archive's end, GTID sequence %d" % replay.reached))
+    archive_reach(s3, cfg, until)
+
+
 def archive_reach(s3, cfg, until):
     """Says how far the archive reached (and warns when short of `until`)."""
     hbs = heartbeats(s3, cfg)
@@ -2155,21 +2167,14 @@ def logical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs, args):
                       "to %s" % (stamp, iso(until)))
     restore_databases(cfg, manifest, tmp)
     for db, meta in sorted(manifest["databases"].items()):
-        got = table_stats(cfg, db)
-        p = compare(db, meta["tables"], got) if meta.get("stable", True) else []
-        problems += p
-        log("restored database %s: %d table(s)%s" % (
-            db, len(got), ", row counts and checksums equal the backup's" if not p else ""))
+        problems += check_restored(cfg, db, meta["tables"], meta.get("stable", True))
     # The accounts before the replay: the binary logs after the backup may change or drop
     # them (GRANT, DROP USER), which fails on a server that lacks them.
     if not args.no_users and "users.sql.gz" in manifest["files"]:
         load_dump(cfg, os.path.join(tmp, "users.sql.gz"))
         log("restored accounts (existing ones kept: INSERT IGNORE)")
     if replay:
-        n = replay.run(tmp)
-        log("replayed %d binlog file(s): the databases are as of %s" % (
-            n, iso(until) if until else "the archive's end, GTID sequence %d" % replay.reached))
-        archive_reach(s3, cfg, until)
+        roll_forward(s3, cfg, replay, tmp, until)
     return problems
 
 
