@@ -404,18 +404,22 @@ fn backup_now(t: &T) -> Result<(), String> {
     )
 }
 
+/// The newest backup's timestamp (`kiln-backup list`, newest first), which must be complete.
+fn newest_backup(t: &T) -> Result<String, String> {
+    let r = t.sh("db1", "kiln-backup list | head -n 1");
+    expect(r.stdout.contains(" complete"), "kiln-backup list", &r)?;
+    Ok(r.stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
 fn destroy_and_restore(t: &T) -> Result<(), String> {
     // The backup as it was taken (`--from STAMP`), not `latest`: the latest point replays
     // the binlog archive to its end, and once the archiver (every 20 s) has shipped the
     // DROP below, that point has no database `app` — rightly so.
-    let r = t.sh("db1", "kiln-backup list | head -n 1");
-    let stamp = r
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    expect(r.stdout.contains(" complete"), "kiln-backup list", &r)?;
+    let stamp = newest_backup(t)?;
     let r = t.sql("DROP DATABASE app; DROP USER 'reporter'@'10.233.0.%'");
     expect(r.code == 0, "drop the database and the account", &r)?;
     let r = t.py("for o in s3.list('media'):\n    s3.delete('media', o['key'])\nprint(len(s3.list('media')))");
@@ -453,14 +457,7 @@ fn destroy_and_restore(t: &T) -> Result<(), String> {
 }
 
 fn restore_into_another_host(t: &T) -> Result<(), String> {
-    let r = t.sh("db1", "kiln-backup list | head -n 1");
-    let stamp = r
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    expect(r.stdout.contains(" complete"), "kiln-backup list", &r)?;
+    let stamp = newest_backup(t)?;
     let r = t.kiln(&[
         "restore",
         ENV,
