@@ -504,6 +504,47 @@ fn lynis_hardening_index_on_every_host(lab: &Lab) -> Result<(), String> {
     Ok(())
 }
 
+/// Debian's own daily job leaves the hosts as kiln converged them: `unattended-upgrade`
+/// (run by apt-daily-upgrade.timer) goes through python-apt's `apt.Cache(rootdir=...)`, which
+/// creates an empty /etc/apt/sources.list whenever the file is missing. debian-base declared
+/// that file absent once, and every host showed drift (exit 2) a day after its apply.
+fn debian_daily_upgrade_leaves_no_drift(lab: &Lab) -> Result<(), String> {
+    let stat = "stat -c '%s %Y' /etc/apt/sources.list";
+    for host in ["web", "acme"] {
+        let before = lab.sh(host, stat);
+        expect(
+            before.code == 0,
+            &format!("{host}: kiln's sources.list"),
+            &before,
+        )?;
+        let u = lab.sh_timeout(
+            host,
+            "unattended-upgrade && tail -n 3 /var/log/unattended-upgrades/unattended-upgrades.log",
+            600,
+        );
+        expect(
+            u.code == 0,
+            &format!("{host}: Debian's unattended-upgrade ran"),
+            &u,
+        )?;
+        let after = lab.sh(host, stat);
+        expect(
+            after.code == 0 && after.stdout == before.stdout,
+            &format!(
+                "{host}: unattended-upgrade left sources.list as kiln wrote it ({})",
+                before.stdout.trim()
+            ),
+            &after,
+        )?;
+    }
+    let p = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
+    expect(
+        p.code == 0,
+        "the plan after Debian's daily upgrade job is empty",
+        &p,
+    )
+}
+
 fn second_apply_changes_nothing(lab: &Lab) -> Result<(), String> {
     let p = lab.kiln(&["plan", ENV, "--detailed-exitcode"]);
     expect(p.code == 0, "re-plan is empty", &p)?;
@@ -1111,6 +1152,10 @@ fn main() {
             (
                 "lynis: hardening index on every host, verify green, plan empty",
                 &lynis_hardening_index_on_every_host,
+            ),
+            (
+                "Debian's daily unattended-upgrade leaves no drift",
+                &debian_daily_upgrade_leaves_no_drift,
             ),
             (
                 "second apply changes nothing",
