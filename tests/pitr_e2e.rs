@@ -355,6 +355,20 @@ fn physical_restore_to_time(lab: &Lab) -> Result<(), String> {
         .to_string()
     };
     let before = uuid("db1");
+    // The old timeline's newest base: retention must keep it after the restore's new base
+    // (a new history) becomes the newest of the day.
+    let list = lab.sh("db1", "kiln-backup list | head -n 1");
+    let old_base = list
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    expect(
+        list.code == 0 && list.stdout.contains(" complete"),
+        "the newest backup before the restore",
+        &list,
+    )?;
     let (t_text, want, seen) = write_around_t(lab, "p", 6);
     expect(
         want.code == 0 && seen > 40,
@@ -401,6 +415,19 @@ fn physical_restore_to_time(lab: &Lab) -> Result<(), String> {
         &r,
     )?;
     whole_with(lab, &want)?;
+    let list = lab.sh("db1", "kiln-backup list");
+    expect(
+        list.stdout
+            .lines()
+            .next()
+            .is_some_and(|l| !l.starts_with(&old_base))
+            && list.stdout.contains(&format!("{old_base} complete")),
+        &format!(
+            "retention kept {old_base}, the left timeline's base of the day, beside the \
+             restore's new one"
+        ),
+        &list,
+    )?;
     let kept = lab.sh("db1", "test -d /var/lib/mysql.before-restore");
     expect(
         kept.code == 0,

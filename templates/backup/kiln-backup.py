@@ -78,13 +78,21 @@ def parse_stamp(s):
     return datetime.datetime.strptime(s, STAMP).replace(tzinfo=datetime.timezone.utc)
 
 
-def retention(stamps, daily=7, weekly=4, monthly=12):
+def retention(stamps, daily=7, weekly=4, monthly=12, histories=None):
     """The backups to keep, from timestamps (YYYYMMDDTHHMMSSZ) of complete backups.
 
     Each rule keeps the newest backup of each of its N most recent periods that have a
     backup: `daily` calendar days, `weekly` ISO weeks, `monthly` calendar months (UTC).
     The rules are independent and their union is kept; the newest backup is always kept.
+
+    `histories` maps a stamp to the history of the data it holds (the Galera cluster's
+    state UUID, see history()). Within each kept period the newest backup of *every*
+    history is kept: a restore starts a new history and its base backup is the newest of
+    the day, and the base of the timeline it left, taken earlier that day, is what a second
+    restore to a later point of that timeline needs. Periods are counted over all
+    histories, so a history that was left goes when its periods do.
     """
+    histories = histories or {}
     ordered = sorted(set(stamps), reverse=True)
     keep = set(ordered[:1])
     rules = (
@@ -93,13 +101,15 @@ def retention(stamps, daily=7, weekly=4, monthly=12):
         (monthly, lambda d: (d.year, d.month)),
     )
     for count, period in rules:
-        seen = set()
+        seen, taken = set(), set()
         for s in ordered:
-            if len(seen) >= count:
-                break
             p = period(parse_stamp(s))
             if p not in seen:
+                if len(seen) >= count:
+                    break
                 seen.add(p)
+            if (p, histories.get(s)) not in taken:
+                taken.add((p, histories.get(s)))
                 keep.add(s)
     return keep
 
@@ -980,8 +990,21 @@ def publish_state(s3, cfg):
 def prune(s3, cfg, prefix, dry_run):
     found = backups(s3, cfg, prefix)
     complete = [s for s, b in found.items() if b["complete"]]
+    # Every complete backup's manifest, read once: its history for retention, its seed
+    # mark, and the binlog position of the kept ones. An unreadable one is an Exception.
+    manifests = {}
+    for s in complete:
+        try:
+            manifests[s] = json.loads(s3.get_bytes(cfg["bucket"], "%s/%s/manifest.json" % (
+                prefix.rstrip("/"), s)))
+        except Exception as e:  # noqa: BLE001 - judged where it is used
+            manifests[s] = e
+    # A manifest that cannot be read gives its backup a history of its own: kept within
+    # the retention window like any history, never taken for another's.
+    histories = {s: (m.get("binlog") or {}).get("history") if isinstance(m, dict) else ("?", s)
+                 for s, m in manifests.items()}
     k = cfg["keep"]
-    keep = retention(complete, k["daily"], k["weekly"], k["monthly"])
+    keep = retention(complete, k["daily"], k["weekly"], k["monthly"], histories)
     now = datetime.datetime.now(datetime.timezone.utc)
     drop = []
     for s, b in sorted(found.items()):
@@ -989,34 +1012,33 @@ def prune(s3, cfg, prefix, dry_run):
             drop.append(s)
         elif not b["complete"] and (now - parse_stamp(s)).total_seconds() > 2 * 86400:
             drop.append(s)  # a run that died two days ago will not finish
-    drop = [s for s in drop if not unrestored_seed(s3, cfg, prefix, s, found[s])]
+    drop = [s for s in drop if not unrestored_seed(s3, cfg, s, manifests.get(s))]
     for s in drop:
         if not dry_run:
             # The manifest goes first, so a half-deleted backup is incomplete, never wrong.
             keys = sorted(found[s]["keys"], key=lambda x: not x.endswith("/manifest.json"))
             for key in keys:
                 s3.delete(cfg["bucket"], key)
-    log("retention (%d daily, %d weekly, %d monthly): keeping %d, %s %d%s" % (
-        k["daily"], k["weekly"], k["monthly"], len(keep),
-        "would delete" if dry_run else "deleted", len(drop),
-        (": " + " ".join(drop)) if drop else ""))
+    log("retention (%d daily, %d weekly, %d monthly, each history's newest per period): "
+        "keeping %d, %s %d%s" % (
+            k["daily"], k["weekly"], k["monthly"], len(keep),
+            "would delete" if dry_run else "deleted", len(drop),
+            (": " + " ".join(drop)) if drop else ""))
     if cfg.get("binlog", {}).get("enabled") and keep:
-        prune_binlogs(s3, cfg, prefix, sorted(keep), dry_run)
+        prune_binlogs(s3, cfg, {s: manifests[s] for s in keep}, dry_run)
     return 0
 
 
-def unrestored_seed(s3, cfg, prefix, stamp, b):
+def unrestored_seed(s3, cfg, stamp, m):
     """A seed backup (another environment's data, `kiln restore --from-env`) that this
     environment has not restored yet: retention keeps it. The environment's own first base
     backup, taken seconds later, would otherwise leave it the older of the day, and the
-    restore that follows would find it gone."""
-    if not b["complete"]:
+    restore that follows would find it gone. `m`: its manifest (None: an incomplete
+    backup; an Exception: unreadable)."""
+    if m is None:
         return False
-    try:
-        m = json.loads(s3.get_bytes(cfg["bucket"], "%s/%s/manifest.json" % (
-            prefix.rstrip("/"), stamp)))
-    except Exception as e:  # noqa: BLE001 - unreadable: keep it rather than lose a seed
-        log("retention: keeping %s: its manifest cannot be read (%s)" % (stamp, e))
+    if isinstance(m, Exception):
+        log("retention: keeping %s: its manifest cannot be read (%s)" % (stamp, m))
         return True
     if not m.get("seed"):
         return False
@@ -1046,19 +1068,17 @@ def binlog_prunable(files, bases, oldest):
     return out
 
 
-def prune_binlogs(s3, cfg, prefix, kept, dry_run):
+def prune_binlogs(s3, cfg, kept, dry_run):
+    """`kept`: {stamp: manifest} of the backups retention keeps."""
     bases = []
-    for stamp in kept:
-        try:
-            m = json.loads(s3.get_bytes(cfg["bucket"], "%s/%s/manifest.json" % (
-                prefix.rstrip("/"), stamp)))
-        except Exception as e:  # noqa: BLE001 - unreadable: prune nothing rather than too much
-            log("binlog retention skipped: cannot read the manifest of %s (%s)" % (stamp, e))
+    for stamp, m in sorted(kept.items()):
+        if isinstance(m, Exception):  # unreadable: prune nothing rather than too much
+            log("binlog retention skipped: cannot read the manifest of %s (%s)" % (stamp, m))
             return
         b = m.get("binlog")
         if b:
             bases.append((b.get("history"), b["domain"], gtid_seq(b["gtid"], b["domain"])))
-    oldest = parse_stamp(kept[0]).timestamp()
+    oldest = parse_stamp(min(kept)).timestamp()
     files = archived(s3, cfg)
     gone = binlog_prunable(files, bases, oldest)
     if not dry_run:

@@ -66,6 +66,99 @@ class Retention(unittest.TestCase):
         self.assertEqual(kb.retention([], 7, 4, 12), set())
 
 
+class HistoryAwareRetention(unittest.TestCase):
+    """A restore starts a new history; the base of the timeline it left stays while its
+    period is kept (issue 20's follow-up: the restore's new base used to delete it)."""
+
+    BEFORE = stamp(2024, 6, 30, 2)    # the day's base of the old timeline
+    AFTER = stamp(2024, 6, 30, 14)    # the restore's new base (new history)
+
+    def histories(self, stamps):
+        return {s: ("old" if s <= self.BEFORE else "new") for s in stamps}
+
+    def test_the_left_timeline_keeps_its_newest_base_of_the_day(self):
+        h = days(datetime.date(2024, 6, 29), 10) + [self.BEFORE, self.AFTER]
+        keep = kb.retention(h, 7, 0, 0, self.histories(h))
+        self.assertIn(self.BEFORE, keep)
+        self.assertIn(self.AFTER, keep)
+        self.assertEqual(len(keep), 8, "7 days, one of them with two histories")
+        self.assertNotIn(self.BEFORE, kb.retention(h, 7, 0, 0),
+                         "without histories the restore's base replaces it (the old rule)")
+
+    def test_the_left_timeline_goes_with_its_period(self):
+        later = days(datetime.date(2024, 7, 10), 10)     # ten days of the new history
+        h = [self.BEFORE, self.AFTER] + later
+        hist = self.histories(h)
+        self.assertNotIn(self.BEFORE, kb.retention(h, 7, 0, 0, hist))
+        monthly = kb.retention(h, 7, 0, 2, hist)
+        self.assertTrue({self.BEFORE, self.AFTER} <= monthly, "June kept, once per history")
+        self.assertNotIn(self.BEFORE, kb.retention(h, 7, 0, 1, hist), "June gone")
+
+    def test_within_one_history_nothing_changes(self):
+        hist = {s: "one" for s in HISTORY_A}
+        self.assertEqual(kb.retention(HISTORY_A, 7, 4, 12, hist), KEEP_A)
+
+
+class Prune(unittest.TestCase):
+    """prune() over an object store: each manifest read once, histories from them."""
+
+    def setUp(self):
+        import json
+        self.s3 = MemoryS3()
+        self.s3.get_bytes = lambda bucket, key: self.s3.objects[(bucket, key)]
+        self.s3.delete = lambda bucket, key: self.s3.objects.pop((bucket, key))
+        self.cfg = {"bucket": "b", "prefix": "env/db1",
+                    "keep": {"daily": 2, "weekly": 0, "monthly": 0},
+                    "binlog": {"enabled": False}}
+        self.json = json
+
+    def put(self, stamp, manifest):
+        base = "env/db1/%s/" % stamp
+        self.s3.objects[("b", base + "dump.sql.gz.age")] = b"x"
+        self.s3.objects[("b", base + "manifest.json")] = (
+            manifest if isinstance(manifest, bytes) else self.json.dumps(manifest).encode())
+
+    def stamps(self):
+        return sorted(kb.backups(self.s3, self.cfg))
+
+    def test_a_restore_day_keeps_both_histories_and_their_binlogs(self):
+        old = lambda seq: {"binlog": {"history": "aaaaaaaa", "domain": 1000,
+                                      "gtid": "1000-1-%d" % seq}}
+        self.put("20261201T020000Z", old(1))
+        self.put("20261202T020000Z", old(3))
+        self.put("20261203T020000Z", old(5))
+        self.put("20261203T150000Z", {"binlog": {"history": "bbbbbbbb", "domain": 1000,
+                                                 "gtid": "1000-1-9"}})
+        self.cfg["binlog"]["enabled"] = True
+        sha = "0" * 24
+        files = {"old-before": "aaaaaaaa/db1-11111111.mariadb-bin.000001.1000-0-3-1764554400." + sha,
+                 "old-after": "aaaaaaaa/db1-11111111.mariadb-bin.000002.1000-3-7-1764770400." + sha,
+                 "new": "bbbbbbbb/db1-22222222.mariadb-bin.000001.1000-9-12-1764774000." + sha}
+        for key in files.values():
+            self.s3.objects[("b", "env/db1/binlog/" + key)] = b"x"
+        kb.prune(self.s3, self.cfg, "env/db1", dry_run=False)
+        self.assertEqual(self.stamps(),
+                         ["20261202T020000Z", "20261203T020000Z", "20261203T150000Z"])
+        self.assertNotIn(("b", "env/db1/20261201T020000Z/dump.sql.gz.age"), self.s3.objects,
+                         "a dropped backup loses every object, not only its manifest")
+        left = {n for n, k in files.items() if ("b", "env/db1/binlog/" + k) in self.s3.objects}
+        self.assertEqual(left, {"old-after", "new"},
+                         "the left timeline keeps the binlogs after its kept bases")
+
+    def test_an_unreadable_manifest_is_never_taken_for_another_history(self):
+        self.cfg["keep"]["daily"] = 1
+        self.put("20261201T020000Z", {})
+        self.put("20261203T020000Z", b"not json")
+        self.put("20261203T100000Z", {})       # no binlog: history None
+        self.put("20261203T150000Z", {"binlog": {"history": "bbbbbbbb", "domain": 1000,
+                                                 "gtid": "1000-1-9"}})
+        kb.prune(self.s3, self.cfg, "env/db1", dry_run=True)
+        self.assertEqual(len(self.stamps()), 4, "a dry run deletes nothing")
+        kb.prune(self.s3, self.cfg, "env/db1", dry_run=False)
+        self.assertEqual(self.stamps(), ["20261203T020000Z", "20261203T100000Z",
+                                         "20261203T150000Z"])
+
+
 class Compare(unittest.TestCase):
     def test_compare_names_every_difference(self):
         want = {"a": {"rows": 1, "checksum": "10"}, "b": {"rows": 2, "checksum": "20"}}
