@@ -237,6 +237,17 @@ class Replicated:
             self._fallback(e)
             return self.replica.get_file(self.map[bucket], key, path)
 
+    def open_stream(self, bucket, key):
+        if bucket not in self.map:
+            return self.primary.open_stream(bucket, key)
+        try:
+            if self.down:
+                raise OSError("the primary S3 target is unreachable")
+            return self.primary.open_stream(bucket, key)
+        except Exception as e:  # noqa: BLE001
+            self._fallback(e)
+            return self.replica.open_stream(self.map[bucket], key)
+
     def get_bytes(self, bucket, key):
         if bucket not in self.map:
             return self.primary.get_bytes(bucket, key)
@@ -381,6 +392,49 @@ class Sealed:
         finally:
             os.unlink(path)
 
+    def open_stream(self, bucket, key):
+        """The object's plaintext as a readable stream, decrypted as it downloads: `age`
+        reads the ciphertext from a pipe (fed by a thread) and its output is read as it
+        comes. An object that is not age ciphertext is read as it is. A failed download or
+        decryption raises at the stream's end instead of EOF; close() ends both early."""
+        raw = self.s3.open_stream(bucket, key)
+        if bucket not in self.buckets:
+            return raw
+        head = b""
+        while len(head) < len(AGE_MAGIC):
+            chunk = raw.read(len(AGE_MAGIC) - len(head))
+            if not chunk:
+                break
+            head += chunk
+        if head != AGE_MAGIC:
+            return Prefixed(head, raw)
+        if not self.identity or not os.path.exists(self.identity):
+            raw.close()
+            raise Refused("the backups are encrypted and this host has no age identity "
+                          "(the backup module's age_identity_secret)")
+        p = subprocess.Popen(["age", "--decrypt", "--identity", self.identity],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        failed = []
+
+        def feed():
+            try:
+                p.stdin.write(head)
+                for chunk in iter(lambda: raw.read(1 << 20), b""):
+                    p.stdin.write(chunk)
+            except BaseException as e:  # noqa: BLE001 - reported at the stream's end
+                failed.append(e)
+            finally:
+                try:
+                    p.stdin.close()
+                except OSError:
+                    pass
+                raw.close()
+
+        t = threading.Thread(target=feed, daemon=True)
+        t.start()
+        return Decrypting(p, t, failed)
+
     def get_file(self, bucket, key, path):
         if bucket not in self.buckets:
             return self.s3.get_file(bucket, key, path)
@@ -399,6 +453,52 @@ class Sealed:
         finally:
             if os.path.exists(path):
                 os.unlink(path)
+
+
+class Prefixed:
+    """`head`, then the rest of `raw`: a stream whose first bytes were read to look at."""
+
+    def __init__(self, head, raw):
+        self.head, self.raw = head, raw
+
+    def read(self, n=-1):
+        if self.head:
+            if n is None or n < 0:
+                out, self.head = self.head + self.raw.read(), b""
+            else:
+                out, self.head = self.head[:n], self.head[n:]
+            return out
+        return self.raw.read(n)
+
+    def close(self):
+        self.raw.close()
+
+
+class Decrypting:
+    """age's plaintext output as a readable stream (Sealed.open_stream). At its end the
+    feeding thread and age must both have ended well, or read() raises."""
+
+    def __init__(self, p, t, failed):
+        self.p, self.t, self.failed, self.done = p, t, failed, False
+
+    def read(self, n=-1):
+        if self.done:
+            return b""
+        data = self.p.stdout.read(n if n is not None and n >= 0 else -1)
+        if not data:
+            self.done = True
+            Sealed._finished(self.p, self.t, self.failed)
+        return data
+
+    def close(self):
+        if self.done:
+            return
+        self.done = True
+        self.p.kill()
+        self.p.stdout.close()   # a writer still in the pipe gets EPIPE, so the thread ends
+        self.p.wait()
+        self.t.join(timeout=5)
+        self.p.stderr.close()
 
 
 def lock(cfg):
@@ -620,10 +720,11 @@ def check_manifest_names(manifest):
 PHYSICAL = "physical.mbstream.gz"
 
 
-def fetch(s3, cfg, stamp, workdir, physical=False):
+def fetch(s3, cfg, stamp, workdir, logical=True):
     """Downloads a backup and checks it: the manifest against its sha256, every file
-    against the manifest. Raises Refused on any difference. The physical copy (large, and
-    only for a verification or a physical restore) only when `physical`."""
+    against the manifest. Raises Refused on any difference. The physical copy is never
+    downloaded here: extract_physical streams it from object storage and checks it on the
+    way; without `logical` (a physical restore) only the manifest is read and checked."""
     base = "%s/%s/" % (cfg["prefix"].rstrip("/"), stamp)
     try:
         raw = s3.get_bytes(cfg["bucket"], base + "manifest.json")
@@ -640,7 +741,7 @@ def fetch(s3, cfg, stamp, workdir, physical=False):
         raise Refused("manifest of %s names backup %r" % (stamp, manifest.get("timestamp")))
     check_manifest_names(manifest)
     for name, meta in sorted(manifest["files"].items()):
-        if name == PHYSICAL and not physical:
+        if name == PHYSICAL or not logical:
             continue
         path = os.path.join(workdir, name)
         s3.get_file(cfg["bucket"], base + name, path)
@@ -648,10 +749,13 @@ def fetch(s3, cfg, stamp, workdir, physical=False):
         if got != meta["sha256"] or os.path.getsize(path) != meta["size"]:
             raise Refused("%s of backup %s: sha256 %s, manifest says %s" %
                           (name, stamp, got, meta["sha256"]))
-    checked = [n for n in manifest["files"] if n != PHYSICAL or physical]
+    if not logical:
+        log("backup %s: manifest checks out" % stamp)
+        return manifest
+    checked = [n for n in manifest["files"] if n != PHYSICAL]
     log("backup %s: manifest and %d file(s) check out%s" % (
-        stamp, len(checked), "" if len(checked) == len(manifest["files"])
-        else " (the physical copy is not needed here: not downloaded)"))
+        stamp, len(checked), " (the physical copy is checked as it streams in)"
+        if PHYSICAL in manifest["files"] else ""))
     return manifest
 
 
@@ -763,27 +867,55 @@ def physical_backup(s3, cfg, dbs, base, manifest):
     return {"file": PHYSICAL, "galera_info": galera, "tables": after, "stable": before == after}
 
 
-def extract_physical(cfg, archive, target):
-    """mbstream -x into `target`, then mariadb-backup --prepare: a data directory a server
-    starts from. Raises on any failure."""
+def extract_physical(cfg, s3, stamp, manifest, target):
+    """The backup's physical copy, streamed from object storage (decrypted as it comes)
+    through gunzip into `mbstream -x` in `target`, then `mariadb-backup --prepare`: a data
+    directory a server starts from. Nothing of the copy lands on this host's disk but the
+    extracted files, so a host with room for the data directory can restore it whatever
+    the compressed copy's size. Its sha256 and size are checked against the manifest at
+    the stream's end, before the prepare; on any failure `target` is removed and this
+    raises (a caller swaps nothing in before this returns)."""
+    meta = manifest["files"].get(PHYSICAL)
+    if not meta:
+        raise Refused("backup %s has no physical copy" % stamp)
     os.makedirs(target, mode=0o700, exist_ok=True)
     if os.listdir(target):
         raise Refused("%s is not empty" % target)
-    gunzip_into(["mbstream", "-x", "-C", target], archive, "mbstream -x")
-    r = subprocess.run(["mariadb-backup", "--prepare", "--target-dir=" + target],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError("mariadb-backup --prepare: %s" % (r.stderr or r.stdout).strip()[-500:])
+    t0 = time.time()
+    try:
+        body = s3.open_stream(cfg["bucket"], "%s/%s/%s" % (cfg["prefix"].rstrip("/"), stamp,
+                                                            PHYSICAL))
+        try:
+            src = Hashing(body)
+            gunzip_into(["mbstream", "-x", "-C", target], src, "mbstream -x")
+            while src.read(1 << 20):   # whatever follows the gzip stream counts too
+                pass
+        finally:
+            body.close()
+        if src.sha256() != meta["sha256"] or src.size != meta["size"]:
+            raise Refused("%s of backup %s: sha256 %s (%d bytes), the manifest says %s (%d "
+                          "bytes)" % (PHYSICAL, stamp, src.sha256(), src.size, meta["sha256"],
+                                      meta["size"]))
+        log("physical copy of %s: %.1f MiB streamed, checked and extracted in %.1f s" % (
+            stamp, src.size / 1048576.0, time.time() - t0))
+        r = subprocess.run(["mariadb-backup", "--prepare", "--target-dir=" + target],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("mariadb-backup --prepare: %s" %
+                               (r.stderr or r.stdout).strip()[-500:])
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
 
 
 def cmd_physical_extract(cfg, args):
     s3 = s3_client(cfg)
     stamp = pick(s3, cfg, args.from_)
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
-        manifest = fetch(s3, cfg, stamp, tmp, physical=True)
-        if not manifest.get("physical"):
-            raise Refused("backup %s has no physical copy" % stamp)
-        extract_physical(cfg, os.path.join(tmp, PHYSICAL), args.dir)
+        manifest = fetch(s3, cfg, stamp, tmp, logical=False)
+    if not manifest.get("physical"):
+        raise Refused("backup %s has no physical copy" % stamp)
+    extract_physical(cfg, s3, stamp, manifest, args.dir)
     log("backup %s: physical copy prepared in %s%s" % (
         stamp, args.dir, " (xtrabackup_galera_info holds its cluster position)"
         if manifest["physical"].get("galera_info") else ""))
@@ -1562,8 +1694,8 @@ class BinlogReplay:
 # restore, verify
 # ---------------------------------------------------------------------------------------
 def gunzip_into(cmd, path, what):
-    """Streams a gzipped file into a command's standard input; raises with the command's
-    standard error when it fails."""
+    """Streams a gzipped file (a path, or a readable binary stream) into a command's
+    standard input; raises with the command's standard error when it fails."""
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
     try:
@@ -1572,7 +1704,15 @@ def gunzip_into(cmd, path, what):
         p.stdin.close()
     except BrokenPipeError:
         pass
+    except BaseException:
+        # The source failed (a cut download, a corrupt gzip, age): the command must not
+        # take what it got for the whole.
+        p.kill()
+        p.wait()
+        p.stderr.close()
+        raise
     err = p.stderr.read().decode("utf-8", "replace")
+    p.stderr.close()
     if p.wait() != 0:
         raise RuntimeError("%s: %s" % (what, err.strip()[-1000:]))
 
@@ -1654,12 +1794,12 @@ def compare(db, want, got):
     return problems
 
 
-def verify_physical(cfg, manifest, tmp):
+def verify_physical(cfg, s3, stamp, manifest, tmp):
     """The physical copy extracted, prepared and started in a scratch server: its tables
     are compared with what the backup recorded around it."""
     phys = manifest["physical"]
     data = os.path.join(tmp, "physical-data")
-    extract_physical(cfg, os.path.join(tmp, phys["file"]), data)
+    extract_physical(cfg, s3, stamp, manifest, data)
     problems = []
     with ScratchServer(cfg, datadir=data) as scratch:
         for db, want in sorted(phys["tables"].items()):
@@ -1779,9 +1919,9 @@ def cmd_verify(cfg, args):
     stamp = pick(s3, cfg, args.from_)
     problems = []
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
-        manifest = fetch(s3, cfg, stamp, tmp, physical=True)
+        manifest = fetch(s3, cfg, stamp, tmp)
         if manifest.get("physical"):
-            problems += verify_physical(cfg, manifest, tmp)
+            problems += verify_physical(cfg, s3, stamp, manifest, tmp)
         with ScratchServer(cfg) as scratch:
             restore_databases(cfg, manifest, tmp, scratch.socket)
             for db, meta in sorted(manifest["databases"].items()):
@@ -2030,10 +2170,9 @@ def physical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs):
     except RuntimeError:
         pass
     galera = was_galera if was_galera is not None else is_galera_config()
-    step("extracting and preparing the physical copy into %s" % new)
+    step("streaming, checking, extracting and preparing the physical copy into %s" % new)
     shutil.rmtree(new, ignore_errors=True)
-    extract_physical(cfg, os.path.join(tmp, PHYSICAL), new)
-    os.unlink(os.path.join(tmp, PHYSICAL))
+    extract_physical(cfg, s3, stamp, manifest, new)
     gtid = binlog_info(new)
     replay = None
     if replay_binlogs and manifest.get("binlog"):
@@ -2123,7 +2262,7 @@ def cmd_restore(cfg, args):
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         # Everything is downloaded and checked before anything is touched.
         step("downloading and checking backup %s" % stamp)
-        manifest = fetch(s3, cfg, stamp, tmp, physical=physical)
+        manifest = fetch(s3, cfg, stamp, tmp, logical=not physical)
         if physical:
             problems += physical_restore(cfg, s3, stamp, manifest, tmp, until, replay_binlogs)
         else:

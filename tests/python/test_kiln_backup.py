@@ -637,6 +637,130 @@ fi
         self.assertEqual(inner.objects, {})
 
 
+class StreamedRestore(unittest.TestCase):
+    """The physical copy read back as a stream: decrypted as it downloads (Sealed), from the
+    replica when the primary lacks it (Replicated), checked against the manifest at its
+    end and extracted with nothing of it written to disk (extract_physical)."""
+
+    age_stand_in = Streams.age_stand_in
+    tmp = Streams.tmp
+
+    def tools(self, prepare_rc=0):
+        # mbstream -x -C DIR keeps what it reads as DIR/stream; mariadb-backup --prepare
+        # exits with prepare_rc. The real ones run in data_e2e and pitr_e2e on the lab.
+        d = self.tmp()
+        for name, body in (("mbstream", 'cat > "$3/stream"'),
+                           ("mariadb-backup", "exit %d" % prepare_rc)):
+            with open(os.path.join(d, name), "w") as f:
+                f.write("#!/bin/sh\n%s\n" % body)
+            os.chmod(f.name, 0o755)
+        old = os.environ["PATH"]
+        os.environ["PATH"] = d + os.pathsep + old
+        self.addCleanup(os.environ.__setitem__, "PATH", old)
+
+    def sealed(self):
+        self.age_stand_in()
+        identity = os.path.join(self.tmp(), "identity")
+        open(identity, "w").close()
+        inner = MemoryS3()
+        return inner, kb.Sealed(inner, {"bucket": "bk", "workdir": self.tmp(),
+                                        "age": {"recipients": ["age1test"],
+                                                "identity": identity}})
+
+    def test_a_sealed_object_reads_back_as_its_plaintext(self):
+        import io
+        inner, sealed = self.sealed()
+        plain = b"xyz" * 400000
+        sealed.put_stream("bk", "k", io.BytesIO(plain))
+        got = sealed.open_stream("bk", "k")
+        parts = list(iter(lambda: got.read(65536), b""))
+        self.assertEqual(b"".join(parts), plain)
+        self.assertEqual(got.read(10), b"", "read after the end stays at the end")
+        inner.objects[("bk", "plain")] = b"not sealed"
+        self.assertEqual(sealed.open_stream("bk", "plain").read(), b"not sealed")
+        early = sealed.open_stream("bk", "k")
+        early.read(10)
+        early.close()   # ends age and the feeding thread without reading the rest
+
+    def test_no_identity_is_refused(self):
+        import io
+        inner, sealed = self.sealed()
+        sealed.put_stream("bk", "k", io.BytesIO(b"abc"))
+        sealed.identity = ""
+        with self.assertRaises(kb.Refused):
+            sealed.open_stream("bk", "k")
+
+    def test_the_replica_serves_what_the_primary_lacks(self):
+        primary, replica = MemoryS3(), MemoryS3()
+        rep = kb.Replicated(primary, replica, {"bucket": "bk"})
+        replica.objects[("bk", "k")] = b"from the replica"
+        self.assertEqual(rep.open_stream("bk", "k").read(), b"from the replica")
+
+    def physical(self, s3, data, manifest_data=None):
+        import gzip
+        import hashlib
+        gz = gzip.compress(data, mtime=0)
+        s3.objects[("bk", "env/20261201T010000Z/" + kb.PHYSICAL)] = gz
+        want = gzip.compress(manifest_data, mtime=0) if manifest_data is not None else gz
+        return {"files": {kb.PHYSICAL: {"sha256": hashlib.sha256(want).hexdigest(),
+                                        "size": len(want)}}}
+
+    def test_extracted_from_the_stream_and_checked(self):
+        self.tools()
+        s3 = MemoryS3()
+        data = os.urandom(300000)
+        manifest = self.physical(s3, data)
+        target = os.path.join(self.tmp(), "restore")
+        kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
+                            manifest, target)
+        with open(os.path.join(target, "stream"), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_a_copy_unlike_its_manifest_is_refused_and_removed(self):
+        self.tools()
+        s3 = MemoryS3()
+        manifest = self.physical(s3, b"what is stored", manifest_data=b"what was backed up")
+        target = os.path.join(self.tmp(), "restore")
+        with self.assertRaises(kb.Refused) as e:
+            kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
+                                manifest, target)
+        self.assertIn("the manifest says", str(e.exception))
+        self.assertFalse(os.path.exists(target), "the half-extracted copy is removed")
+
+    def test_a_cut_stream_is_refused_and_removed(self):
+        self.tools()
+        s3 = MemoryS3()
+        manifest = self.physical(s3, os.urandom(100000))
+        key = ("bk", "env/20261201T010000Z/" + kb.PHYSICAL)
+        s3.objects[key] = s3.objects[key][:50000]
+        target = os.path.join(self.tmp(), "restore")
+        with self.assertRaises(EOFError):
+            kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
+                                manifest, target)
+        self.assertFalse(os.path.exists(target))
+
+    def test_a_failed_prepare_removes_the_copy(self):
+        self.tools(prepare_rc=3)
+        s3 = MemoryS3()
+        manifest = self.physical(s3, b"data")
+        target = os.path.join(self.tmp(), "restore")
+        with self.assertRaises(RuntimeError):
+            kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
+                                manifest, target)
+        self.assertFalse(os.path.exists(target))
+
+    def test_a_target_with_files_is_refused_and_kept(self):
+        self.tools()
+        s3 = MemoryS3()
+        manifest = self.physical(s3, b"data")
+        target = self.tmp()
+        open(os.path.join(target, "x"), "w").close()
+        with self.assertRaises(kb.Refused):
+            kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
+                                manifest, target)
+        self.assertTrue(os.path.exists(os.path.join(target, "x")))
+
+
 class MediaMirror(unittest.TestCase):
     """The media mirror is backup data: sealed with age and replicated like the backups."""
 
