@@ -584,7 +584,18 @@ while :; do
   fi
   sleep 1
 done
-echo "rejoined by state transfer, Synced $(( $(date +%s) - t0 )) s after its start"
+# IST or SST: Galera logs "SST received: UUID:SEQNO" either way (an IST bypasses the
+# snapshot and reports the joiner's own saved position); a real snapshot is a position other
+# than the one the joiner found saved at its start.
+how=$(journalctl -u mariadb.service --since "@$t0" -o cat 2>/dev/null | awk '
+  match($0, /Found saved state: [0-9a-f-]+:-?[0-9]+/) {{ saved = substr($0, RSTART + 19, RLENGTH - 19) }}
+  match($0, /SST received: [0-9a-f-]+:-?[0-9]+/) {{ got = substr($0, RSTART + 14, RLENGTH - 14) }}
+  END {{
+    if (got == "") print "by state transfer"
+    else if (got == saved) print "by IST (the write sets it missed)"
+    else print "by SST (a full copy from the donor)"
+  }}')
+echo "rejoined ${{how:-by state transfer}}, Synced $(( $(date +%s) - t0 )) s after its start"
 "#,
         rejoin = REJOIN.as_secs()
     )
