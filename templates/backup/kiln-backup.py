@@ -226,38 +226,27 @@ class Replicated:
             finally:
                 body.close()
 
-    def get_file(self, bucket, key, path):
+    def _read(self, op, bucket, key, *args):
+        """A read (`op`: get_file, open_stream, get_bytes) from the primary, or from the
+        replica's copy when the primary fails or lacks the object."""
         if bucket not in self.map:
-            return self.primary.get_file(bucket, key, path)
+            return getattr(self.primary, op)(bucket, key, *args)
         try:
             if self.down:
                 raise OSError("the primary S3 target is unreachable")
-            return self.primary.get_file(bucket, key, path)
+            return getattr(self.primary, op)(bucket, key, *args)
         except Exception as e:  # noqa: BLE001
             self._fallback(e)
-            return self.replica.get_file(self.map[bucket], key, path)
+            return getattr(self.replica, op)(self.map[bucket], key, *args)
+
+    def get_file(self, bucket, key, path):
+        return self._read("get_file", bucket, key, path)
 
     def open_stream(self, bucket, key):
-        if bucket not in self.map:
-            return self.primary.open_stream(bucket, key)
-        try:
-            if self.down:
-                raise OSError("the primary S3 target is unreachable")
-            return self.primary.open_stream(bucket, key)
-        except Exception as e:  # noqa: BLE001
-            self._fallback(e)
-            return self.replica.open_stream(self.map[bucket], key)
+        return self._read("open_stream", bucket, key)
 
     def get_bytes(self, bucket, key):
-        if bucket not in self.map:
-            return self.primary.get_bytes(bucket, key)
-        try:
-            if self.down:
-                raise OSError("the primary S3 target is unreachable")
-            return self.primary.get_bytes(bucket, key)
-        except Exception as e:  # noqa: BLE001
-            self._fallback(e)
-            return self.replica.get_bytes(self.map[bucket], key)
+        return self._read("get_bytes", bucket, key)
 
     def delete(self, bucket, key):
         self.primary.delete(bucket, key)

@@ -695,6 +695,20 @@ class StreamedRestore(unittest.TestCase):
         rep = kb.Replicated(primary, replica, {"bucket": "bk"})
         replica.objects[("bk", "k")] = b"from the replica"
         self.assertEqual(rep.open_stream("bk", "k").read(), b"from the replica")
+        path = os.path.join(self.tmp(), "k")
+        rep.get_file("bk", "k", path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"from the replica")
+        primary.objects[("bk", "k")] = b"from the primary"
+        self.assertEqual(rep.open_stream("bk", "k").read(), b"from the primary")
+
+        def unreachable(bucket, key):
+            raise ConnectionRefusedError("primary down")
+        primary.open_stream = unreachable
+        self.assertEqual(rep.open_stream("bk", "k").read(), b"from the replica")
+        self.assertTrue(rep.down, "an unreachable primary is not asked again in this run")
+        primary.open_stream = lambda bucket, key: self.fail("the primary was asked again")
+        self.assertEqual(rep.open_stream("bk", "k").read(), b"from the replica")
 
     def physical(self, s3, data, manifest_data=None):
         import gzip
