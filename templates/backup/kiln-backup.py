@@ -325,24 +325,7 @@ class Sealed:
         args = ["age", "--encrypt"]
         for r in self.recipients:
             args += ["--recipient", r]
-        p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-        failed = []
-
-        def feed():
-            try:
-                for chunk in iter(lambda: stream.read(1 << 20), b""):
-                    p.stdin.write(chunk)
-            except BaseException as e:  # noqa: BLE001 - reported by the reader below
-                failed.append(e)
-            finally:
-                try:
-                    p.stdin.close()
-                except OSError:
-                    pass
-
-        t = threading.Thread(target=feed, daemon=True)
-        t.start()
+        p, t, failed = age_pipe(args, stream)
         sealed = Hashing(p.stdout, check=lambda: self._finished(p, t, failed))
         try:
             self.s3.put_stream(bucket, key, sealed)
@@ -401,28 +384,8 @@ class Sealed:
             raw.close()
             raise Refused("the backups are encrypted and this host has no age identity "
                           "(the backup module's age_identity_secret)")
-        p = subprocess.Popen(["age", "--decrypt", "--identity", self.identity],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-        failed = []
-
-        def feed():
-            try:
-                p.stdin.write(head)
-                for chunk in iter(lambda: raw.read(1 << 20), b""):
-                    p.stdin.write(chunk)
-            except BaseException as e:  # noqa: BLE001 - reported at the stream's end
-                failed.append(e)
-            finally:
-                try:
-                    p.stdin.close()
-                except OSError:
-                    pass
-                raw.close()
-
-        t = threading.Thread(target=feed, daemon=True)
-        t.start()
-        return Decrypting(p, t, failed)
+        return Decrypting(*age_pipe(["age", "--decrypt", "--identity", self.identity], raw,
+                                    head=head, close=True))
 
     def get_file(self, bucket, key, path):
         if bucket not in self.buckets:
@@ -442,6 +405,36 @@ class Sealed:
         finally:
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def age_pipe(args, src, head=b"", close=False):
+    """Starts `age` (`args`) with its stdin fed by a thread from `head`, then the readable
+    `src` to its end (closed then, with `close`). Returns (process, thread, failed): the
+    caller reads the process' stdout, and Sealed._finished judges, at its end, `failed` (what
+    stopped the feeding) and age's exit status."""
+    p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    failed = []
+
+    def feed():
+        try:
+            if head:
+                p.stdin.write(head)
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                p.stdin.write(chunk)
+        except BaseException as e:  # noqa: BLE001 - reported at the output's end
+            failed.append(e)
+        finally:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+            if close:
+                src.close()
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    return p, t, failed
 
 
 class Prefixed:
