@@ -852,9 +852,10 @@ def physical_backup(s3, cfg, dbs, base, manifest):
 def extract_physical(cfg, s3, stamp, manifest, target):
     """The backup's physical copy, streamed from object storage (decrypted as it comes)
     through gunzip into `mbstream -x` in `target`, then `mariadb-backup --prepare`: a data
-    directory a server starts from. Nothing of the copy lands on this host's disk but the
-    extracted files, so a host with room for the data directory can restore it whatever
-    the compressed copy's size. Its sha256 and size are checked against the manifest at
+    directory a server starts from. Through boto3 (the backup module installs it) nothing
+    of the copy lands on this host's disk but the extracted files, so a host with room for
+    the data directory can restore it whatever the compressed copy's size; the built-in
+    client spools the object to a temporary file first. Its sha256 and size are checked against the manifest at
     the stream's end, before the prepare; on any failure `target` is removed and this
     raises (a caller swaps nothing in before this returns)."""
     meta = manifest["files"].get(PHYSICAL)
