@@ -855,9 +855,9 @@ def extract_physical(cfg, s3, stamp, manifest, target):
     directory a server starts from. Through boto3 (the backup module installs it) nothing
     of the copy lands on this host's disk but the extracted files, so a host with room for
     the data directory can restore it whatever the compressed copy's size; the built-in
-    client spools the object to a temporary file first. Its sha256 and size are checked against the manifest at
-    the stream's end, before the prepare; on any failure `target` is removed and this
-    raises (a caller swaps nothing in before this returns)."""
+    client spools the object to a temporary file first. Its sha256 and size are checked
+    against the manifest at the stream's end, before the prepare; on any failure `target`
+    is removed and this raises (a caller swaps nothing in before this returns)."""
     meta = manifest["files"].get(PHYSICAL)
     if not meta:
         raise Refused("backup %s has no physical copy" % stamp)
@@ -896,12 +896,10 @@ def cmd_physical_extract(cfg, args):
     stamp = pick(s3, cfg, args.from_)
     with tempfile.TemporaryDirectory(dir=cfg["workdir"]) as tmp:
         manifest = fetch(s3, cfg, stamp, tmp, logical=False)
-    if not manifest.get("physical"):
-        raise Refused("backup %s has no physical copy" % stamp)
-    extract_physical(cfg, s3, stamp, manifest, args.dir)
+    extract_physical(cfg, s3, stamp, manifest, args.dir)   # refuses a backup without one
     log("backup %s: physical copy prepared in %s%s" % (
         stamp, args.dir, " (xtrabackup_galera_info holds its cluster position)"
-        if manifest["physical"].get("galera_info") else ""))
+        if (manifest.get("physical") or {}).get("galera_info") else ""))
     return 0
 
 

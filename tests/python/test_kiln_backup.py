@@ -719,14 +719,18 @@ class StreamedRestore(unittest.TestCase):
         return {"files": {kb.PHYSICAL: {"sha256": hashlib.sha256(want).hexdigest(),
                                         "size": len(want)}}}
 
+    @staticmethod
+    def extract(s3, manifest, target):
+        kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
+                            manifest, target)
+
     def test_extracted_from_the_stream_and_checked(self):
         self.tools()
         s3 = MemoryS3()
         data = os.urandom(300000)
         manifest = self.physical(s3, data)
         target = os.path.join(self.tmp(), "restore")
-        kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
-                            manifest, target)
+        self.extract(s3, manifest, target)
         with open(os.path.join(target, "stream"), "rb") as f:
             self.assertEqual(f.read(), data)
 
@@ -736,8 +740,7 @@ class StreamedRestore(unittest.TestCase):
         manifest = self.physical(s3, b"what is stored", manifest_data=b"what was backed up")
         target = os.path.join(self.tmp(), "restore")
         with self.assertRaises(kb.Refused) as e:
-            kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
-                                manifest, target)
+            self.extract(s3, manifest, target)
         self.assertIn("the manifest says", str(e.exception))
         self.assertFalse(os.path.exists(target), "the half-extracted copy is removed")
 
@@ -749,8 +752,7 @@ class StreamedRestore(unittest.TestCase):
         s3.objects[key] = s3.objects[key][:50000]
         target = os.path.join(self.tmp(), "restore")
         with self.assertRaises(EOFError):
-            kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
-                                manifest, target)
+            self.extract(s3, manifest, target)
         self.assertFalse(os.path.exists(target))
 
     def test_a_failed_prepare_removes_the_copy(self):
@@ -759,8 +761,7 @@ class StreamedRestore(unittest.TestCase):
         manifest = self.physical(s3, b"data")
         target = os.path.join(self.tmp(), "restore")
         with self.assertRaises(RuntimeError):
-            kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
-                                manifest, target)
+            self.extract(s3, manifest, target)
         self.assertFalse(os.path.exists(target))
 
     def test_a_target_with_files_is_refused_and_kept(self):
@@ -770,8 +771,7 @@ class StreamedRestore(unittest.TestCase):
         target = self.tmp()
         open(os.path.join(target, "x"), "w").close()
         with self.assertRaises(kb.Refused):
-            kb.extract_physical({"bucket": "bk", "prefix": "env"}, s3, "20261201T010000Z",
-                                manifest, target)
+            self.extract(s3, manifest, target)
         self.assertTrue(os.path.exists(os.path.join(target, "x")))
 
 
